@@ -1,0 +1,257 @@
+"""Shared plumbing: a quiet pycaffe import, the toolkit's error type, validated file I/O.
+
+pycaffe aborts the whole process on a failed C++ CHECK, so every file is parsed and
+checked here, in Python, before Caffe sees it. Writers are atomic (temporary file in the
+same folder, then rename) so an interrupted run never leaves a half-written output.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
+
+# Caffe's glog prints every layer it builds at INFO level; keep it quiet unless asked.
+os.environ.setdefault("GLOG_minloglevel", "2")
+
+import numpy as np  # noqa: E402
+
+try:  # noqa: E402
+    import caffe
+    from caffe import layers as L  # noqa: F401  (re-exported for net builders)
+    from caffe import params as P  # noqa: F401
+    from caffe.proto import caffe_pb2
+except ImportError as exc:  # pragma: no cover - only without a Caffe build
+    raise ImportError(
+        f"pycaffe is not importable ({exc}); run 'make setup' and use ./.venv/bin/python"
+    ) from exc
+from google.protobuf import text_format  # noqa: E402
+from google.protobuf.message import DecodeError  # noqa: E402
+
+Blobs = Dict[str, List[np.ndarray]]
+"""Layer name -> its parameter blobs, in Caffe's order (weights, bias, ...)."""
+
+
+class ToolkitError(Exception):
+    """A user-facing problem (bad file, bad option): printed as one line, exit code 2."""
+
+
+# ---------------------------------------------------------------- atomic writes
+@contextlib.contextmanager
+def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: os.PathLike | str, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_bytes(path: os.PathLike | str, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+# ---------------------------------------------------------------- prototxt
+def read_net_param(path: os.PathLike | str) -> "caffe_pb2.NetParameter":
+    """Parse a text prototxt, raising ToolkitError (not a C++ abort) when it is bad."""
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError(f"{path}: prototxt not found; check the path")
+    try:
+        return text_format.Parse(path.read_text(), caffe_pb2.NetParameter())
+    except (text_format.ParseError, UnicodeDecodeError) as exc:
+        msg = str(exc).splitlines()[0]
+        raise ToolkitError(f"{path}: not a valid Caffe prototxt ({msg}); fix or regenerate it") from None
+
+
+def net_param_text(net: "caffe_pb2.NetParameter", header: str = "") -> str:
+    body = text_format.MessageToString(net)
+    comments = "".join(f"# {line}\n" for line in header.splitlines()) if header else ""
+    return comments + body
+
+
+def write_net_param(path: os.PathLike | str, net: "caffe_pb2.NetParameter", header: str = "") -> Path:
+    return write_text(path, net_param_text(net, header))
+
+
+# ---------------------------------------------------------------- caffemodel
+def read_caffemodel(path: os.PathLike | str) -> "caffe_pb2.NetParameter":
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError(f"{path}: caffemodel not found; check the path or fetch the weights")
+    net = caffe_pb2.NetParameter()
+    try:
+        net.ParseFromString(path.read_bytes())
+    except DecodeError:
+        raise ToolkitError(f"{path}: not a valid caffemodel (truncated or corrupt); download it again") from None
+    if not net.layer and not net.layers:
+        raise ToolkitError(f"{path}: caffemodel holds no layers; download it again")
+    return net
+
+
+def _blob_array(blob: "caffe_pb2.BlobProto") -> np.ndarray:
+    if blob.HasField("shape"):
+        shape = tuple(blob.shape.dim)
+    else:  # legacy 4-D (num, channels, height, width)
+        shape = (blob.num, blob.channels, blob.height, blob.width)
+    data = np.asarray(blob.double_data if len(blob.double_data) else blob.data, dtype=np.float32)
+    if data.size != int(np.prod(shape)):
+        raise ValueError("blob size does not match its shape")
+    return data.reshape(shape)
+
+
+def load_blobs(path: os.PathLike | str) -> Blobs:
+    """Read a caffemodel into ``{layer name: [blob arrays]}`` without building a Net."""
+    net = read_caffemodel(path)
+    out: Blobs = {}
+    try:
+        for layer in list(net.layer) + list(net.layers):
+            if layer.blobs:
+                out[layer.name] = [_blob_array(b) for b in layer.blobs]
+    except ValueError:
+        raise ToolkitError(f"{path}: caffemodel has a blob whose data does not match its shape; download it again") from None
+    return out
+
+
+def save_blobs(path: os.PathLike | str, blobs: Blobs, layer_types: Optional[Dict[str, str]] = None) -> Path:
+    """Write ``{layer name: [arrays]}`` as a caffemodel that Caffe loads by layer name."""
+    net = caffe_pb2.NetParameter()
+    for name, arrays in blobs.items():
+        layer = net.layer.add(name=name)
+        if layer_types and name in layer_types:
+            layer.type = layer_types[name]
+        for arr in arrays:
+            b = layer.blobs.add()
+            b.shape.dim.extend(int(d) for d in np.shape(arr))
+            b.data.extend(np.asarray(arr, dtype=np.float32).ravel().tolist())
+    return write_bytes(path, net.SerializeToString())
+
+
+def net_blobs(net: "caffe.Net") -> Blobs:
+    """Copies of a live Net's parameters (views die at the next forward/backward)."""
+    return {name: [b.data.copy() for b in blobs] for name, blobs in net.params.items()}
+
+
+def set_net_blobs(net: "caffe.Net", blobs: Blobs, strict: bool = True) -> None:
+    for name, arrays in blobs.items():
+        if name not in net.params:
+            if strict:
+                raise ToolkitError(f"weights name layer '{name}', which the network does not have")
+            continue
+        targets = net.params[name]
+        if len(targets) != len(arrays):
+            raise ToolkitError(f"layer '{name}': weights have {len(arrays)} blobs, the network {len(targets)}")
+        for t, a in zip(targets, arrays):
+            if t.data.size != np.size(a):
+                raise ToolkitError(
+                    f"layer '{name}': weight shape {tuple(np.shape(a))} does not fit the network's {t.data.shape}")
+            t.data[...] = np.asarray(a, dtype=np.float32).reshape(t.data.shape)
+
+
+# ---------------------------------------------------------------- net loading
+def param_shapes(net: "caffe.Net") -> Dict[str, List[tuple]]:
+    return {name: [tuple(b.data.shape) for b in blobs] for name, blobs in net.params.items()}
+
+
+def check_weights_fit(prototxt: os.PathLike | str, weights: os.PathLike | str, net: "caffe.Net") -> None:
+    """Check every caffemodel layer that the net shares by name has the net's blob shapes."""
+    shapes = param_shapes(net)
+    stored = read_caffemodel(weights)
+    for layer in list(stored.layer) + list(stored.layers):
+        if layer.name not in shapes or not layer.blobs:
+            continue
+        want = shapes[layer.name]
+        got = [tuple(_blob_array(b).shape) for b in layer.blobs]
+        if len(got) != len(want) or any(int(np.prod(g)) != int(np.prod(w)) for g, w in zip(got, want)):
+            raise ToolkitError(
+                f"{weights}: layer '{layer.name}' has blob shapes {got} but {prototxt} needs {want}; "
+                "use the caffemodel that belongs to this prototxt")
+
+
+def load_net(prototxt: os.PathLike | str, weights: os.PathLike | str | None = None,
+             phase: int | None = None, force_backward: bool = False) -> "caffe.Net":
+    """Build a caffe.Net after validating both files in Python (no C++ abort on bad input)."""
+    param = read_net_param(prototxt)
+    if weights is not None:
+        read_caffemodel(weights)
+    if force_backward and not param.force_backward:
+        param.force_backward = True
+    validate_net_param(param, prototxt)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "net.prototxt"
+        path.write_text(net_param_text(param))
+        net = caffe.Net(str(path), caffe.TEST if phase is None else phase)
+    if weights is not None:
+        check_weights_fit(prototxt, weights, net)
+        net.copy_from(str(weights))
+    return net
+
+
+def validate_net_param(param: "caffe_pb2.NetParameter", source: os.PathLike | str = "<net>") -> None:
+    """Catch in Python the mistakes on which Caffe's C++ CHECKs would abort the process."""
+    if param.layers:  # pre-2015 V1 format: Caffe upgrades it itself; V1 nets are not checked further
+        return
+    known = set(caffe.layer_type_list())
+    blobs = set(param.input)
+    for layer in param.layer:
+        if layer.type not in known:
+            raise ToolkitError(f"{source}: layer '{layer.name}' has unknown type '{layer.type}'")
+        for bottom in layer.bottom:
+            if bottom not in blobs:
+                raise ToolkitError(f"{source}: layer '{layer.name}' reads blob '{bottom}', which no earlier layer makes")
+        blobs.update(layer.top)
+
+
+def set_mode(gpu: Optional[int] = None, seed: Optional[int] = None) -> None:
+    """CPU, or GPU ``gpu``; called once, by entry points."""
+    if gpu is None or gpu < 0:
+        caffe.set_mode_cpu()
+    else:
+        try:
+            caffe.set_device(int(gpu))
+            caffe.set_mode_gpu()
+        except Exception as exc:  # pycaffe raises plain exceptions
+            raise ToolkitError(f"cannot use GPU {gpu} ({exc}); build Caffe with CAFFE_CUDA=on") from None
+    if seed is not None:
+        caffe.set_random_seed(int(seed))
+
+
+def gpu_available() -> bool:
+    """True when this pycaffe was built with CUDA and a device answers."""
+    if not hasattr(caffe, "set_mode_gpu"):
+        return False
+    import subprocess
+    code = "import os; os.environ['GLOG_minloglevel']='3'; import caffe; caffe.set_device(0); caffe.set_mode_gpu(); print('ok')"
+    try:
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return res.returncode == 0 and "ok" in res.stdout
+
+
+# ---------------------------------------------------------------- entry points
+def run_cli(fn: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None) -> int:
+    """Run an entry point: ToolkitError and ValueError become one line on stderr, exit code 2."""
+    try:
+        return fn(argv)
+    except (ToolkitError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,1 @@
+"""Released caffemodels: manifest, verified download, demo weights."""
