@@ -1,0 +1,189 @@
+"""The Caffe build is real: layers the FRUs use run forward and backward and match numpy."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from defense.core import caffe, L, P, gpu_available, load_blobs, save_blobs, write_net_param
+
+RNG = np.random.default_rng(0)
+
+
+def _fru_like_net(batch: int = 2):
+    """Conv -> BN -> Scale -> ReLU -> Slice -> Eltwise/Concat -> InnerProduct: every FRU layer type."""
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[batch, 3, 6, 6]))
+    n.conv = L.Convolution(n.data, name="conv", num_output=4, kernel_size=3, pad=1, bias_term=True)
+    n.bn = L.BatchNorm(n.conv, name="bn", use_global_stats=True)
+    n.sc = L.Scale(n.bn, name="sc", bias_term=True)
+    n.relu = L.ReLU(n.sc, name="relu")
+    n.top, n.bottom = L.Slice(n.relu, name="slice", ntop=2, slice_param=dict(axis=1, slice_point=[2]))
+    n.fru = L.Convolution(n.top, name="fru", num_output=2, kernel_size=1, bias_term=False)
+    n.merge = L.Eltwise(n.top, n.fru, name="merge", operation=P.Eltwise.SUM)
+    n.cat = L.Concat(n.merge, n.bottom, name="cat", axis=1)
+    n.fc = L.InnerProduct(n.cat, name="fc", num_output=5)
+    net = n.to_proto()
+    net.force_backward = True
+    return net
+
+
+def _conv2d(x, w, b, pad):
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    k = w.shape[-1]
+    out = np.zeros((x.shape[0], w.shape[0], x.shape[2], x.shape[3]))
+    for i in range(x.shape[2]):
+        for j in range(x.shape[3]):
+            patch = xp[:, :, i:i + k, j:j + k]
+            out[:, :, i, j] = np.einsum("nchw,ochw->no", patch, w)
+    return out + b[None, :, None, None]
+
+
+def _numpy_forward(x, p):
+    conv = _conv2d(x, p["conv"][0], p["conv"][1], 1)
+    mean, var = p["bn"][0] / p["bn"][2][0], p["bn"][1] / p["bn"][2][0]
+    bn = (conv - mean[None, :, None, None]) / np.sqrt(var[None, :, None, None] + 1e-5)
+    sc = bn * p["sc"][0][None, :, None, None] + p["sc"][1][None, :, None, None]
+    relu = np.maximum(sc, 0)
+    top, bottom = relu[:, :2], relu[:, 2:]
+    fru = np.einsum("nchw,oc->nohw", top, p["fru"][0][:, :, 0, 0])
+    cat = np.concatenate([top + fru, bottom], axis=1)
+    return cat.reshape(len(x), -1) @ p["fc"][0].T + p["fc"][1]
+
+
+@pytest.fixture()
+def fru_like(tmp_path):
+    path = write_net_param(tmp_path / "net.prototxt", _fru_like_net())
+    net = caffe.Net(str(path), caffe.TEST)
+    for name, blobs in net.params.items():
+        for b in blobs:
+            b.data[...] = RNG.normal(size=b.data.shape)
+    bn = net.params["bn"]
+    bn[1].data[...] = RNG.uniform(0.5, 2.0, size=bn[1].data.shape)  # variance > 0
+    bn[2].data[...] = 2.0  # BatchNorm's moving-average scale factor
+    return net, path
+
+
+def test_forward_matches_numpy(fru_like):
+    net, _ = fru_like
+    x = RNG.normal(size=(2, 3, 6, 6)).astype(np.float32)
+    out = net.forward(data=x)["fc"].copy()
+    params = {k: [b.data.astype(np.float64) for b in v] for k, v in net.params.items()}
+    np.testing.assert_allclose(out, _numpy_forward(x.astype(np.float64), params), rtol=1e-4, atol=1e-4)
+
+
+def test_input_gradient_matches_finite_differences(fru_like):
+    net, _ = fru_like
+    x = RNG.normal(size=(2, 3, 6, 6))
+    params = {k: [b.data.astype(np.float64) for b in v] for k, v in net.params.items()}
+    g_out = RNG.normal(size=(2, 5))
+    net.forward(data=x.astype(np.float32))
+    net.blobs["fc"].diff[...] = g_out
+    grad = net.backward(start="fc")["data"].copy()
+
+    def loss(xx):
+        return float(np.sum(_numpy_forward(xx, params) * g_out))
+
+    eps = 1e-5
+    for idx in [(0, 0, 0, 0), (0, 1, 2, 3), (1, 2, 5, 5), (1, 0, 3, 1), (0, 2, 4, 2)]:
+        xp, xm = x.copy(), x.copy()
+        xp[idx] += eps
+        xm[idx] -= eps
+        numeric = (loss(xp) - loss(xm)) / (2 * eps)
+        assert grad[idx] == pytest.approx(numeric, rel=1e-4, abs=1e-4)
+
+
+class DoubleLayer(caffe.Layer):
+    """A Python layer: y = 2x, dy/dx = 2."""
+
+    def setup(self, bottom, top):
+        if len(bottom) != 1:
+            raise Exception("DoubleLayer takes one bottom")
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = 2 * bottom[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        bottom[0].diff[...] = 2 * top[0].diff
+
+
+def test_python_layer(tmp_path):
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[2, 3]))
+    n.double = L.Python(n.data, name="double", python_param=dict(module="test_build", layer="DoubleLayer"))
+    param = n.to_proto()
+    param.force_backward = True
+    path = write_net_param(tmp_path / "py.prototxt", param)
+    sys.path.insert(0, str(Path(__file__).parent))
+    net = caffe.Net(str(path), caffe.TEST)
+    x = RNG.normal(size=(2, 3)).astype(np.float32)
+    np.testing.assert_allclose(net.forward(data=x)["double"], 2 * x, rtol=1e-6)
+    net.blobs["double"].diff[...] = 1.0
+    np.testing.assert_allclose(net.backward()["data"], np.full((2, 3), 2.0), rtol=1e-6)
+
+
+def test_caffemodel_round_trip(fru_like, tmp_path):
+    net, path = fru_like
+    x = RNG.normal(size=(2, 3, 6, 6)).astype(np.float32)
+    expected = net.forward(data=x)["fc"].copy()
+    net.save(str(tmp_path / "a.caffemodel"))
+    again = caffe.Net(str(path), caffe.TEST, weights=str(tmp_path / "a.caffemodel"))
+    np.testing.assert_array_equal(again.forward(data=x)["fc"], expected)
+    # the toolkit's own writer gives a caffemodel that Caffe loads by name, bit for bit
+    blobs = load_blobs(tmp_path / "a.caffemodel")
+    assert sorted(blobs) == sorted(net.params)
+    save_blobs(tmp_path / "b.caffemodel", blobs)
+    third = caffe.Net(str(path), caffe.TEST, weights=str(tmp_path / "b.caffemodel"))
+    np.testing.assert_array_equal(third.forward(data=x)["fc"], expected)
+
+
+def test_glog_quiet_on_import(root):
+    env = {k: v for k, v in os.environ.items() if k != "GLOG_minloglevel"}
+    code = "import defense, caffe; print(caffe.__version__)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "1.0.0"
+    assert "Initializing" not in res.stderr and res.stderr.strip() == ""
+
+
+def test_pycaffe_comes_from_the_venv_without_pythonpath(root):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    res = subprocess.run([str(root / ".venv" / "bin" / "python"), "-c", "import caffe, numpy; print(numpy.__version__)"],
+                         capture_output=True, text=True, env=env, cwd="/")
+    assert res.returncode == 0, res.stderr
+    assert int(res.stdout.split(".")[0]) < 2
+
+
+def test_dockerfile_runs_the_tested_setup_script(root):
+    text = (root / "Dockerfile").read_text()
+    assert "FROM nvidia/cuda:12." in text and "ubuntu22.04" in text
+    run_lines = [line for line in text.splitlines() if "caffe_build/setup.sh" in line]
+    assert run_lines, "the Dockerfile must build Caffe through caffe_build/setup.sh"
+    assert "CAFFE_CUDA=on" in text and "90" in text
+    assert 'ENTRYPOINT [".venv/bin/python", "defense_example.py"]' in text
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpu_available(), reason="needs a CUDA build of Caffe and a GPU")
+def test_gpu_forward_matches_cpu(fru_like):
+    net, _ = fru_like
+    x = RNG.normal(size=(2, 3, 6, 6)).astype(np.float32)
+    cpu = net.forward(data=x)["fc"].copy()
+    caffe.set_device(0)
+    caffe.set_mode_gpu()
+    try:
+        gpu = net.forward(data=x)["fc"].copy()
+        net.blobs["fc"].diff[...] = 1.0
+        grad_gpu = net.backward(start="fc")["data"].copy()
+    finally:
+        caffe.set_mode_cpu()
+    net.forward(data=x)
+    net.blobs["fc"].diff[...] = 1.0
+    grad_cpu = net.backward(start="fc")["data"].copy()
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(grad_gpu, grad_cpu, rtol=1e-4, atol=1e-4)
