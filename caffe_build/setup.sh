@@ -138,7 +138,6 @@ else
   VARIANT=cpu
 fi
 KEY=$( { echo "$SRC_ID"; echo "$DEBIAN_PATCHES"; echo "${CMAKE_OPTS[*]}"; echo "$PY_TAG";
-         echo "$(command -v "$VENV/bin/python")"; cat "$RECIPE/patches/series";
          for p in $(cat "$RECIPE/patches/series"); do cat "$RECIPE/patches/$p"; done; } \
        | sha256sum | cut -c1-16)
 BUILD_ROOT="$CACHE/caffe/$VARIANT-py$PY_TAG-$KEY"

@@ -186,6 +186,10 @@ _RESNET152_TARGETS = (FruTarget("conv1", 32, 32, short="conv1", prefix="dc1_"),)
     FruTarget(f"res{j}_conv2", n, n, short=f"res{j}_conv2", prefix=f"res{j}_c2_dc1_")
     for j, n in [(1, 32), (4, 64), (12, 128), (24, 128), (30, 128), (48, 256)])
 
+FASHION_MNIST_MEAN = (72.94,)  # mean pixel of the 60,000 Fashion-MNIST training images
+_FASHIONNET_TARGETS = tuple(default_target(layer, channels)
+                            for layer, channels in (("conv1", 32), ("conv2", 64), ("conv3", 96)))
+
 PRESETS: Dict[str, NetPreset] = {
     p.name: p for p in [
         NetPreset("CaffeNet", "caffenet", "explicit", _CAFFENET_TARGETS, resize="squash",
@@ -199,6 +203,10 @@ PRESETS: Dict[str, NetPreset] = {
         NetPreset("ResNet152", "resnet152", "folded", _RESNET152_TARGETS, mean_bgr=RESNET_MEAN_BGR,
                   resize="shorter", eval_batch=20, baseline_top1=0.79,
                   params_baseline=60_329_023, params_fru=62_754_900),
+        # Offline stand-in (defense/networks/fashionnet.py): one grey channel, 28x28, no resize;
+        # mean = Fashion-MNIST train pixel mean (72.94); default FRU rule N = C/2, D = N on its convs.
+        NetPreset("FashionNet", "fashionnet", "explicit", _FASHIONNET_TARGETS, input_size=28, channels=1,
+                  mean_bgr=FASHION_MNIST_MEAN, resize="none", resize_to=28, eval_batch=100, num_classes=10),
     ]
 }
 
