@@ -1,0 +1,34 @@
+"""Regenerate the baseline deploy prototxts: ``python -m defense.networks --all [--out DIR]``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from ..core import run_cli
+from . import BUILDERS, write_baselines
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m defense.networks",
+        description="Write the baseline deploy prototxts (prototxt/<Net>/deploy_<stem>.prototxt) "
+                    "from their NetSpec builders.")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--all", action="store_true", help=f"all networks: {', '.join(BUILDERS)}")
+    which.add_argument("--net", action="append", metavar="NAME",
+                       help="one network (repeatable); case-insensitive preset name")
+    parser.add_argument("--out", metavar="DIR", default=None,
+                        help="output root (default: the repository's prototxt/ folder)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    for path in write_baselines(args.out, None if args.all else args.net):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
