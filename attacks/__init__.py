@@ -1,2 +1,22 @@
-"""Universal adversarial perturbations for Caffe classifiers, and their file formats."""
+"""Universal adversarial perturbations for Caffe classifiers, and their file formats.
+
+Conventions: images (N,C,H,W) and perturbations (C,H,W) are float32, BGR, in [0,255] pixel
+units, the perturbation added before mean subtraction. Metrics are defined once in
+``attacks.metrics``; file formats live in ``attacks.perturbation_io``.
+"""
 from defense.core import ToolkitError  # noqa: F401
+
+from .base import UapResult, UniversalAttack  # noqa: F401
+from .classifier import CaffeClassifier  # noqa: F401
+from .fff import FFF
+from .gduap import GDUAP
+from .perturbation_io import (PUBLISHED_LOADERS, PerturbationMeta, load_mat, load_perturbation,  # noqa: F401
+                              load_published, save_perturbation)
+from .projection import lp_norm, project_lp  # noqa: F401
+from .spgd import SPGD
+from .svuap import SVUAP
+from .synthetic import synthesize  # noqa: F401
+from .uap import UAP
+
+ATTACKS = {cls.name: cls for cls in (UAP, SPGD, FFF, GDUAP, SVUAP)}
+"""Attack name -> class (the CLI's sub-commands)."""

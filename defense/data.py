@@ -142,7 +142,7 @@ def read_idx(path: os.PathLike | str, ndim: int, fix: str = FASHION_MNIST_FIX) -
         raise ToolkitError(f"{path}: truncated IDX header; reinstall it with '{fix}'")
     zero, dtype_code, dims = struct.unpack(">HBB", raw[:4])
     if zero != 0 or dtype_code != _IDX_UBYTE or dims != ndim:
-        raise ToolkitError(f"{path}: bad IDX magic number 0x{raw[:4].hex()} (expected 0x{_IDX_UBYTE:04x}"
+        raise ToolkitError(f"{path}: bad IDX magic number 0x{raw[:4].hex()} (expected 0x0000{_IDX_UBYTE:02x}"
                            f"{ndim:02x}); reinstall it with '{fix}'")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     if len(raw) - header != int(np.prod(shape)):

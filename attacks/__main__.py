@@ -1,0 +1,281 @@
+"""Command line: ``python -m attacks <uap|spgd|fff|gduap|svuap|synthetic|convert> ...``.
+
+Writes the perturbation (toolkit HDF5, see attacks.perturbation_io) and a JSON report
+(fooling rate on the attack data and on held-out data with 95% bootstrap intervals, norms,
+time, seed, parameters).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+from defense.core import ToolkitError, run_cli, set_mode, write_text
+
+from . import ATTACKS
+from .classifier import CaffeClassifier
+from .data import load_images, split_holdout
+from .metrics import fooling_report
+from .perturbation_io import (PUBLISHED_LOADERS, PerturbationMeta, load_mat, load_perturbation,
+                              load_published, save_perturbation)
+from .projection import lp_norm
+from .synthetic import RULES, synthesize
+
+DATA_HELP = ".npy (never unpickled) or .h5 array of images (N,C,H,W), float32 BGR in [0,255] before mean subtraction"
+
+
+# ------------------------------------------------------------------ parser
+def _net_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_argument_group("network")
+    g.add_argument("--prototxt", required=required, help="deploy prototxt (input shape is read from it)")
+    g.add_argument("--weights", required=required, help="caffemodel")
+    g.add_argument("--mean", help="per-channel BGR mean to subtract, e.g. '104,117,123' (or one value)")
+    g.add_argument("--preset", help="take the mean from this network preset (e.g. CaffeNet)")
+    g.add_argument("--clip", action="store_true", help="clip perturbed images to [0,255] (default: no clipping, "
+                   "as the published evaluation scripts)")
+    g.add_argument("--gpu", type=int, default=None, help="GPU id (default: CPU)")
+    g.add_argument("--batch-size", type=int, default=32, help="images per forward/backward pass")
+
+
+def _out_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="perturbation file to write (.h5)")
+    p.add_argument("--report", help="JSON report (default: --out with .json)")
+    p.add_argument("--network", help="network name recorded in the file (default: preset or prototxt name)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (recorded)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _attack_args(p: argparse.ArgumentParser, data_required: bool, norm: bool = True) -> None:
+    _net_args(p)
+    p.add_argument("--data", required=data_required, help=DATA_HELP)
+    p.add_argument("--heldout", help="held-out images (same format); default: split --holdout-fraction off --data")
+    p.add_argument("--holdout-fraction", type=float, default=0.2, help="share of --data held out (default 0.2)")
+    if norm:
+        p.add_argument("--norm", default="inf", choices=["inf", "2"], help="l_inf or l_2 ball (default inf)")
+    p.add_argument("--xi", type=float, default=None,
+                   help="ball radius in pixel units (default: 10 for l_inf, 2000 for l_2 at 224x224x3)")
+    _out_args(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m attacks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("uap", help="UAP (Moosavi-Dezfooli et al. 2017), batched DeepFool")
+    _attack_args(p, data_required=True)
+    p.add_argument("--delta", type=float, default=0.2, help="stop at fooling rate 1-delta (default 0.2)")
+    p.add_argument("--max-passes", type=int, default=10, help="passes over the data (default 10)")
+    p.add_argument("--overshoot", type=float, default=0.02)
+    p.add_argument("--max-iter-df", type=int, default=50, help="DeepFool iterations (default 50)")
+    p.add_argument("--num-classes", type=int, default=10, help="DeepFool's top-k classes (default 10)")
+    p.add_argument("--state", help="resume file (default: --out with .state.npz); rerun to resume")
+
+    p = sub.add_parser("spgd", help="sPGD (Mummadi et al. 2019): stochastic PGD on one perturbation")
+    _attack_args(p, data_required=True)
+    p.add_argument("--step-size", type=float, default=None, help="pixel units per step (default xi/10)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--loss-clip", type=float, default=None, help="cross-entropy clip (default: none)")
+    p.add_argument("--delta", type=float, default=0.0, help="stop early at fooling rate 1-delta (0: never)")
+
+    for name, helptext in (("fff", "Fast Feature Fool (Mopuri et al. 2017), data-free"),
+                           ("gduap", "GD-UAP (Mopuri et al. 2018), data-free with priors")):
+        p = sub.add_parser(name, help=helptext)
+        _attack_args(p, data_required=False, norm=False)
+        p.add_argument("--layers", nargs="+", help="blobs to excite (default: every conv output)")
+        p.add_argument("--lr", type=float, default=None, help="Adam step, pixel units (default xi/100)")
+        p.add_argument("--max-iter", type=int, default=300)
+        if name == "gduap":
+            p.add_argument("--prior", default="range", choices=["none", "range", "data"])
+            p.add_argument("--saturation", type=float, default=0.5, help="halve v above this saturated share")
+
+    p = sub.add_parser("svuap", help="SV-UAP (Khrulkov & Oseledets 2018): (p,q)-singular vectors")
+    _attack_args(p, data_required=True)
+    p.add_argument("--layer", help="hidden blob (default: first conv output)")
+    p.add_argument("--p", type=float, default=None, help="power-method input norm (default: inf / 2)")
+    p.add_argument("--q", type=float, default=10.0)
+    p.add_argument("--n-images", type=int, default=64)
+    p.add_argument("--max-iter", type=int, default=30)
+    p.add_argument("--fd-step", type=float, default=1.0, help="finite-difference step (l_2 pixel units)")
+
+    p = sub.add_parser("synthetic", help="synthetic perturbations mixed from a set of UAP files")
+    p.add_argument("--inputs", nargs="+", required=True, help="perturbation files (toolkit format, or --input-format)")
+    p.add_argument("--input-format", default="toolkit", choices=["toolkit", *PUBLISHED_LOADERS],
+                   help="format of --inputs (default: toolkit)")
+    p.add_argument("--count", type=int, default=100, help="how many to make (default 100)")
+    p.add_argument("--threshold", default="min", help="l_2 norm to reach: a number, 'min' or 'max' of the set")
+    p.add_argument("--rule", default="convex", choices=list(RULES))
+    p.add_argument("--max-steps", type=int, default=1000)
+    _out_args(p)
+
+    p = sub.add_parser("convert", help="convert a published / .mat / .npy perturbation to the toolkit format")
+    p.add_argument("--format", required=True, choices=[*PUBLISHED_LOADERS, "mat"], help="input format")
+    p.add_argument("--input", required=True, help="file to convert")
+    p.add_argument("--mat-variable", help=".mat variable (default: 'v' or the only 3-D one)")
+    p.add_argument("--mat-layout", default="WHC", help=".mat array dimension order (default WHC)")
+    p.add_argument("--mat-bgr", action="store_true", help=".mat channels are already BGR")
+    _out_args(p)
+    return parser
+
+
+# ------------------------------------------------------------------ helpers
+def _mean(args) -> object:
+    if args.mean and args.preset:
+        raise ToolkitError("give either --mean or --preset, not both")
+    if args.preset:
+        from defense.presets import get_preset
+        return get_preset(args.preset).mean_bgr
+    if args.mean is None:
+        raise ToolkitError("the mean to subtract is needed: give --mean B,G,R or --preset NAME")
+    try:
+        values = [float(a) for a in args.mean.split(",")]
+    except ValueError:
+        raise ToolkitError(f"--mean must be numbers separated by commas, got '{args.mean}'") from None
+    return values[0] if len(values) == 1 else values
+
+
+def _classifier(args) -> CaffeClassifier:
+    mean = _mean(args)
+    set_mode(args.gpu, args.seed)
+    return CaffeClassifier.from_files(args.prototxt, args.weights, mean, clip=args.clip, batch_size=args.batch_size)
+
+
+def _network_name(args) -> str:
+    if getattr(args, "network", None):
+        return args.network
+    if getattr(args, "preset", None):
+        return args.preset
+    return Path(args.prototxt).stem if getattr(args, "prototxt", None) else ""
+
+
+def _report_path(args) -> Path:
+    return Path(args.report) if args.report else Path(args.out).with_suffix(".json")
+
+
+def _norms(v: np.ndarray) -> Dict[str, float]:
+    return {"linf": lp_norm(v, "inf"), "l2": lp_norm(v, "2")}
+
+
+def _attack_kwargs(args) -> Dict[str, object]:
+    c = args.command
+    common = {"verbose": not args.quiet}
+    if c in ("uap", "spgd", "svuap"):
+        common.update(norm=args.norm, xi=args.xi)
+    else:
+        common.update(xi=args.xi)
+    if c == "uap":
+        state = args.state or str(Path(args.out).with_suffix(".state.npz"))
+        return dict(common, delta=args.delta, max_passes=args.max_passes, overshoot=args.overshoot,
+                    max_iter_df=args.max_iter_df, num_classes=args.num_classes, batch_size=args.batch_size,
+                    state_path=state)
+    if c == "spgd":
+        return dict(common, step_size=args.step_size, epochs=args.epochs, batch_size=args.batch_size,
+                    loss_clip=args.loss_clip, delta=args.delta)
+    if c == "fff":
+        return dict(common, layers=args.layers, lr=args.lr, max_iter=args.max_iter)
+    if c == "gduap":
+        return dict(common, layers=args.layers, lr=args.lr, max_iter=args.max_iter, prior=args.prior,
+                    batch_size=args.batch_size, saturation=args.saturation)
+    return dict(common, layer=args.layer, p=args.p, q=args.q, n_images=args.n_images, max_iter=args.max_iter,
+                fd_step=args.fd_step, batch_size=args.batch_size)
+
+
+def _jsonable(params: Dict[str, object]) -> Dict[str, object]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in params.items()}
+
+
+# ------------------------------------------------------------------ commands
+def run_attack(args) -> Dict[str, object]:
+    clf = _classifier(args)
+    rng = np.random.default_rng(args.seed)
+    x_attack = x_held = None
+    if args.data:
+        x = load_images(args.data, clf.input_shape)
+        if args.heldout:
+            x_attack, x_held = x, load_images(args.heldout, clf.input_shape)
+        else:
+            a, h = split_holdout(len(x), args.holdout_fraction, np.random.default_rng([args.seed, 1]))
+            x_attack, x_held = x[a], (x[h] if len(h) else None)
+    attack = ATTACKS[args.command](clf, **_attack_kwargs(args))
+    t0 = time.perf_counter()
+    result = attack.generate(x_attack, rng)
+    elapsed = time.perf_counter() - t0
+    v = result.perturbation
+    report: Dict[str, object] = {"attack": args.command, "network": _network_name(args),
+                                 "prototxt": args.prototxt, "weights": args.weights, "data": args.data,
+                                 "seed": args.seed, "clip": bool(args.clip), "params": _jsonable(attack.params),
+                                 "time_s": elapsed, "n_iter": result.n_iter, "converged": bool(result.converged),
+                                 "norms": _norms(v), "history": [float(h) for h in result.history]}
+    for key, xs in (("attack_data", x_attack), ("heldout", x_held)):
+        if xs is not None:
+            report[key] = fooling_report(clf.labels(xs), clf.labels(xs, perturbation=v), seed=args.seed)
+    fr = report["attack_data"]["fooling_rate"] if x_attack is not None else float("nan")
+    meta = PerturbationMeta(attack=args.command, network=report["network"], input_size=tuple(clf.input_shape[1:]),
+                            norm=getattr(attack, "norm", "inf"), xi=float(attack.xi), fooling_rate=fr,
+                            data=str(args.data or ""), seed=args.seed, attack_params=_jsonable(attack.params),
+                            extra={"clip": bool(args.clip), "heldout": report.get("heldout")})
+    save_perturbation(args.out, v, meta)
+    report["out"] = str(args.out)
+    return report
+
+
+def run_synthetic(args) -> Dict[str, object]:
+    if args.input_format == "toolkit":
+        arrays = [load_perturbation(p)[0] for p in args.inputs]
+    else:
+        arrays = [load_published(args.input_format, p) for p in args.inputs]
+    shapes = {a.shape[-3:] for a in arrays}
+    if len(shapes) != 1:
+        raise ToolkitError(f"the input perturbations have different shapes {sorted(shapes)}")
+    stack = np.concatenate([a[None] if a.ndim == 3 else a for a in arrays])
+    threshold = args.threshold if args.threshold in ("min", "max") else float(args.threshold)
+    t0 = time.perf_counter()
+    res = synthesize(stack, args.count, np.random.default_rng(args.seed), threshold, args.rule, args.max_steps)
+    params = {"inputs": list(args.inputs), "count": args.count, "threshold": res.threshold, "rule": args.rule,
+              "max_steps": args.max_steps}
+    meta = PerturbationMeta(attack="synthetic", network=args.network or "", input_size=tuple(stack.shape[-2:]),
+                            norm="2", xi=res.threshold, seed=args.seed, attack_params=params)
+    save_perturbation(args.out, res.perturbations, meta)
+    l2 = np.sqrt((res.perturbations.reshape(len(res.perturbations), -1).astype(np.float64) ** 2).sum(1))
+    return {"attack": "synthetic", "out": str(args.out), "seed": args.seed, "params": params,
+            "time_s": time.perf_counter() - t0, "rescaled": res.rescaled,
+            "steps": {"mean": float(res.steps.mean()), "max": int(res.steps.max())},
+            "norms": {"l2_min": float(l2.min()), "l2_max": float(l2.max()),
+                      "linf_max": float(np.abs(res.perturbations).max())}}
+
+
+def run_convert(args) -> Dict[str, object]:
+    if args.format == "mat":
+        v = load_mat(args.input, args.mat_variable, args.mat_layout, rgb=not args.mat_bgr)
+    else:
+        v = load_published(args.format, args.input)
+    meta = PerturbationMeta(attack=args.format, network=args.network or "", input_size=tuple(v.shape[-2:]),
+                            data=str(args.input), seed=None, extra={"converted_from": str(args.input)})
+    save_perturbation(args.out, v, meta)
+    return {"attack": args.format, "input": str(args.input), "out": str(args.out), "shape": list(v.shape),
+            "norms": _norms(v)}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    if args.command == "synthetic":
+        report = run_synthetic(args)
+    elif args.command == "convert":
+        report = run_convert(args)
+    else:
+        report = run_attack(args)
+    text = json.dumps(report, indent=2, sort_keys=True, default=float)
+    write_text(_report_path(args), text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

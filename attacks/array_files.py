@@ -1,0 +1,87 @@
+"""Safe readers for the array files users bring (.npy, HDF5, MATLAB .mat).
+
+Every reader raises ToolkitError naming the file, so a CLI prints one line and exits 2.
+``.npy`` files are never unpickled (``allow_pickle=False``): a pickled file is an error.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+
+from defense.core import ToolkitError
+
+
+def _existing(path: os.PathLike | str, what: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError(f"{path}: {what} not found; check the path")
+    return path
+
+
+def read_npy(path: os.PathLike | str) -> np.ndarray:
+    """Load a plain numeric ``.npy`` array; pickled (object) content is refused."""
+    path = _existing(path, ".npy file")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise ToolkitError(f"{path}: holds pickled (object) data, which is never loaded; "
+                               "save it as a plain numeric array (np.save of a float array)") from None
+        raise ToolkitError(f"{path}: not a valid .npy array ({exc})") from None
+    except (OSError, EOFError) as exc:
+        raise ToolkitError(f"{path}: not a valid .npy array ({exc}); write it again with np.save") from None
+    if not isinstance(arr, np.ndarray):  # an .npz archive
+        raise ToolkitError(f"{path}: is an .npz archive, not a single .npy array")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise ToolkitError(f"{path}: array has dtype {arr.dtype}, expected numbers")
+    return arr
+
+
+def read_h5_dataset(path: os.PathLike | str, name: Optional[str] = None) -> np.ndarray:
+    """Read one dataset of an HDF5 file: ``name``, or the only dataset when ``name`` is None."""
+    import h5py
+    path = _existing(path, "HDF5 file")
+    try:
+        with h5py.File(path, "r") as f:
+            if name is None:
+                names = [k for k, v in f.items() if isinstance(v, h5py.Dataset)]
+                if len(names) != 1:
+                    raise ToolkitError(f"{path}: expected exactly one dataset, found {names or 'none'}; "
+                                       "name the dataset to read")
+                name = names[0]
+            if name not in f or not isinstance(f[name], h5py.Dataset):
+                raise ToolkitError(f"{path}: has no dataset '{name}' (it has: {', '.join(f.keys()) or 'nothing'})")
+            arr = f[name][()]
+    except OSError as exc:
+        raise ToolkitError(f"{path}: not a readable HDF5 file ({str(exc).splitlines()[0]})") from None
+    arr = np.asarray(arr)
+    if not np.issubdtype(arr.dtype, np.number):
+        raise ToolkitError(f"{path}: dataset '{name}' has dtype {arr.dtype}, expected numbers")
+    return arr
+
+
+def read_mat_variables(path: os.PathLike | str) -> Dict[str, np.ndarray]:
+    """Numeric variables of a MATLAB ``.mat`` file; v7.3 (HDF5) files are read with h5py.
+
+    h5py sees a v7.3 array with its dimensions reversed (MATLAB is column-major); they are
+    reversed back here, so both versions give MATLAB's own dimension order.
+    """
+    path = _existing(path, ".mat file")
+    import h5py
+    if h5py.is_hdf5(path):
+        out: Dict[str, np.ndarray] = {}
+        with h5py.File(path, "r") as f:
+            for key, item in f.items():
+                if isinstance(item, h5py.Dataset) and np.issubdtype(item.dtype, np.number):
+                    out[key] = np.asarray(item[()]).transpose()
+        return out
+    import scipy.io
+    try:
+        raw = scipy.io.loadmat(str(path))
+    except (ValueError, TypeError, OSError, NotImplementedError) as exc:
+        raise ToolkitError(f"{path}: not a readable .mat file ({exc})") from None
+    return {k: np.asarray(v) for k, v in raw.items()
+            if not k.startswith("__") and isinstance(v, np.ndarray) and np.issubdtype(v.dtype, np.number)}

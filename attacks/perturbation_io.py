@@ -1,0 +1,217 @@
+"""The toolkit's perturbation file, and converters from the formats users bring.
+
+Canonical array: float32 ``(3, H, W)`` (or a stack ``(K, 3, H, W)``), BGR, pixel units
+([0,255] scale), added to the image *before* mean subtraction. The toolkit's file is HDF5:
+dataset ``perturbation`` plus attributes (``PerturbationMeta``). Published files are read by
+one small pure loader per format (``PUBLISHED_LOADERS``), following
+``attack_samples/FORMATS.md`` of the reference data; conversion happens only here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+
+from defense.core import ToolkitError, atomic_path
+
+from .array_files import read_h5_dataset, read_mat_variables, read_npy
+
+FORMAT_NAME = "fru-toolkit-perturbation"
+FORMAT_VERSION = 1
+DATASET = "perturbation"
+PUBLISHED_SIZE = 224
+
+
+@dataclass
+class PerturbationMeta:
+    """What a perturbation file records besides the array."""
+
+    attack: str = "unknown"
+    network: str = ""
+    input_size: Tuple[int, int] = (PUBLISHED_SIZE, PUBLISHED_SIZE)
+    channel_order: str = "BGR"
+    value_scale: str = "pixel [0,255]"
+    added_before_mean: bool = True
+    norm: str = ""
+    xi: float = float("nan")
+    fooling_rate: float = float("nan")
+    data: str = ""
+    seed: Optional[int] = None
+    attack_params: Dict[str, object] = field(default_factory=dict)
+    extra: Dict[str, object] = field(default_factory=dict)
+
+
+def save_perturbation(path: os.PathLike | str, v: np.ndarray, meta: PerturbationMeta) -> Path:
+    """Write ``v`` and ``meta`` atomically as the toolkit's HDF5 perturbation file."""
+    import h5py
+    v = np.asarray(v, dtype=np.float32)
+    _check_canonical(v, str(path))
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset(DATASET, data=v)
+            f.attrs["format"] = FORMAT_NAME
+            f.attrs["version"] = FORMAT_VERSION
+            for key, value in dataclasses.asdict(meta).items():
+                if isinstance(value, dict):
+                    f.attrs[key] = json.dumps(value, sort_keys=True, default=str)
+                elif value is None:
+                    f.attrs[key] = "null"
+                else:
+                    f.attrs[key] = value
+    return Path(path)
+
+
+def load_perturbation(path: os.PathLike | str) -> Tuple[np.ndarray, PerturbationMeta]:
+    """Read a toolkit perturbation file: (array, metadata)."""
+    import h5py
+    v = read_h5_dataset(path, DATASET).astype(np.float32)
+    _check_canonical(v, str(path))
+    with h5py.File(path, "r") as f:
+        attrs = dict(f.attrs)
+    if attrs.get("format") != FORMAT_NAME:
+        raise ToolkitError(f"{path}: not a toolkit perturbation file (no format attribute); "
+                           "convert it with 'python -m attacks convert'")
+    kw: Dict[str, object] = {}
+    for fld in dataclasses.fields(PerturbationMeta):
+        if fld.name not in attrs:
+            continue
+        value = attrs[fld.name]
+        if isinstance(value, bytes):
+            value = value.decode()
+        if fld.name in ("attack_params", "extra"):
+            value = json.loads(value)
+        elif fld.name == "seed":
+            value = None if isinstance(value, str) and value == "null" else int(value)
+        elif fld.name == "input_size":
+            value = tuple(int(a) for a in value)
+        elif fld.name == "added_before_mean":
+            value = bool(value)
+        elif isinstance(value, np.generic):
+            value = value.item()
+        kw[fld.name] = value
+    return v, PerturbationMeta(**kw)  # type: ignore[arg-type]
+
+
+def _check_canonical(v: np.ndarray, source: str) -> None:
+    if v.ndim not in (3, 4) or v.shape[-3] != 3:
+        raise ToolkitError(f"{source}: perturbation must have shape (3,H,W) or (K,3,H,W), got {v.shape}")
+    if not np.all(np.isfinite(v)):
+        raise ToolkitError(f"{source}: perturbation holds NaN or infinite values")
+
+
+# ------------------------------------------------------------------ published formats
+def _expect(arr: np.ndarray, shape: Tuple[int, ...], path: os.PathLike | str, fmt: str) -> np.ndarray:
+    if tuple(arr.shape) != shape:
+        raise ToolkitError(f"{path}: a {fmt} file holds an array of shape {shape}, this one {tuple(arr.shape)}; "
+                           "check the file or the attack name")
+    return arr
+
+
+def _finish(v: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(v, dtype=np.float32)
+
+
+def load_uap_h5(path: os.PathLike | str) -> np.ndarray:
+    """UAP (l_inf, l_2, stronger): dataset ``v`` (3,224,224), C x W x H (MATLAB order), BGR."""
+    v = _expect(read_h5_dataset(path, "v"), (3, PUBLISHED_SIZE, PUBLISHED_SIZE), path, "UAP")
+    return _finish(v.transpose(0, 2, 1))
+
+
+def load_fff_npy(path: os.PathLike | str, offset: int = 0) -> np.ndarray:
+    """FFF: (1,227,227,3) H x W x C RGB; crop at ``offset`` (0 as in the evaluation script)."""
+    v = _expect(read_npy(path), (1, 227, 227, 3), path, "FFF")
+    if offset not in (0, 1, 2, 3):
+        raise ValueError(f"FFF crop offset must be in 0..3, got {offset}")
+    crop = v[0, offset:offset + PUBLISHED_SIZE, offset:offset + PUBLISHED_SIZE, :]
+    return _finish(crop.transpose(2, 0, 1)[::-1])
+
+
+def load_nag_npy(path: os.PathLike | str) -> np.ndarray:
+    """NAG: (224,224,3) RGB."""
+    v = _expect(read_npy(path), (PUBLISHED_SIZE, PUBLISHED_SIZE, 3), path, "NAG")
+    return _finish(v.transpose(2, 0, 1)[::-1])
+
+
+def load_sfool_h5(path: os.PathLike | str) -> np.ndarray:
+    """S.Fool (SV-UAP): dataset ``v`` (3,227,227); crop [:, 1:225, 1:225], no transpose."""
+    v = _expect(read_h5_dataset(path, "v"), (3, 227, 227), path, "S.Fool")
+    return _finish(v[:, 1:1 + PUBLISHED_SIZE, 1:1 + PUBLISHED_SIZE])
+
+
+def load_gap_h5(path: os.PathLike | str) -> np.ndarray:
+    """GAP: dataset ``v`` (1,3,300,300) in [-1,1], RGB; x16, reverse channels, crop [30:254]."""
+    v = _expect(read_h5_dataset(path, "v"), (1, 3, 300, 300), path, "GAP")
+    return _finish(16.0 * v[0, ::-1, 30:30 + PUBLISHED_SIZE, 30:30 + PUBLISHED_SIZE])
+
+
+def load_guap_npy(path: os.PathLike | str) -> np.ndarray:
+    """G-UAP: (1,224,224,3) RGB; transpose, reverse channels, x1.5."""
+    v = _expect(read_npy(path), (1, PUBLISHED_SIZE, PUBLISHED_SIZE, 3), path, "G-UAP")
+    return _finish(1.5 * v[0].transpose(2, 0, 1)[::-1])
+
+
+def load_spgd_h5(path: os.PathLike | str) -> np.ndarray:
+    """sPGD: dataset ``v`` (3,224,224), used as is."""
+    v = _expect(read_h5_dataset(path, "v"), (3, PUBLISHED_SIZE, PUBLISHED_SIZE), path, "sPGD")
+    return _finish(v)
+
+
+PUBLISHED_LOADERS: Dict[str, Callable[[os.PathLike | str], np.ndarray]] = {
+    "uap": load_uap_h5,
+    "fff": load_fff_npy,
+    "nag": load_nag_npy,
+    "sfool": load_sfool_h5,
+    "gap": load_gap_h5,
+    "guap": load_guap_npy,
+    "spgd": load_spgd_h5,
+}
+
+
+def _attack_key(attack: str) -> str:
+    key = attack.lower().replace("-", "").replace("_", "").replace(".", "").replace(" ", "")
+    return {"svuap": "sfool", "singular": "sfool"}.get(key, key)
+
+
+def load_published(attack: str, path: os.PathLike | str) -> np.ndarray:
+    """A published perturbation file as the canonical (3,224,224) float32 BGR array."""
+    key = _attack_key(attack)
+    if key not in PUBLISHED_LOADERS:
+        raise ToolkitError(f"unknown published format '{attack}'; valid: {', '.join(PUBLISHED_LOADERS)}")
+    v = PUBLISHED_LOADERS[key](path)
+    if not np.all(np.isfinite(v)):
+        raise ToolkitError(f"{path}: perturbation holds NaN or infinite values")
+    return v
+
+
+def load_mat(path: os.PathLike | str, variable: Optional[str] = None, layout: str = "WHC",
+             rgb: bool = True) -> np.ndarray:
+    """A perturbation from the original UAP code's ``.mat`` file (v5 or v7.3).
+
+    :param layout: MATLAB's dimension order of the array (``WHC``: Caffe's MATLAB layout,
+        width x height x channels, as the original UAP Caffe code stores ``v``).
+    :param rgb: the channels are RGB (reversed to BGR here).
+    """
+    layout = layout.upper()
+    if sorted(layout) != ["C", "H", "W"]:
+        raise ValueError(f"layout must be a permutation of 'CHW', got {layout!r}")
+    variables = read_mat_variables(path)
+    if variable is None:
+        candidates = [k for k, a in variables.items() if a.ndim == 3]
+        if "v" in variables:
+            candidates = ["v"]
+        if len(candidates) != 1:
+            raise ToolkitError(f"{path}: expected one 3-D variable (or 'v'), found {sorted(variables) or 'none'}; "
+                               "name the variable")
+        variable = candidates[0]
+    if variable not in variables:
+        raise ToolkitError(f"{path}: has no numeric variable '{variable}' (it has: {', '.join(variables) or 'none'})")
+    arr = variables[variable]
+    if arr.ndim != 3 or arr.shape[layout.index("C")] != 3:
+        raise ToolkitError(f"{path}: variable '{variable}' has shape {arr.shape}, expected 3 channels in layout {layout}")
+    v = arr.transpose([layout.index(a) for a in "CHW"])
+    return _finish(v[::-1] if rgb else v)

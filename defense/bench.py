@@ -1,0 +1,157 @@
+"""CPU forward time of the deploy layouts, side by side: baseline, published FRU layout, fast layout.
+
+Each network is built at each batch size in every layout (random weights, same input), the
+layouts are timed in interleaved repetitions (so load changes hit all alike) and the median
+per image is reported with its ratio to the published layout, next to the ratio of
+multiply-accumulates (the FLOP-proportional bound, from the nets' blob shapes). Where the
+baseline has BatchNorm, the baseline with BatchNorm folded is timed too.
+
+  python -m defense.bench --nets CaffeNet,VGG16 --batch 1,16 --reps 5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from .core import caffe, caffe_pb2, param_shapes, run_cli, set_mode, set_net_blobs, write_text
+from .export import fast_layout, fold_batchnorm
+from .fru import insert_frus
+from .generate import build_net
+from .presets import get_preset
+from .surgery import init_fru_blobs, random_blobs
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NETS = ("CaffeNet", "VGG_F", "GoogLeNet", "VGG16", "ResNet152")
+DEFAULT_OUT = Path("results") / "bench_deploy.json"
+
+
+def net_macs(net: "caffe.Net") -> int:
+    """Multiply-accumulates of one forward pass (Convolution and InnerProduct layers)."""
+    total = 0
+    for name, layer in zip(net._layer_names, net.layers):
+        if layer.type not in ("Convolution", "InnerProduct") or name not in net.params:
+            continue
+        w = net.params[name][0].data
+        top = net.blobs[net.top_names[name][0]].data
+        total += int(top.size) * int(np.prod(w.shape[1:]))
+    return total
+
+
+def with_batch(param: "caffe_pb2.NetParameter", batch: int) -> "caffe_pb2.NetParameter":
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(param)
+    for layer in out.layer:
+        if layer.type == "Input":
+            for shape in layer.input_param.shape:
+                shape.dim[0] = batch
+    return out
+
+
+def layouts(name: str, seed: int = 0) -> Dict[str, tuple]:
+    """``{layout: (NetParameter, blobs)}`` for one preset, all at batch 1."""
+    from .networks import build_baseline
+    preset = get_preset(name)
+    base = build_baseline(name)
+    net = build_net(None, base)
+    types = {n: net.layer_dict[n].type for n in net.params}
+    base_blobs = random_blobs(param_shapes(net), types, np.random.default_rng(seed))
+    fru = insert_frus(base, preset.targets, preset.mode, name)
+    fru_blobs, _ = init_fru_blobs(base, base_blobs, preset.targets, preset.mode, seed, source=name)
+    fru_net = build_net(None, fru)
+    channels = {n: b.data.shape[1] for n, b in fru_net.blobs.items() if b.data.ndim > 1}
+    fast, fast_blobs, _ = fast_layout(fru, fru_blobs, channels, name)
+    out = {"baseline": (base, base_blobs)}
+    if any(layer.type == "BatchNorm" for layer in base.layer):
+        out["baseline_bn_folded"] = fold_batchnorm(base, base_blobs)
+    out[f"fru_{preset.mode}"] = (fru, fru_blobs)
+    out["fru_fast"] = (fast, fast_blobs)
+    return out
+
+
+def bench_one(name: str, batch: int, reps: int, seed: int = 0) -> Dict[str, object]:
+    nets = {}
+    rng = np.random.default_rng(seed)
+    x = None
+    for layout, (param, blobs) in layouts(name, seed).items():
+        net = build_net(None, with_batch(param, batch))
+        set_net_blobs(net, blobs)
+        if x is None:
+            x = (rng.standard_normal(net.blobs["data"].data.shape) * 50).astype(np.float32)
+        net.blobs["data"].data[...] = x
+        net.forward()  # warm-up
+        nets[layout] = net
+    times: Dict[str, List[float]] = {k: [] for k in nets}
+    for _ in tqdm(range(reps), desc=f"{name} batch {batch}", leave=False):
+        for layout, net in nets.items():
+            start = time.perf_counter()
+            net.forward()
+            times[layout].append((time.perf_counter() - start) / batch)
+    published = [k for k in nets if k.startswith("fru_") and k != "fru_fast"][0]
+    macs = {k: net_macs(net) // batch for k, net in nets.items()}
+    med = {k: statistics.median(v) for k, v in times.items()}
+    rows = {k: {"ms_per_image": 1e3 * med[k], "macs_per_image": macs[k],
+                "time_ratio_vs_published": med[k] / med[published],
+                "mac_ratio_vs_published": macs[k] / macs[published]} for k in nets}
+    fast = rows["fru_fast"]
+    return {"net": name, "batch": batch, "reps": reps, "published_layout": published, "layouts": rows,
+            "fast_time_over_mac_ratio": fast["time_ratio_vs_published"] / fast["mac_ratio_vs_published"]}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m defense.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nets", default=",".join(DEFAULT_NETS), help="comma-separated presets (all five)")
+    ap.add_argument("--batch", default="1,16", help="comma-separated batch sizes (1,16)")
+    ap.add_argument("--reps", type=int, default=5, help="timed repetitions per layout (5)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random weights and input (0)")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results ({DEFAULT_OUT})")
+    ap.add_argument("--gpu", type=int, default=None, help="GPU id (default: CPU)")
+    return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    def _main(argv):
+        args = build_parser().parse_args(argv)
+        if args.reps < 1:
+            raise ValueError(f"--reps must be a positive integer, got {args.reps}")
+        batches = [int(b) for b in args.batch.split(",") if b.strip()]
+        if not batches or min(batches) < 1:
+            raise ValueError(f"--batch must list positive integers, got '{args.batch}'")
+        nets = [get_preset(n.strip()).name for n in args.nets.split(",") if n.strip()]
+        set_mode(args.gpu, args.seed)
+        results = []
+        for name in nets:
+            for batch in batches:
+                res = bench_one(name, batch, args.reps, args.seed)
+                results.append(res)
+                pub = res["published_layout"]
+                print(f"{name} batch {batch} (ms/image, ratio to {pub}; MAC ratio):")
+                for layout, row in res["layouts"].items():
+                    print(f"  {layout:20s} {row['ms_per_image']:9.2f} ms  x{row['time_ratio_vs_published']:.3f}"
+                          f"  (MACs x{row['mac_ratio_vs_published']:.3f}, {row['macs_per_image'] / 1e9:.3f} G)")
+                print(f"  fast time ratio / MAC ratio: {res['fast_time_over_mac_ratio']:.3f}")
+        meta = {"device": "cpu" if args.gpu is None else f"gpu{args.gpu}", "machine": platform.machine(),
+                "processor": platform.processor(), "cpu_count": os.cpu_count(), "seed": args.seed,
+                "reps": args.reps, "statistic": "median of interleaved repetitions",
+                "threads_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                           "MKL_NUM_THREADS") if k in os.environ}}
+        write_text(args.out, json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+        print(f"wrote {args.out}")
+        return 0
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,485 @@
+"""The paper's ImageNet tables as commands: ``python -m defense.tables <table> --net NAME``.
+
+  python -m defense.tables same-norm  --net CaffeNet  --index val.jsonl   # Table 2
+  python -m defense.tables cross-norm --net VGG16     --index val.jsonl   # Table 3 (l_2 UAPs)
+  python -m defense.tables stronger   --net CaffeNet  --index val.jsonl   # Table 4 (xi 15/20/25)
+  python -m defense.tables unseen     --net ResNet152 --index val.jsonl   # Table 5 (GAP, G-UAP, sPGD)
+  python -m defense.tables unseen --net CaffeNet --index val.jsonl --limit 200   # quick look
+
+Each command evaluates the undefended baseline and the FRU-defended net of the weights
+manifest on the published protocol (``defense.paper``): the first ``per_class`` images of
+each class of a validation index (``python -m defense.imagenet prepare val ...``), clean and
+with the published perturbation files (``--perturbations``: a local copy of the authors'
+``Attack_samples/``; ``--fetch`` downloads what is missing), or with the toolkit's own files
+(``--own``). It reports clean/perturbed top-1 and top-5, fooling rate and restoration accuracy,
+(clean top-1 + perturbed top-1) / (2 x baseline clean top-1), with the published denominator
+(``preset.baseline_top1``) and with the measured one, next to the published number.
+Outputs: ``<out>/<table>_<net>.json`` and ``.md``; ``.state.npz`` lets an interrupted run resume.
+
+Differences from the published scripts, by design: images within a class are taken in sorted
+file-name order (the scripts used ``os.listdir`` order), so which image gets which of the K
+files differs while the draw sequence (numpy legacy seed, one ``randint`` per image) is the
+same; ``--clip`` clips perturbed images to [0, 255] (the table scripts do not).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+from tqdm import tqdm
+
+from .core import ToolkitError, atomic_path, run_cli, set_mode, write_text
+from .data import DataSource, Subset
+from .paper import TABLE_TITLES, TABLES, TableCase, table_nets, table_cases
+from .presets import NetPreset, get_preset
+from .resources import (PUBLISHED_PERTURBATIONS, ModelPair, fetch_missing, load_classifier, load_file,
+                        missing_published, model_pair, published_path, require_weights)
+
+log = logging.getLogger(__name__)
+
+INDEX_ENV = "FRU_IMAGENET_VAL_INDEX"
+DEFAULT_OUT = Path("results") / "tables"
+MODELS = ("baseline", "fru")
+STATE_SAVE_SECONDS = 20.0
+
+
+# ---------------------------------------------------------------- protocol -> arrays
+@dataclass
+class Condition:
+    """Images as evaluated once: clean (no perturbation) or with ``perturbations[choice[i]]`` on image i.
+
+    :param name: ``clean``, ``<case key>`` or ``<case key>/<run label>``.
+    """
+
+    name: str
+    perturbations: Optional[np.ndarray] = None  # (K, C, H, W)
+    choice: Optional[np.ndarray] = None          # (n,) file index per evaluated image
+    files: Tuple[str, ...] = ()
+
+
+def draw_choices(n: int, k: int, seed: int) -> np.ndarray:
+    """0-based file index per image as the published scripts draw it.
+
+    ``np.random.seed(seed)`` then one ``np.random.randint(1, k + 1)`` per image in image order
+    (the vectorised legacy draw gives the same sequence); a single file needs no draw.
+    """
+    if int(k) < 1:
+        raise ValueError(f"the number of perturbation files must be positive, got {k}")
+    if k == 1:
+        return np.zeros(int(n), dtype=np.int64)
+    return np.random.RandomState(int(seed)).randint(1, int(k) + 1, size=int(n)).astype(np.int64) - 1
+
+
+def protocol_positions(labels: np.ndarray, per_class: Optional[int]) -> np.ndarray:
+    """Positions of the first ``per_class`` images of each class, in index order (by label)."""
+    labels = np.asarray(labels)
+    if per_class is None:
+        return np.arange(len(labels))
+    seen: Dict[int, int] = {}
+    keep = []
+    for i, lab in enumerate(labels.tolist()):
+        if seen.get(lab, 0) < per_class:
+            keep.append(i)
+            seen[lab] = seen.get(lab, 0) + 1
+    short = sum(1 for c in seen.values() if c < per_class)
+    if short:
+        log.warning("%d classes have fewer than %d images in the index; all of theirs are used", short, per_class)
+    return np.asarray(keep, dtype=np.int64)
+
+
+def limit_positions(n: int, limit: Optional[int]) -> np.ndarray:
+    """``limit`` positions spread evenly over ``range(n)`` (so a quick run still spans the classes)."""
+    if limit is None or int(limit) >= n:
+        return np.arange(n)
+    if int(limit) < 1:
+        raise ValueError(f"limit must be a positive integer, got {limit}")
+    return np.unique(np.linspace(0, n, int(limit), endpoint=False).astype(np.int64))
+
+
+def case_conditions(case: TableCase, arrays: Mapping[str, np.ndarray], n_protocol: int,
+                    selected: np.ndarray) -> List[Condition]:
+    """One condition per run of ``case``; draws are made over the whole protocol list, then selected."""
+    out = []
+    for run in case.runs:
+        stack = np.stack([arrays[f] for f in run.files])
+        choice = draw_choices(n_protocol, len(run.files), case.seed)[selected]
+        name = case.key if len(case.runs) == 1 else f"{case.key}/{run.label}"
+        out.append(Condition(name, stack, choice, run.files))
+    return out
+
+
+# ---------------------------------------------------------------- evaluation
+@dataclass
+class Predictions:
+    """Per image: top-1 label and whether the true label is in the top 5."""
+
+    top1: np.ndarray
+    top5: np.ndarray
+
+
+def _state_config_text(config: dict) -> str:
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def _load_state(path: Optional[Path], config_text: str, keys: Sequence[str], n: int, n_batches: int):
+    if path is None or not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if str(data["config"]) != config_text:
+                log.warning("%s belongs to another configuration; starting over", path)
+                return None
+            done = data["done"].astype(bool)
+            arrays = {k: data[k].copy() for k in keys}
+    except (OSError, KeyError, ValueError) as exc:
+        log.warning("%s is unreadable (%s); starting over", path, exc)
+        return None
+    if done.shape != (n_batches,) or any(a.shape[0] != n for a in arrays.values()):
+        log.warning("%s does not match this run's size; starting over", path)
+        return None
+    return done, arrays
+
+
+def _save_state(path: Optional[Path], config_text: str, done: np.ndarray, arrays: Mapping[str, np.ndarray]) -> None:
+    if path is None:
+        return
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, config=np.array(config_text), done=done, **arrays)
+
+
+def evaluate(classifiers: Mapping[str, object], source: DataSource, conditions: Sequence[Condition],
+             batch_size: int, clip: bool = False, state: Optional[Path] = None, config: Optional[dict] = None,
+             progress: bool = True, desc: str = "evaluating") -> Tuple[np.ndarray, Dict[str, Dict[str, Predictions]]]:
+    """Top-1 labels and top-5 hits of every classifier on every condition, batch by batch.
+
+    Each batch of images is decoded once and fed, clean or perturbed, to every classifier.
+
+    :param classifiers: name -> ``CaffeClassifier`` (same input shape).
+    :param state: ``.npz`` file of the finished batches; an interrupted run resumes from it.
+    :returns: the true labels and ``{classifier: {condition: Predictions}}``.
+    """
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    n = len(source)
+    starts = list(range(0, n, int(batch_size)))
+    keys = ["labels"] + [f"{m}|{c.name}|{kind}" for m in classifiers for c in conditions for kind in ("top1", "top5")]
+    config_text = _state_config_text(config or {})
+    loaded = _load_state(state, config_text, keys, n, len(starts))
+    if loaded is not None:
+        done, arrays = loaded
+        log.info("resuming from %s: %d of %d batches done", state, int(done.sum()), len(starts))
+    else:
+        done = np.zeros(len(starts), dtype=bool)
+        arrays = {k: np.full(n, -1, dtype=np.int32) if not k.endswith("top5") else np.zeros(n, dtype=bool)
+                  for k in keys}
+    last_save = time.monotonic()
+    bar = tqdm(total=n, initial=int(sum(min(int(batch_size), n - s) for s, d in zip(starts, done) if d)),
+               desc=desc, unit="img", disable=not progress)
+    try:
+        for b, start in enumerate(starts):
+            if done[b]:
+                continue
+            pos = np.arange(start, min(n, start + int(batch_size)))
+            x, y = source.take(pos)
+            arrays["labels"][pos] = y
+            for cond in conditions:
+                if cond.perturbations is None:
+                    xin = x
+                else:
+                    xin = x + cond.perturbations[cond.choice[pos]]
+                    if clip:
+                        np.clip(xin, 0.0, 255.0, out=xin)
+                for m, clf in classifiers.items():
+                    scores = clf.logits(xin, batch_size=len(pos))
+                    k = min(5, scores.shape[1])
+                    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+                    arrays[f"{m}|{cond.name}|top1"][pos] = scores.argmax(axis=1)
+                    arrays[f"{m}|{cond.name}|top5"][pos] = (top == y[:, None]).any(axis=1)
+            done[b] = True
+            bar.update(len(pos))
+            if time.monotonic() - last_save > STATE_SAVE_SECONDS:
+                _save_state(state, config_text, done, arrays)
+                last_save = time.monotonic()
+    except KeyboardInterrupt:
+        _save_state(state, config_text, done, arrays)
+        log.info("progress saved to %s; run the same command again to resume", state)
+        raise
+    finally:
+        bar.close()
+    _save_state(state, config_text, done, arrays)
+    preds = {m: {c.name: Predictions(arrays[f"{m}|{c.name}|top1"], arrays[f"{m}|{c.name}|top5"])
+                 for c in conditions} for m in classifiers}
+    return arrays["labels"].astype(np.int64), preds
+
+
+# ---------------------------------------------------------------- metrics
+def _ratio(num: float, den: Optional[float]) -> Optional[float]:
+    return None if not den else float(num / den)
+
+
+def summarize_case(case: TableCase, conditions: Sequence[Condition], labels: np.ndarray,
+                   preds: Mapping[str, Mapping[str, Predictions]], published_denominator: Optional[float],
+                   ci_seed: int = 0) -> Dict[str, dict]:
+    """Per model: clean/perturbed top-1/top-5, fooling rate, restoration accuracy (both denominators).
+
+    A case with several runs reports the mean over its runs (S.Fool: conv3 and fc6 files).
+    """
+    from attacks.metrics import bootstrap_ci, fooling_rate
+    measured = float(np.mean(preds["baseline"]["clean"].top1 == labels)) if "baseline" in preds else None
+    out: Dict[str, dict] = {}
+    for model, by_cond in preds.items():
+        clean = by_cond["clean"]
+        clean_hit = clean.top1 == labels
+        runs = {}
+        pert_hits = []
+        for cond in conditions:
+            p = by_cond[cond.name]
+            hit = p.top1 == labels
+            pert_hits.append(hit)
+            runs[cond.name] = {"perturbed_top1": float(hit.mean()), "perturbed_top5": float(p.top5.mean()),
+                               "fooling_rate": fooling_rate(clean.top1, p.top1), "files": list(cond.files)}
+        pert_hit = np.mean(pert_hits, axis=0)
+        clean_top1, pert_top1 = float(clean_hit.mean()), float(pert_hit.mean())
+        result = {
+            "clean_top1": clean_top1,
+            "clean_top5": float(clean.top5.mean()),
+            "perturbed_top1": pert_top1,
+            "perturbed_top5": float(np.mean([r["perturbed_top5"] for r in runs.values()])),
+            "fooling_rate": float(np.mean([r["fooling_rate"] for r in runs.values()])),
+            "restoration_accuracy": _ratio(clean_top1 + pert_top1, 2 * published_denominator if published_denominator else None),
+            "restoration_accuracy_measured_denominator": _ratio(clean_top1 + pert_top1, 2 * measured if measured else None),
+            "published_restoration_accuracy": case.published.baseline if model == "baseline" else case.published.fru,
+        }
+        if published_denominator:
+            per_image = (clean_hit.astype(np.float64) + pert_hit) / (2 * published_denominator)
+            result["restoration_accuracy_ci95"] = list(bootstrap_ci(per_image, seed=ci_seed))
+        if len(runs) > 1:
+            result["runs"] = runs
+        out[model] = result
+    return out
+
+
+# ---------------------------------------------------------------- report
+def _fmt(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def markdown(report: dict) -> str:
+    """The report as a markdown table, one row per attack and model."""
+    den = report["denominators"]
+    lines = [f"## {report['title']}: {report['net']}", "",
+             f"{report['images']} images ({report['per_class_note']}), clipping: "
+             f"{'[0, 255]' if report['clip'] else 'none (as published)'}, "
+             f"restoration-accuracy denominators: published {_fmt(den['published'])}, measured {_fmt(den['measured'])}.",
+             "",
+             "| attack | model | clean top-1 | perturbed top-1 | clean top-5 | perturbed top-5 | fooling rate "
+             "| restoration acc. | restoration acc. (measured denom.) | published |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for case in report["cases"]:
+        for model in MODELS:
+            r = case["results"].get(model)
+            if r is None:
+                continue
+            lines.append(f"| {case['attack']} | {'FRU' if model == 'fru' else 'baseline'} | {_fmt(r['clean_top1'])} "
+                         f"| {_fmt(r['perturbed_top1'])} | {_fmt(r['clean_top5'])} | {_fmt(r['perturbed_top5'])} "
+                         f"| {_fmt(r['fooling_rate'])} | {_fmt(r['restoration_accuracy'])} "
+                         f"| {_fmt(r['restoration_accuracy_measured_denominator'])} "
+                         f"| {_fmt(r['published_restoration_accuracy'])} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- one table
+@dataclass(frozen=True)
+class TableOptions:
+    """What ``run_table`` needs besides the table and the network (see the CLI's --help)."""
+
+    index: Path
+    root: Optional[Path] = None
+    manifest: Optional[Path] = None
+    weights_dir: Optional[Path] = None
+    defense: str = "primary"
+    perturbations: Path = PUBLISHED_PERTURBATIONS
+    fetch: bool = False
+    own: Tuple[Path, ...] = ()
+    limit: Optional[int] = None
+    batch: Optional[int] = None
+    workers: int = 4
+    clip: bool = False
+    out: Path = DEFAULT_OUT
+    resume: bool = True
+    progress: bool = True
+    command: str = ""
+
+
+def _own_case(table: str, net: str, cases: Sequence[TableCase], names: Tuple[str, ...],
+              paths: Sequence[Path]) -> TableCase:
+    """The table's protocol (images, seed, draw) with the toolkit's own perturbations."""
+    from .paper import Published, Run
+    published = cases[0].published if len(cases) == 1 else Published(None, None, "not comparable")
+    return TableCase(table, net, "own", f"own perturbations ({len(names)})", (Run(names, "toolkit"),),
+                    cases[0].per_class, cases[0].seed, published,
+                    "own files: " + ", ".join(str(p) for p in paths))
+
+
+def _perturbation_arrays(cases: Sequence[TableCase], options: TableOptions, table: str, net: str,
+                         shape: tuple) -> Tuple[List[TableCase], Dict[str, np.ndarray]]:
+    if options.own:
+        from .evaluate import load_perturbation_files
+        for path in options.own:
+            if not Path(path).is_file():
+                raise ToolkitError(f"{path}: perturbation file not found; check --own")
+        stack = load_perturbation_files(options.own)
+        bad = [tuple(v.shape) for v in stack if tuple(v.shape) != shape]
+        if bad:
+            raise ToolkitError(f"--own: perturbation shape {bad[0]} does not fit the {net} input {shape}")
+        names = tuple(f"own[{i}]" for i in range(len(stack)))
+        return [_own_case(table, net, cases, names, options.own)], dict(zip(names, stack))
+    names = [f for c in cases for f in c.files]
+    if options.fetch:
+        fetch_missing(names, options.perturbations)
+    missing = missing_published(names, options.perturbations)
+    if missing:
+        raise ToolkitError(f"{published_path(missing[0], options.perturbations)}: published perturbation not found "
+                           f"({len(missing)} missing); fetch it with 'python -m defense.tables {table} --net {net} "
+                           f"--perturbations {options.perturbations} --fetch'")
+    fmt = {f: run.fmt for c in cases for run in c.runs for f in run.files}
+    return list(cases), {f: load_file(published_path(f, options.perturbations), fmt[f], expect=shape) for f in names}
+
+
+def run_table(table: str, net: str, options: TableOptions) -> dict:
+    """Evaluate one table for one network; write JSON + markdown under ``options.out``; return the report."""
+    from .imagenet import ImageNetIndex
+    preset: NetPreset = get_preset(net)
+    cases = list(table_cases(table, preset.name))
+    pair: ModelPair = model_pair(preset.name, options.manifest, options.weights_dir, options.defense)
+    for files in (pair.baseline, pair.fru):
+        require_weights(files, preset.name)
+    shape = (preset.channels, preset.input_size, preset.input_size)
+    cases, arrays = _perturbation_arrays(cases, options, table, preset.name, shape)
+    if not Path(options.index).is_file():
+        raise ToolkitError(f"{options.index}: validation index not found; make one with "
+                           "'python -m defense.imagenet prepare val --images DIR --labels val.txt --out val.jsonl'")
+    index = ImageNetIndex(options.index, preset, root=options.root, workers=options.workers)
+    per_class = cases[0].per_class
+    protocol = protocol_positions(index.labels, per_class)
+    selected = limit_positions(len(protocol), options.limit)
+    source = Subset(index, protocol[selected])
+    conditions = [Condition("clean")]
+    by_case = {}
+    for case in cases:
+        by_case[case.key] = case_conditions(case, arrays, len(protocol), selected)
+        conditions += by_case[case.key]
+    batch = int(options.batch or preset.eval_batch)
+    classifiers = {"baseline": load_classifier(pair.baseline, preset, batch),
+                   "fru": load_classifier(pair.fru, preset, batch)}
+    for name, clf in classifiers.items():
+        if tuple(clf.input_shape) != shape:
+            raise ToolkitError(f"{pair.baseline.prototxt if name == 'baseline' else pair.fru.prototxt}: input shape "
+                               f"{clf.input_shape} does not match the {preset.name} preset's {shape}")
+    out = Path(options.out)
+    stem = f"{table}_{preset.name}"
+    config = {"table": table, "net": preset.name, "index": str(Path(options.index).resolve()), "images": len(source),
+              "limit": options.limit, "clip": options.clip, "models": {"baseline": pair.baseline.describe(),
+                                                                       "fru": pair.fru.describe()},
+              "conditions": [[c.name, list(c.files)] for c in conditions]}
+    state = out / f"{stem}.state.npz"
+    if not options.resume and state.exists():
+        state.unlink()
+    labels, preds = evaluate(classifiers, source, conditions, batch, options.clip, state, config,
+                             options.progress, desc=f"{table} {preset.name}")
+    measured = float(np.mean(preds["baseline"]["clean"].top1 == labels))
+    report = {
+        "table": table, "title": TABLE_TITLES[table], "net": preset.name,
+        "preset": {"name": preset.name, "input_size": preset.input_size, "mean_bgr": list(preset.mean_bgr),
+                   "resize": preset.resize, "resize_to": preset.resize_to, "eval_batch": preset.eval_batch,
+                   "baseline_top1": preset.baseline_top1},
+        "index": str(options.index), "images": len(source), "per_class": per_class, "limit": options.limit,
+        "per_class_note": f"first {per_class} per class" + (f", {len(source)} spread over them (--limit)"
+                                                             if options.limit and len(source) < len(protocol) else ""),
+        "clip": options.clip, "clipping": "[0, 255]" if options.clip else "none (published table scripts do not clip)",
+        "batch_size": batch, "models": {"baseline": pair.baseline.describe(), "fru": pair.fru.describe()},
+        "denominators": {"published": preset.baseline_top1, "measured": measured},
+        "cases": [], "command": options.command,
+    }
+    for case in cases:
+        conds = by_case[case.key]
+        report["cases"].append({
+            "key": case.key, "attack": case.attack, "seed": case.seed, "per_class": case.per_class,
+            "runs": [{"label": run.label, "files": list(run.files), "format": run.fmt,
+                      "draw": "one file per image, numpy legacy seed " f"{case.seed}" if len(run.files) > 1
+                      else "the same file for every image"} for run in case.runs],
+            "combine": case.combine, "note": case.note, "published_source": case.published.source,
+            "results": summarize_case(case, conds, labels, preds, preset.baseline_top1),
+        })
+    write_text(out / f"{stem}.json", json.dumps(report, indent=2) + "\n")
+    write_text(out / f"{stem}.md", markdown(report))
+    return report
+
+
+# ---------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m defense.tables", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("table", choices=TABLES, help="same-norm (Table 2), cross-norm (Table 3), stronger (Table 4), "
+                                                  "unseen (Table 5)")
+    ap.add_argument("--net", help="network (default: the table's only one; stronger: CaffeNet)")
+    ap.add_argument("--index", type=Path, default=os.environ.get(INDEX_ENV),
+                    help=f"validation index from 'python -m defense.imagenet prepare val' (default: ${INDEX_ENV})")
+    ap.add_argument("--root", type=Path, help="image folder, overriding the one recorded in the index")
+    ap.add_argument("--weights-dir", type=Path, help="folder of <Net>/<file>.caffemodel (default: the manifest's, weights/)")
+    ap.add_argument("--manifest", type=Path, help="weights manifest (default: weights/manifest.json)")
+    ap.add_argument("--defense", choices=("primary", "secondary"), default="primary",
+                    help="which released FRU model (default: primary)")
+    ap.add_argument("--perturbations", type=Path, default=PUBLISHED_PERTURBATIONS,
+                    help="local copy of the published Attack_samples/ folder (default: %(default)s)")
+    ap.add_argument("--fetch", action="store_true", help="download missing published perturbation files first")
+    ap.add_argument("--own", type=Path, nargs="+", default=(),
+                    help="the toolkit's own perturbation files (.h5 or .npy) instead of the published ones")
+    ap.add_argument("--limit", type=int, help="evaluate only N images, spread over the protocol's images (quick run)")
+    ap.add_argument("--batch", type=int, help="batch size (default: the preset's, as in the published scripts)")
+    ap.add_argument("--workers", type=int, default=4, help="image decoding threads (default: 4)")
+    ap.add_argument("--gpu", type=int, default=None, help="GPU id (default: CPU)")
+    ap.add_argument("--clip", action="store_true", help="clip perturbed images to [0, 255] (the published tables do not)")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: %(default)s)")
+    ap.add_argument("--no-resume", action="store_true", help="ignore a saved state file and start over")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    nets = table_nets(args.table)
+    net = args.net or (nets[0] if len(nets) == 1 else None)
+    if net is None:
+        raise ToolkitError(f"the {args.table} table needs --net (one of {', '.join(nets)})")
+    if args.index is None:
+        raise ToolkitError(f"give --index VAL.jsonl (or set ${INDEX_ENV}); make one with "
+                           "'python -m defense.imagenet prepare val --images DIR --labels val.txt --out val.jsonl'")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be a positive integer, got {args.limit}")
+    command = "python -m defense.tables " + " ".join(sys.argv[1:] if argv is None else argv)
+    options = TableOptions(index=args.index, root=args.root, manifest=args.manifest, weights_dir=args.weights_dir,
+                           defense=args.defense, perturbations=args.perturbations, fetch=args.fetch,
+                           own=tuple(args.own), limit=args.limit, batch=args.batch, workers=args.workers,
+                           clip=args.clip, out=args.out, resume=not args.no_resume, progress=not args.quiet,
+                           command=command)
+    set_mode(args.gpu, seed=0)
+    report = run_table(args.table, net, options)
+    print(markdown(report), end="")
+    stem = Path(args.out) / f"{args.table}_{report['net']}"
+    print(f"wrote {stem}.json and {stem}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,74 @@
+"""Single-image demo with the published command line (Borkar, Heide, Karam, CVPR 2020):
+
+  python defense_example.py --input IMG --dnn ResNet152 --load WEIGHTS --attack UAP --defense True
+  python defense_example.py --dnn FashionNet --attack UAP --defense True --out demo.png   # offline
+
+Adds a universal perturbation to the image (clipped to [0, 255], as published), prints the
+top-1 and top-5 of the undefended baseline and of the FRU-defended net, and with --out writes
+a figure. Defaults per network (image, perturbation files, FashionNet's files) are in
+defense/paper.py (DEMO); ImageNet weights come from 'python -m weights fetch <Net>'.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from defense.core import run_cli, set_mode
+from defense.demo import LABELS_ENV, DemoOptions, run_demo, save_figure
+from defense.paper import DEMO, DEMO_ATTACKS
+from defense.resources import PUBLISHED_PERTURBATIONS
+
+
+def _bool(text: str) -> bool:
+    if text not in ("True", "False"):
+        raise argparse.ArgumentTypeError(f"expected True or False, got '{text}'")
+    return text == "True"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="defense_example.py", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--input", help="image file, or fashion:<i> (Fashion-MNIST test image i); "
+                                    "default: the network's demo image (FashionNet: fashion:0)")
+    ap.add_argument("--dnn", default="ResNet152", choices=list(DEMO), help="network (default: ResNet152)")
+    ap.add_argument("--load", type=Path, help="caffemodel of the selected net (FRU with --defense True); "
+                                              "default: the weights manifest's file")
+    ap.add_argument("--load-baseline", type=Path, help="baseline caffemodel shown beside the defended net "
+                                                       "(default: the manifest's, else the FRU caffemodel's baseline layers)")
+    ap.add_argument("--attack", default="UAP", choices=DEMO_ATTACKS, help="universal attack (default: UAP)")
+    ap.add_argument("--defense", type=_bool, default=True, metavar="{True,False}",
+                    help="True: baseline and FRU defence; False: baseline only (default: True)")
+    ap.add_argument("--perturbation", type=Path, help="perturbation file replacing the attack's default file")
+    ap.add_argument("--perturbations", type=Path, default=PUBLISHED_PERTURBATIONS,
+                    help="local copy of the published Attack_samples/ folder (default: %(default)s)")
+    ap.add_argument("--fetch", action="store_true", help="download the published perturbation file if missing")
+    ap.add_argument("--labels", type=Path, help=f"ImageNet labels JSON (default: ${LABELS_ENV} or ./imagenet_labels.json; "
+                                                "class indices when absent)")
+    ap.add_argument("--manifest", type=Path, help="weights manifest (default: weights/manifest.json)")
+    ap.add_argument("--gpu", type=int, default=None, help="GPU id (default: CPU)")
+    ap.add_argument("--out", type=Path, help="write the figure to this PNG")
+    return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    set_mode(args.gpu, seed=1000)
+    result = run_demo(DemoOptions(net=args.dnn, input=args.input, load=args.load, load_baseline=args.load_baseline,
+                                  attack=args.attack, defense=args.defense, perturbation=args.perturbation,
+                                  perturbations_dir=args.perturbations, fetch=args.fetch, labels=args.labels,
+                                  manifest=args.manifest))
+    for model, pred in result.predictions.items():
+        top = pred.perturbed[0]
+        print(f"{model}: top 1 prediction on the perturbed image: {top[1]}, confidence score: {top[2]:.4f}")
+        print(f"{model}: top 5 predictions: {[name for _, name, _ in pred.perturbed]}")
+    if args.out:
+        print(f"wrote {save_figure(result, args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
