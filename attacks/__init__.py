@@ -18,5 +18,9 @@ from .svuap import SVUAP
 from .synthetic import synthesize  # noqa: F401
 from .uap import UAP
 
+__all__ = ["ToolkitError", "UapResult", "UniversalAttack", "CaffeClassifier", "UAP", "SPGD", "FFF", "GDUAP",
+           "SVUAP", "ATTACKS", "PUBLISHED_LOADERS", "PerturbationMeta", "load_mat", "load_perturbation",
+           "load_published", "save_perturbation", "lp_norm", "project_lp", "synthesize"]
+
 ATTACKS = {cls.name: cls for cls in (UAP, SPGD, FFF, GDUAP, SVUAP)}
 """Attack name -> class (the CLI's sub-commands)."""

@@ -129,8 +129,7 @@ def _mean(args) -> object:
     if args.mean and args.preset:
         raise ToolkitError("give either --mean or --preset, not both")
     if args.preset:
-        from defense.presets import get_preset
-        return get_preset(args.preset).mean_bgr
+        return None
     if args.mean is None:
         raise ToolkitError("the mean to subtract is needed: give --mean B,G,R or --preset NAME")
     try:
@@ -143,7 +142,8 @@ def _mean(args) -> object:
 def _classifier(args) -> CaffeClassifier:
     mean = _mean(args)
     set_mode(args.gpu, args.seed)
-    return CaffeClassifier.from_files(args.prototxt, args.weights, mean, clip=args.clip, batch_size=args.batch_size)
+    return CaffeClassifier.from_files(args.prototxt, args.weights, mean, preset=args.preset, clip=args.clip,
+                                      batch_size=args.batch_size)
 
 
 def _network_name(args) -> str:

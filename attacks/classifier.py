@@ -141,8 +141,17 @@ class CaffeClassifier:
         self._last_input: Optional[np.ndarray] = None
 
     @classmethod
-    def from_files(cls, prototxt: os.PathLike | str, weights: os.PathLike | str | None, mean, **kw) -> "CaffeClassifier":
-        """Load a deploy prototxt + caffemodel (validated, ``force_backward`` set)."""
+    def from_files(cls, prototxt: os.PathLike | str, weights: os.PathLike | str | None, mean=None,
+                   preset: Optional[str] = None, **kw) -> "CaffeClassifier":
+        """Load a deploy prototxt + caffemodel (validated, ``force_backward`` set).
+
+        :param mean: BGR mean to subtract; or give ``preset`` (a defense.presets name) for its mean.
+        """
+        if (mean is None) == (preset is None):
+            raise ValueError("give exactly one of mean and preset")
+        if preset is not None:
+            from defense.presets import get_preset
+            mean = get_preset(preset).mean_bgr
         param = read_net_param(prototxt)
         try:
             input_blob, _ = input_spec(param)

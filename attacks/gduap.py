@@ -5,8 +5,9 @@ v maximises sum_l log ||A_l(input)||_2 over conv layers l, within the l_inf ball
 ``prior`` says what the net sees: ``none`` - v alone (the no-data objective); ``range`` -
 v plus dummy images drawn from N(0, (128/3)^2) around the mean and clipped to the
 pixel range (the range prior: 99.7% of samples in [-128, 128]); ``data`` - v plus real
-images. When more than ``saturation`` of v's pixels sit at +-xi, v is halved (the
-paper's adaptive rescaling), so the optimisation keeps moving; the final v is scaled to
+images. When more than ``saturation`` of v's pixels sit at +-xi and that share has
+stopped changing (by less than ``saturation_change`` per step), v is halved (the paper's
+adaptive rescaling), so the optimisation keeps moving; the final v is scaled to
 ||v||_inf = xi.
 """
 from __future__ import annotations
@@ -24,17 +25,21 @@ EPS = 1e-12
 
 class GDUAP(FeatureAttack):
     """:param prior: 'none', 'range' or 'data'. ``batch_size``: dummy/real images per step.
-    :param saturation: fraction of pixels at +-xi that triggers halving (None: never).
+    :param saturation: share of pixels at +-xi above which a plateau triggers halving (None: never).
+    :param saturation_change: a change of the saturated share below this is a plateau.
     """
 
     name = "gduap"
-    attack_params = FeatureAttack.attack_params + ("prior", "batch_size", "saturation")
+    attack_params = FeatureAttack.attack_params + ("prior", "batch_size", "saturation", "saturation_change")
 
     def __init__(self, classifier, xi: Optional[float] = None, layers: Optional[Sequence[str]] = None,
                  lr: Optional[float] = None, max_iter: int = 300, prior: str = "range",
-                 batch_size: int = 16, saturation: Optional[float] = 0.5, verbose: bool = True):
+                 batch_size: int = 16, saturation: Optional[float] = 0.5, saturation_change: float = 1e-3,
+                 verbose: bool = True):
         super().__init__(classifier, xi=xi, layers=layers, lr=lr, max_iter=max_iter, prior=prior,
-                         batch_size=batch_size, saturation=saturation, verbose=verbose)
+                         batch_size=batch_size, saturation=saturation, saturation_change=saturation_change,
+                         verbose=verbose)
+        self._last_saturation = 0.0
 
     def _check_params(self) -> None:
         self._check_common()
@@ -43,6 +48,8 @@ class GDUAP(FeatureAttack):
         self.batch_size = self._positive_int("batch_size", self.batch_size)
         if self.saturation is not None and not 0.0 < float(self.saturation) <= 1.0:
             raise ValueError(f"saturation must be in (0, 1] or None, got {self.saturation}")
+        if not float(self.saturation_change) >= 0:
+            raise ValueError(f"saturation_change must be non-negative, got {self.saturation_change}")
 
     def _inputs(self, v: np.ndarray, x: Optional[np.ndarray], rng: np.random.Generator) -> np.ndarray:
         base = self._base_image()
@@ -66,7 +73,13 @@ class GDUAP(FeatureAttack):
         return value, diffs
 
     def _after_step(self, v: np.ndarray, opt: Adam) -> np.ndarray:
-        if self.saturation is not None and np.mean(np.abs(v) >= self.xi * (1 - 1e-6)) > self.saturation:
+        if self.saturation is None:
+            return v
+        sat = float(np.mean(np.abs(v) >= self.xi * (1 - 1e-6)))
+        plateau = abs(sat - self._last_saturation) < self.saturation_change
+        self._last_saturation = sat
+        if sat > self.saturation and plateau:
+            self._last_saturation = 0.0
             return v * np.float32(0.5)
         return v
 
@@ -78,4 +91,5 @@ class GDUAP(FeatureAttack):
     def generate(self, x, rng):
         if self.prior == "data" and x is None:
             raise ValueError("GD-UAP with the data prior needs images (--data)")
+        self._last_saturation = 0.0
         return super().generate(x, rng)

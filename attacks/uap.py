@@ -38,19 +38,21 @@ class UAP(UniversalAttack):
     :param overshoot, max_iter_df, num_classes: DeepFool's (0.02, 50, top-10 classes).
     :param batch_size: images per DeepFool batch (1 = the reference one-at-a-time loop).
     :param state_path: resume file (written after each pass); None for no resume.
+    :param recheck: within a batch, apply DeepFool steps in chunks of this many images,
+        skipping images the current v already fools (None: batch_size // 4).
     """
 
     name = "uap"
     attack_params = ("norm", "xi", "delta", "max_passes", "overshoot", "max_iter_df",
-                     "num_classes", "batch_size", "state_path", "verbose")
+                     "num_classes", "batch_size", "recheck", "state_path", "verbose")
 
     def __init__(self, classifier, norm="inf", xi: Optional[float] = None, delta: float = 0.2,
                  max_passes: int = 10, overshoot: float = 0.02, max_iter_df: int = 50,
-                 num_classes: int = 10, batch_size: int = 32, state_path: Optional[os.PathLike | str] = None,
-                 verbose: bool = True):
+                 num_classes: int = 10, batch_size: int = 32, recheck: Optional[int] = None,
+                 state_path: Optional[os.PathLike | str] = None, verbose: bool = True):
         super().__init__(classifier, norm=norm, xi=xi, delta=delta, max_passes=max_passes,
                          overshoot=overshoot, max_iter_df=max_iter_df, num_classes=num_classes,
-                         batch_size=batch_size, state_path=state_path, verbose=verbose)
+                         batch_size=batch_size, recheck=recheck, state_path=state_path, verbose=verbose)
 
     def _check_params(self) -> None:
         self._check_norm_xi()
@@ -64,13 +66,16 @@ class UAP(UniversalAttack):
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
         self.batch_size = self._positive_int("batch_size", self.batch_size)
+        if self.recheck is not None:
+            self.recheck = self._positive_int("recheck", self.recheck)
 
     # ------------------------------------------------------------ resume state
     def _fingerprint(self, x: np.ndarray) -> str:
         h = hashlib.sha256()
         h.update(str(x.shape).encode())
         h.update(np.ascontiguousarray(x[:: max(1, len(x) // 64)]).tobytes())
-        keep = {k: v for k, v in self.params.items() if k not in ("state_path", "verbose")}
+        # stopping parameters (delta, max_passes) may change between runs; the rest shape v
+        keep = {k: v for k, v in self.params.items() if k not in ("state_path", "verbose", "delta", "max_passes")}
         h.update(json.dumps(keep, sort_keys=True, default=str).encode())
         return h.hexdigest()
 
@@ -96,6 +101,25 @@ class UAP(UniversalAttack):
         return v, passes, history
 
     # ------------------------------------------------------------ attack
+    def _apply_batch(self, xb: np.ndarray, clean: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """DeepFool on the batch at v, then its converged steps in order, v projected after each.
+
+        As in the reference loop, an image that the current v already fools gets no step:
+        the steps are applied in chunks of ``recheck`` images, each chunk re-checked with
+        one forward pass at the current v (the reference loop re-checks every image).
+        """
+        clf = self.classifier
+        res = deepfool(clf, xb + v, self.num_classes, self.overshoot, self.max_iter_df, batch_size=self.batch_size)
+        order = np.flatnonzero(res.converged)
+        chunk = max(1, len(xb) // 4) if self.recheck is None else int(self.recheck)
+        for s in range(0, len(order), chunk):
+            part = order[s:s + chunk]
+            if s > 0:
+                part = part[clf.labels(xb[part], perturbation=v) == clean[part]]
+            for i in part:
+                v = project_lp(v + res.step[i], self.xi, self.norm)
+        return v
+
     def generate(self, x: np.ndarray, rng: np.random.Generator) -> UapResult:
         clf = self.classifier
         x = self._images(x, clf)
@@ -119,10 +143,7 @@ class UAP(UniversalAttack):
                     todo = clf.labels(xb) == clean[idx]
                     seen, fooled = seen + len(idx), fooled + int((~todo).sum())
                     if todo.any():
-                        res = deepfool(clf, xb[todo], self.num_classes, self.overshoot, self.max_iter_df,
-                                       batch_size=self.batch_size)
-                        for step in res.step[res.converged]:
-                            v = project_lp(v + step, self.xi, self.norm)
+                        v = self._apply_batch(x[idx[todo]], clean[idx[todo]], v)
                     bar.update(len(idx))
                     bar.set_postfix(fooling=f"{fooled / seen:.3f}", last_pass=f"{fr:.3f}")
             passes += 1

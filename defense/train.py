@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import shutil
 import signal
 import tempfile
 import threading
@@ -288,8 +287,6 @@ class SolverWrapper:
         if resume is not None:
             check_solverstate(resume)
         with tempfile.TemporaryDirectory() as tmp:
-            net_file = Path(tmp) / "train.prototxt"
-            net_file.write_text(text_format.MessageToString(param.net_param))
             if weights is not None:
                 read_caffemodel(weights)
             solver_file = Path(tmp) / "solver.prototxt"
@@ -308,9 +305,9 @@ class SolverWrapper:
             log.info("resumed from %s at iteration %d", resume, self.solver.iter)
         self.frozen = frozen_layers(param.net_param)
         self._frozen_digests = _digests(net, self.frozen)
-        trainable = [n for n in net.params if n not in self.frozen]
-        log.info("%d frozen layers, %d trainable (%d parameters)", len(self._frozen_digests), len(trainable),
-                 sum(b.data.size for n in trainable for b in net.params[n]))
+        free = [n for n in net.params if n not in self.frozen]
+        log.info("%d frozen layers; %d layers that change (%d parameters, BatchNorm statistics included)",
+                 len(self._frozen_digests), len(free), sum(b.data.size for n in free for b in net.params[n]))
 
     @property
     def iter(self) -> int:

@@ -19,7 +19,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .core import caffe_pb2, load_net, param_shapes, run_cli, save_blobs, set_mode, write_net_param, write_text
+from .core import (caffe_pb2, load_net, param_shapes, run_cli, save_blobs, set_mode, write_bytes, write_net_param,
+                   write_text)
 from .data import DataSource, FashionMnist
 from .networks import fashionnet
 from .presets import get_preset
@@ -38,7 +39,7 @@ class BaselineOptions:
     solver_type: str = "Adam"
     epochs: float = 3.0
     batch_size: int = 64
-    base_lr: float = 0.01
+    base_lr: float = 0.001
     momentum: float = 0.9
     weight_decay: float = 5e-4
     gamma: float = 0.1
@@ -83,8 +84,11 @@ def accuracy(deploy_weights: Path, source: DataSource, batch: int) -> float:
 
 def train_fashionnet(output: Path = DEFAULT_OUTPUT, options: BaselineOptions = BaselineOptions(),
                      train_source: Optional[DataSource] = None, test_source: Optional[DataSource] = None,
-                     progress: bool = True) -> dict:
-    """Train FashionNet, write ``output`` atomically, and return a JSON-ready summary."""
+                     progress: bool = True, command: str = "python -m defense.train_baseline") -> dict:
+    """Train FashionNet, write ``output`` atomically, and return a JSON-ready summary.
+
+    :param command: how to reproduce the run, recorded in the JSON beside the weights.
+    """
     preset = get_preset("FashionNet")
     train_source = train_source or FashionMnist("train")
     test_source = test_source or FashionMnist("test")
@@ -105,14 +109,15 @@ def train_fashionnet(output: Path = DEFAULT_OUTPUT, options: BaselineOptions = B
         result = wrapper.run(train_source, [])
         train_s = time.perf_counter() - start
         top1 = accuracy(result.caffemodel, test_source, preset.eval_batch)
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        from .core import write_bytes
         write_bytes(output, result.caffemodel.read_bytes())
-    summary = {"network": preset.name, "weights": str(output), "test_top1": top1,
+    root = WEIGHTS_DIR.parent
+    shown = Path(output).resolve()
+    summary = {"network": preset.name,
+               "weights": str(shown.relative_to(root)) if shown.is_relative_to(root) else str(output), "test_top1": top1,
                "test_images": len(test_source), "train_images": len(train_source), "iterations": max_iter,
                "train_seconds": round(train_s, 1), "final_loss": float(np.mean(result.losses[-50:])),
                "options": asdict(options),
-               "command": "python -m defense.train_baseline " + " ".join(sys.argv[1:])}
+               "command": command}
     write_text(Path(output).with_suffix(".json"), json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -136,7 +141,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     options = BaselineOptions(epochs=args.epochs, batch_size=args.batch_size, base_lr=args.lr, seed=args.seed)
     set_mode(args.gpu, args.seed)
-    summary = train_fashionnet(args.out, options)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    summary = train_fashionnet(args.out, options, command=" ".join(["python -m defense.train_baseline"] + argv))
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -6,7 +6,9 @@ import tempfile
 from pathlib import Path
 from typing import Tuple
 
-from attacks.toy import MEAN, fashion_subset, train_tiny_net  # noqa: F401
+from attacks.toy import MEAN, fashion_subset, train_tiny_net
+
+__all__ = ["MEAN", "fashion_subset", "trained_tiny_net"]
 
 
 @functools.lru_cache(maxsize=None)

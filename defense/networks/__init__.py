@@ -14,7 +14,7 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 from ..core import ToolkitError, caffe_pb2, write_net_param
 from ..presets import PROTOTXT_DIR, NetPreset, get_preset
-from . import caffenet, googlenet, resnet152, vgg
+from . import caffenet, fashionnet, googlenet, resnet152, vgg
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ BUILDERS: Dict[str, Builder] = {
     "GoogLeNet": googlenet.build,
     "VGG16": vgg.build_vgg16,
     "ResNet152": resnet152.build,
+    "FashionNet": fashionnet.build,
 }
 """Preset name -> builder ``(preset, batch) -> deploy NetParameter``."""
 
