@@ -190,13 +190,22 @@ class FashionMnist(ArraySource):
         self.split = split
 
 
-DATA_SOURCES: Dict[str, Callable[[str], DataSource]] = {
-    "fashion-mnist": lambda split: FashionMnist(split),
+def _imagenet(spec: str, preset) -> DataSource:
+    from .imagenet import ImageNetIndex  # Pillow decoding is only needed for ImageNet
+
+    return ImageNetIndex(spec, preset)
+
+
+DATA_SOURCES: Dict[str, Callable[[str, object], DataSource]] = {
+    "fashion-mnist": lambda split, preset: FashionMnist(split),
+    "imagenet": _imagenet,
 }
+"""Name -> factory ``(spec, preset)``: ``spec`` is a split (fashion-mnist) or an index file made by
+``python -m defense.imagenet prepare`` (imagenet, preprocessed as the preset publishes)."""
 
 
-def open_source(name: str, split: str) -> DataSource:
-    """Look a data source up by name (``fashion-mnist``); the error lists the known names."""
+def open_source(name: str, spec: str, preset=None) -> DataSource:
+    """Look a data source up by name; the error lists the known names."""
     if name not in DATA_SOURCES:
         raise ToolkitError(f"unknown data source '{name}'; known: {', '.join(DATA_SOURCES)}")
-    return DATA_SOURCES[name](split)
+    return DATA_SOURCES[name](spec, preset)

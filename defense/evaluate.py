@@ -218,7 +218,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     preset = get_preset(args.net)
     set_mode(args.gpu, args.seed)
     batch = int(args.batch_size or preset.eval_batch)
-    source = open_source(args.data, args.split)
+    source = open_source(args.data, args.split, preset)
     if args.limit:
         source = source.sample(args.limit, np.random.default_rng(args.seed))
     perturbations = load_perturbation_files(args.perturbations)

@@ -468,7 +468,9 @@ def build_parser():
     p.add_argument("--synthetic", type=int, default=0, metavar="K",
                    help="add K synthetic perturbations mixed from the given ones (attacks.synthetic)")
     p.add_argument("--data", default="fashion-mnist", choices=sorted(DATA_SOURCES), help="data source")
-    p.add_argument("--split", default="train", help="data split (default train)")
+    p.add_argument("--split", default="train",
+                   help="fashion-mnist: data split (default train); imagenet: the training index "
+                        "(python -m defense.imagenet prepare train ...)")
     p.add_argument("--out", type=Path, required=True, help="final caffemodel (snapshots go to <out stem>_snapshots/)")
     p.add_argument("--max-iter", type=int, help="last iteration (default: the solver's max_iter)")
     p.add_argument("--snapshot-every", type=int, help="snapshot period (default: the solver's snapshot)")
@@ -507,7 +509,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         perturbations += list(mixed.perturbations)
     options = TrainOptions(max_iter=args.max_iter, snapshot_every=args.snapshot_every, seed=args.seed,
                            clean_fraction=args.clean_fraction, clip=args.clip, progress=not args.quiet)
-    out = train(solver, open_source(args.data, args.split), perturbations, args.out, preset.mean_bgr,
+    out = train(solver, open_source(args.data, args.split, preset), perturbations, args.out, preset.mean_bgr,
                 weights=weights, resume=args.resume, gpus=gpus if len(gpus) > 1 else (), options=options)
     print(out)
     return 0
