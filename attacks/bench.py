@@ -1,13 +1,14 @@
 """Benchmark: batched UAP against the reference one-image-at-a-time DeepFool loop.
 
-Both runs use the same net, images, seed, xi and stopping rule (fooling rate 1 - delta or
+Both modes use the same net, images, seeds, xi and stopping rule (fooling rate 1 - delta or
 ``--max-passes``); only DeepFool's batch size differs (1 = the loop of the reference
 implementations). Prints time and fooling rate side by side and the speed-up. Without
 ``--prototxt`` it trains the small Fashion-MNIST net of ``attacks.toy`` first (not timed),
 by default with two 2048-wide fully connected layers, CaffeNet's layout in small: on a
 CPU, Caffe convolves a batch one image at a time, so batching pays off in the fully
 connected layers (one matrix product instead of N matrix-vector products). Times are
-process CPU time (robust on a shared machine) and wall time.
+process CPU time (robust on a shared machine) and wall time, summed over ``--seeds`` runs;
+fooling rates are averaged over them (one run's rate moves by a few points from pass to pass).
 """
 from __future__ import annotations
 
@@ -44,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delta", type=float, default=0.2)
     p.add_argument("--max-passes", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=32, help="DeepFool batch of the batched run (default 32)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    p.add_argument("--seeds", type=int, default=2,
+                   help="runs per mode with seeds seed, seed+1, ...; fooling rates are averaged, times summed (default 2)")
     p.add_argument("--gpu", type=int, default=None)
     p.add_argument("--out", help="write the results as JSON here")
     return p
@@ -69,21 +72,28 @@ def run(args) -> dict:
         from . import toy
         x = toy.fashion_subset("test", args.n_images)[0]
     clean = clf.labels(x)
+    seeds = [args.seed + k for k in range(args.seeds)]
     rows = {}
     for label, batch in (("one_at_a_time", 1), ("batched", args.batch_size)):
-        attack = UAP(clf, norm=args.norm, xi=args.xi, delta=args.delta, max_passes=args.max_passes,
-                     batch_size=batch, verbose=False)
-        t0, c0 = time.perf_counter(), time.process_time()
-        res = attack.generate(x, np.random.default_rng(args.seed))
-        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
-        rows[label] = {"batch_size": batch, "cpu_s": cpu, "wall_s": elapsed, "passes": res.n_iter,
-                       "fooling_rate": fooling_rate(clean, clf.labels(x, perturbation=res.perturbation)),
-                       "history": res.history}
+        runs = []
+        for seed in seeds:
+            attack = UAP(clf, norm=args.norm, xi=args.xi, delta=args.delta, max_passes=args.max_passes,
+                         batch_size=batch, verbose=False)
+            t0, c0 = time.perf_counter(), time.process_time()
+            res = attack.generate(x, np.random.default_rng(seed))
+            elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+            runs.append({"seed": seed, "cpu_s": cpu, "wall_s": elapsed, "passes": res.n_iter,
+                         "fooling_rate": fooling_rate(clean, clf.labels(x, perturbation=res.perturbation)),
+                         "history": res.history})
+        rows[label] = {"batch_size": batch, "runs": runs,
+                       "cpu_s": sum(r["cpu_s"] for r in runs), "wall_s": sum(r["wall_s"] for r in runs),
+                       "passes": sum(r["passes"] for r in runs),
+                       "fooling_rate": float(np.mean([r["fooling_rate"] for r in runs]))}
     one, bat = rows["one_at_a_time"], rows["batched"]
     net = args.prototxt or f"attacks.toy Fashion-MNIST net (fc width {args.fc_width})"
     return {"net": net, "n_images": int(len(x)), "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
             "norm": args.norm, "xi": args.xi, "delta": args.delta, "max_passes": args.max_passes,
-            "seed": args.seed, "device": "cpu" if args.gpu is None else f"gpu{args.gpu}", **rows,
+            "seeds": seeds, "device": "cpu" if args.gpu is None else f"gpu{args.gpu}", **rows,
             "speedup_cpu": one["cpu_s"] / bat["cpu_s"], "speedup_wall": one["wall_s"] / bat["wall_s"],
             "fooling_rate_difference": bat["fooling_rate"] - one["fooling_rate"]}
 
@@ -92,12 +102,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     r = run(args)
     print(f"UAP benchmark on {r['net']}: {r['n_images']} images, l_{r['norm']} xi={r['xi']}, "
-          f"stop at fooling rate {1 - r['delta']:.2f} or {r['max_passes']} passes, seed {r['seed']}, {r['device']}")
-    print(f"{'':16}{'batch':>6}{'cpu (s)':>10}{'wall (s)':>10}{'passes':>8}{'fooling rate':>14}")
+          f"stop at fooling rate {1 - r['delta']:.2f} or {r['max_passes']} passes, seeds {r['seeds']}, {r['device']}, "
+          f"OPENBLAS_NUM_THREADS={r['openblas_threads']}")
+    print(f"{'':16}{'batch':>6}{'cpu (s)':>10}{'wall (s)':>10}{'passes':>8}{'mean fooling rate':>19}")
     for key in ("one_at_a_time", "batched"):
         row = r[key]
         print(f"{key:16}{row['batch_size']:>6}{row['cpu_s']:>10.2f}{row['wall_s']:>10.2f}{row['passes']:>8}"
-              f"{row['fooling_rate']:>14.4f}")
+              f"{row['fooling_rate']:>19.4f}")
     print(f"speed-up batched / one-at-a-time: {r['speedup_cpu']:.2f}x CPU time, {r['speedup_wall']:.2f}x wall; "
           f"fooling-rate difference {r['fooling_rate_difference']:+.4f}")
     if args.out:
