@@ -1,4 +1,4 @@
-"""Command line: ``python -m attacks <uap|spgd|fff|gduap|svuap|synthetic|convert> ...``.
+"""Command line: ``python -m attacks <uap|spgd|fff|gduap|svuap|synthetic|convert|fetch> ...``.
 
 Writes the perturbation (toolkit HDF5, see attacks.perturbation_io) and a JSON report
 (fooling rate on the attack data and on held-out data with 95% bootstrap intervals, norms,
@@ -121,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mat-layout", default="WHC", help=".mat array dimension order (default WHC)")
     p.add_argument("--mat-bgr", action="store_true", help=".mat channels are already BGR")
     _out_args(p)
+
+    p = sub.add_parser("fetch", help="download published perturbation files (verified) from the paper's repository")
+    p.add_argument("names", nargs="*", default=["all"],
+                   help="file names or folders below Attack_samples/, e.g. UAP/CaffeNet (default: all)")
+    p.add_argument("--dest", default="Attack_samples", help="destination folder (default Attack_samples/)")
+    p.add_argument("--base-url", help="mirror serving <base-url>/<name> (default $FRU_WEIGHTS_MIRROR or GitHub)")
+    p.add_argument("--force", action="store_true", help="download again even if a verified copy exists")
     return parser
 
 
@@ -264,7 +271,12 @@ def run_convert(args) -> Dict[str, object]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, format="%(message)s")
+    if args.command == "fetch":
+        from .published import fetch_published
+        for path in fetch_published(args.names, args.dest, base_url=args.base_url, force=args.force):
+            print(path)
+        return 0
     if args.command == "synthetic":
         report = run_synthetic(args)
     elif args.command == "convert":

@@ -1,6 +1,6 @@
 """The toolkit's perturbation file, and converters from the formats users bring.
 
-Canonical array: float32 ``(3, H, W)`` (or a stack ``(K, 3, H, W)``), BGR, pixel units
+Canonical array: float32 ``(C, H, W)`` (or a stack ``(K, C, H, W)``), C = 3 (BGR) or 1 (grey), pixel units
 ([0,255] scale), added to the image *before* mean subtraction. The toolkit's file is HDF5:
 dataset ``perturbation`` plus attributes (``PerturbationMeta``). Published files are read by
 one small pure loader per format (``PUBLISHED_LOADERS``), following
@@ -98,8 +98,8 @@ def load_perturbation(path: os.PathLike | str) -> Tuple[np.ndarray, Perturbation
 
 
 def _check_canonical(v: np.ndarray, source: str) -> None:
-    if v.ndim not in (3, 4) or v.shape[-3] != 3:
-        raise ToolkitError(f"{source}: perturbation must have shape (3,H,W) or (K,3,H,W), got {v.shape}")
+    if v.ndim not in (3, 4) or v.shape[-3] not in (1, 3):
+        raise ToolkitError(f"{source}: perturbation must have shape (C,H,W) or (K,C,H,W) with C 1 or 3, got {v.shape}")
     if not np.all(np.isfinite(v)):
         raise ToolkitError(f"{source}: perturbation holds NaN or infinite values")
 

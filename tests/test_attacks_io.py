@@ -132,8 +132,10 @@ def test_perturbation_file_errors(tmp_path):
         f["other"] = np.zeros((3, 4, 4))
     with pytest.raises(ToolkitError, match=r"bad.h5: has no dataset 'perturbation'"):
         load_perturbation(tmp_path / "bad.h5")
-    with pytest.raises(ToolkitError, match=r"must have shape \(3,H,W\) or \(K,3,H,W\)"):
+    with pytest.raises(ToolkitError, match=r"must have shape \(C,H,W\) or \(K,C,H,W\) with C 1 or 3"):
         save_perturbation(tmp_path / "w.h5", np.zeros((4, 4)), PerturbationMeta())
+    with pytest.raises(ToolkitError, match=r"with C 1 or 3, got \(2, 4, 4\)"):
+        save_perturbation(tmp_path / "w.h5", np.zeros((2, 4, 4)), PerturbationMeta())
     with pytest.raises(ToolkitError, match="not found"):
         load_perturbation(tmp_path / "missing.h5")
 
@@ -258,3 +260,36 @@ def test_cli_synthetic(tmp_path):
     v, meta = load_perturbation(out)
     assert v.shape == (7, 3, 16, 16) and meta.seed == 3 and meta.attack == "synthetic"
     np.testing.assert_array_equal(v, synthesize(uaps, 7, np.random.default_rng(3)).perturbations)
+
+
+def test_grey_perturbation_round_trips(tmp_path):
+    from attacks.perturbation_io import PerturbationMeta, load_perturbation, save_perturbation
+    v = np.linspace(-5, 5, 28 * 28, dtype=np.float32).reshape(1, 28, 28)
+    save_perturbation(tmp_path / "grey.h5", v, PerturbationMeta(attack="uap", network="FashionNet",
+                                                                input_size=(28, 28), channel_order="grey"))
+    back, meta = load_perturbation(tmp_path / "grey.h5")
+    np.testing.assert_array_equal(back, v)
+    assert meta.network == "FashionNet"
+
+
+def test_fetch_cli_downloads_from_a_mirror(tmp_path, reference, monkeypatch):
+    """`python -m attacks fetch` verifies what it downloads (SHA-256 of the manifest) before renaming."""
+    import functools
+    import http.server
+    import threading
+    from attacks.__main__ import main
+
+    src = reference / "attack_samples"
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(src))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        name = "UAP/CaffeNet/caffenet_adv_iter_1.h5"
+        assert main(["fetch", name, "--dest", str(tmp_path / "dl"), "--base-url", url]) == 0
+    finally:
+        server.shutdown()
+    got = tmp_path / "dl" / name
+    assert got.read_bytes() == (src / name).read_bytes()
+    assert not list((tmp_path / "dl").rglob("*.part"))
