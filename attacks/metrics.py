@@ -73,8 +73,3 @@ def perturbation_fooling_rate(classifier, x: np.ndarray, v: np.ndarray,
     if clean_labels is None:
         clean_labels = classifier.labels(x, batch_size)
     return fooling_rate(clean_labels, classifier.labels(x, batch_size, perturbation=np.asarray(v, np.float32)))
-
-
-def add_perturbation(x: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """x + v as a new float32 array (inputs are never modified in place)."""
-    return np.asarray(x, dtype=np.float32) + np.asarray(v, dtype=np.float32)

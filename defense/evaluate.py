@@ -23,8 +23,9 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from attacks.classifier import CaffeClassifier
-from attacks.metrics import fooling_report, restoration_accuracy, topk_hits
+from attacks.metrics import fooling_report, restoration_accuracy
 
+from .conditions import Condition, draw_choices, predict_conditions
 from .core import ToolkitError, atomic_path, run_cli, set_mode, write_text
 from .data import DataSource, open_source, DATA_SOURCES
 from .peers import PEERS, Preprocessor, make_peer
@@ -41,18 +42,11 @@ class Model:
     classifier: CaffeClassifier
     preprocessor: Optional[Preprocessor] = None
 
-    def scores(self, x: np.ndarray, batch_size: int) -> np.ndarray:
+    def logits(self, x: np.ndarray, batch_size: int) -> np.ndarray:
         """Logits (N, classes) of pixel-unit images, after the preprocessor if any."""
         if self.preprocessor is not None:
             x = self.preprocessor(x)
         return self.classifier.logits(x, batch_size)
-
-
-def assign_perturbations(n_images: int, n_perturbations: int, seed: int) -> np.ndarray:
-    """One perturbation index per image, drawn uniformly at random (seeded), as published."""
-    if n_perturbations < 1:
-        raise ValueError("evaluation needs at least one perturbation")
-    return np.random.default_rng(seed).integers(n_perturbations, size=n_images)
 
 
 def evaluate(models: Sequence[Model], source: DataSource, perturbations: Sequence[np.ndarray], seed: int = 0,
@@ -60,13 +54,14 @@ def evaluate(models: Sequence[Model], source: DataSource, perturbations: Sequenc
              clip: bool = False, progress: bool = True) -> Dict[str, object]:
     """Metrics of every model on ``source``, clean and with one random perturbation per image.
 
+    The perturbation of each image is drawn as the published scripts draw it
+    (``defense.conditions.draw_choices``: numpy's legacy seed, one draw per image in order).
+
     :param baseline: name of the undefended model whose clean top-1 is the restoration
         denominator (default: the first model).
     :param baseline_top1: use this denominator instead (e.g. the published one).
     :param clip: clip perturbed images to [0, 255] (the published tables did not).
     """
-    from tqdm import tqdm
-
     if not models:
         raise ValueError("evaluation needs at least one model")
     names = [m.name for m in models]
@@ -75,34 +70,20 @@ def evaluate(models: Sequence[Model], source: DataSource, perturbations: Sequenc
     baseline = baseline or names[0]
     if baseline not in names:
         raise ValueError(f"baseline '{baseline}' is not one of the models {names}")
-    perts = np.stack([np.asarray(p, dtype=np.float32) for p in perturbations]) if len(perturbations) else None
-    if perts is None:
+    if not len(perturbations):
         raise ValueError("evaluation needs at least one perturbation")
+    perts = np.stack([np.asarray(p, dtype=np.float32) for p in perturbations])
     if perts.shape[1:] != tuple(source.image_shape):
         raise ValueError(f"perturbations have shape {perts.shape[1:]}, the images {tuple(source.image_shape)}")
-    which = assign_perturbations(len(source), len(perts), seed)
-    hits = {m.name: {"clean": [], "perturbed": []} for m in models}
-    labels = {m.name: {"clean": [], "perturbed": []} for m in models}
-    start = 0
-    bar = tqdm(total=len(source), desc="evaluate", unit="img", disable=not progress)
-    with bar:
-        for x, y in source.batches(batch_size):
-            xp = x + perts[which[start:start + len(x)]]
-            if clip:
-                xp = np.clip(xp, 0.0, 255.0)
-            for m in models:
-                for kind, images in (("clean", x), ("perturbed", xp)):
-                    scores = m.scores(images, batch_size)
-                    hits[m.name][kind].append(topk_hits(scores, y, 1))
-                    labels[m.name][kind].append(scores.argmax(axis=1))
-            start += len(x)
-            bar.update(len(x))
+    which = draw_choices(len(source), len(perts), seed)
+    conditions = [Condition("clean"), Condition("perturbed", perts, which)]
+    labels, preds = predict_conditions({m.name: m for m in models}, source, conditions, batch_size, clip,
+                                       progress=progress, desc="evaluate")
     rows: Dict[str, Dict[str, object]] = {}
     for m in models:
-        h = {k: np.concatenate(v) for k, v in hits[m.name].items()}
-        lab = {k: np.concatenate(v) for k, v in labels[m.name].items()}
-        rows[m.name] = {"clean_top1": float(h["clean"].mean()), "perturbed_top1": float(h["perturbed"].mean()),
-                        **fooling_report(lab["clean"], lab["perturbed"], seed=seed),
+        clean, pert = preds[m.name]["clean"].top1, preds[m.name]["perturbed"].top1
+        rows[m.name] = {"clean_top1": float(np.mean(clean == labels)), "perturbed_top1": float(np.mean(pert == labels)),
+                        **fooling_report(clean, pert, seed=seed),
                         "preprocessor": None if m.preprocessor is None else m.preprocessor.describe()}
     measured = float(rows[baseline]["clean_top1"])
     denominator = float(baseline_top1) if baseline_top1 is not None else measured

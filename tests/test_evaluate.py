@@ -7,7 +7,8 @@ import pytest
 from attacks.classifier import CaffeClassifier
 from defense.core import L, caffe, net_param_text, run_cli, save_blobs
 from defense.data import ArraySource
-from defense.evaluate import Model, assign_perturbations, evaluate, main, markdown_table, write_reports
+from defense.conditions import draw_choices
+from defense.evaluate import Model, evaluate, main, markdown_table, write_reports
 from defense.peers import Preprocessor
 
 # Two-pixel images [a, b]; the nets' logits are W @ [a, b], so the prediction is readable by eye.
@@ -59,8 +60,8 @@ def test_published_denominator(models):
 
 def test_one_random_perturbation_per_image(models):
     zero = np.zeros_like(V)
-    which = assign_perturbations(5, 2, seed=7)
-    np.testing.assert_array_equal(which, assign_perturbations(5, 2, seed=7))
+    which = draw_choices(5, 2, seed=7)
+    np.testing.assert_array_equal(which, draw_choices(5, 2, seed=7))
     result = evaluate(models[:1], ArraySource(IMAGES, LABELS), [V, zero], seed=7, progress=False)
     perturbed = (which == 0)
     clean_preds = np.array([0, 1, 0, 1, 0])

@@ -8,7 +8,8 @@ import pytest
 
 from defense.core import run_cli
 from defense.paper import TABLE2, TABLE4, TABLE5, table_cases
-from defense.tables import draw_choices, limit_positions, main, protocol_positions
+from defense.conditions import draw_choices
+from defense.tables import limit_positions, main, protocol_positions
 
 from fake_imagenet import write_images, write_nets, write_same_norm, write_unseen_caffenet
 
