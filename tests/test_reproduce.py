@@ -1,0 +1,171 @@
+"""The Fashion-MNIST reproduction (defense.reproduce): a --quick run end to end, resuming,
+per-stage invalidation, the ranking helpers and the target checks."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from defense import reproduce as rp
+from defense.presets import get_preset, fru_names
+from defense.ranking import permutation_from_matrix, rank_channels
+
+QUICK = rp.ReproConfig.quick()
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "defense.reproduce", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, root):
+    out = tmp_path_factory.mktemp("repro") / "fashion"
+    res = _cli("--quick", "--quiet", "--out", str(out), cwd=root)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return out, json.loads((out / "summary.json").read_text())
+
+
+def test_quick_run_reports_every_case_model_and_metric(quick_run):
+    out, summary = quick_run
+    assert list(summary["cases"]) == [c.key for c in rp.eval_cases(QUICK)]
+    assert list(summary["cases"]) == ["same-norm", "cross-norm", "stronger-x2", "unseen-spgd", "unseen-gduap",
+                                      "unseen-svuap", "adaptive", "adaptive-secondary"]
+    for key, case in summary["cases"].items():
+        base_clean = case["models"]["baseline"]["clean_top1"]
+        assert case["images"] == QUICK.test_images
+        for model in rp.REQUIRED_MODELS + ("fru_secondary", "fru_bottom"):
+            row = case["models"][model]
+            assert set(rp.METRICS) <= set(row), (key, model)
+            for metric in ("clean_top1", "perturbed_top1", "fooling_rate"):
+                assert 0.0 <= row[metric] <= 1.0
+            # restoration = (clean + perturbed) / (2 x baseline clean): above 1 only if a model beats the baseline
+            assert row["restoration"] == pytest.approx((row["clean_top1"] + row["perturbed_top1"]) / (2 * base_clean),
+                                                       abs=1e-12)
+            assert 0.0 <= row["restoration"] <= 1.0 / base_clean
+        assert case["models"]["baseline"]["restoration"] <= 1.0
+    assert summary["config"] == json.loads((out / "config.json").read_text())
+    assert summary["xi_l2"] == pytest.approx(QUICK.xi * rp.L2_PER_LINF, abs=0.01)
+    assert set(summary["timings"]) == set(rp.STAGE_NAMES)
+    assert {t["target"] for t in summary["targets"]} >= {"baseline test top-1 >= 0.90",
+                                                         "same-norm: FRU restoration >= 0.95"}
+    for name in ("results.md", "restoration.png", "feature_map.png", "config.json"):
+        assert (out / name).stat().st_size > 100, name
+    assert "| same-norm: fresh l_inf UAPs" in (out / "results.md").read_text()
+
+
+def test_quick_run_writes_models_and_bounded_perturbations(quick_run):
+    out, summary = quick_run
+    for path in (out / "baseline" / "fashionnet.caffemodel", out / "train_fru" / "fashionnet_FRU.caffemodel",
+                 out / "ranking" / "fashionnet_FRU_bottom.caffemodel",
+                 out / "adaptive" / "fashionnet_FRU_secondary.caffemodel",
+                 out / "peers" / "fashionnet_adv_finetune.caffemodel"):
+        assert path.stat().st_size > 100_000, path
+    for s in rp.attack_sets(QUICK):
+        stage = "adaptive" if s.target != "baseline" else "attacks"
+        files = sorted((out / stage / s.name).glob("*.npy"))
+        assert len(files) == s.count, s.name
+        for f in files:
+            v = np.load(f, allow_pickle=False)
+            assert v.shape == (1, 28, 28) and v.dtype == np.float32
+            norm = np.abs(v).max() if s.norm == "inf" else np.sqrt((v.astype(np.float64) ** 2).sum())
+            assert norm <= s.xi * (1 + 1e-5), (s.name, norm)
+    assert len(list((out / "attacks" / "synthetic").glob("*.npy"))) == QUICK.synthetic
+    masking = summary["ranking"]["masking"]
+    assert set(masking) == {"conv1", "conv2", "conv3"}
+    assert all(0.0 <= r["top_half_masked"] <= 1.0 / summary["ranking"]["clean_top1"] for r in masking.values())
+
+
+def test_masking_every_channel_gives_back_clean_accuracy(quick_run):
+    out, _ = quick_run
+    ctx = rp.Context(QUICK, out, progress=False)
+    x, y = rp.evaluation_images(ctx)
+    x, y = x[:50], y[:50]
+    perts = np.stack(ctx.perturbations("same-norm"))
+    which = np.zeros(len(y), dtype=np.int64)
+    clean = float(np.mean(ctx.classifier("baseline").labels(x) == y))
+    for target in rp.fru_targets(ctx):
+        channels = np.arange(2 * target.n)
+        assert rp.masked_restoration(ctx, target, channels, x, y, perts, which, clean) == pytest.approx(1.0, abs=1e-12)
+    perturbed = float(np.mean(ctx.classifier("baseline").labels(x, perturbation=perts[0]) == y))
+    none = rp.masked_restoration(ctx, rp.fru_targets(ctx)[0], np.arange(0), x, y, perts, which, clean)
+    assert none == pytest.approx((clean + perturbed) / (2 * clean), abs=1e-12)
+
+
+def test_rerun_resumes_and_a_changed_field_redoes_only_downstream_stages(quick_run, root):
+    out, first = quick_run
+    res = _cli("--quick", "--quiet", "--out", str(out), cwd=root)
+    assert res.returncode == 0, res.stderr[-2000:]
+    again = json.loads((out / "summary.json").read_text())
+    assert all(t["resumed"] for t in again["timings"].values())
+    assert again["cases"] == first["cases"]
+    res = _cli("--quick", "--quiet", "--out", str(out), "--set", "test_images=150", cwd=root)
+    assert res.returncode == 0, res.stderr[-2000:]
+    changed = json.loads((out / "summary.json").read_text())
+    redone = {name for name, t in changed["timings"].items() if not t["resumed"]}
+    assert redone == {"masking", "evaluate"}
+    assert changed["cases"]["same-norm"]["images"] == 150
+
+
+def test_bottom_ranked_weights_reverse_each_targets_ranking():
+    preset = get_preset("FashionNet")
+    rng = np.random.default_rng(0)
+    base = {t.layer: [rng.normal(size=(2 * t.n, 4, 3, 3)).astype(np.float32)] for t in preset.targets}
+    out = rp._bottom_ranked({"keep": [np.ones(1)]}, base, preset.targets)
+    assert "keep" in out
+    for t in preset.targets:
+        names = fru_names(t)
+        perm = permutation_from_matrix(out[names.imap][0])
+        np.testing.assert_array_equal(perm, rank_channels(base[t.layer][0])[::-1])
+        np.testing.assert_array_equal(permutation_from_matrix(out[names.remap][0])[perm], np.arange(2 * t.n))
+
+
+def test_training_subsets_are_disjoint_and_cover_every_image_attack():
+    cfg = rp.ReproConfig()
+    subsets = rp.train_subsets(cfg, 60000)
+    needed = [(s.name, k) for s in rp.attack_sets(cfg) if s.uses_images for k in range(s.count)]
+    assert sorted(subsets) == sorted(needed + [("calibration", 0)])
+    everything = np.concatenate(list(subsets.values()))
+    assert everything.size == (len(needed) + 1) * cfg.uap_images == np.unique(everything).size
+    with pytest.raises(ValueError, match="need more than the 1000 training images"):
+        rp.train_subsets(cfg, 1000)
+
+
+def test_targets_are_checked_against_the_issue_thresholds():
+    def row(clean, pert, rest, fr):
+        return {"clean_top1": clean, "perturbed_top1": pert, "restoration": rest, "fooling_rate": fr}
+    models = {"baseline": row(0.9, 0.3, 0.667, 0.6), "fru": row(0.895, 0.85, 0.969, 0.1),
+              "median": row(0.88, 0.5, 0.77, 0.4), "jpeg": row(0.9, 0.4, 0.72, 0.5), "bits": row(0.9, 0.3, 0.67, 0.6)}
+    summary = {"baseline": {"test_top1": 0.9023, "test_images": 10000},
+               "cases": {"same-norm": {"group": "same-norm", "models": models},
+                         "unseen-spgd": {"group": "unseen", "models": dict(models, fru=row(0.895, 0.6, 0.83, 0.3))}},
+               "ranking": {"masking": {"conv1": {"top_half_masked": 0.9, "bottom_half_masked": 0.8}}}}
+    met = {t["target"]: t["met"] for t in rp.check_targets(summary)}
+    assert met == {"baseline test top-1 >= 0.90": True, "same-norm: baseline fooling rate >= 0.5": True,
+                   "same-norm: baseline restoration <= 0.75": True, "same-norm: FRU restoration >= 0.95": True,
+                   "FRU clean top-1 within 0.01 of the baseline's": True,
+                   "unseen-spgd: FRU restoration >= 0.85": False, "unseen-spgd: FRU - baseline restoration >= 0.15": True,
+                   "ranking: masking top half beats bottom half (conv1)": True,
+                   "same-norm: FRU restoration above every image-domain peer": True,
+                   "unseen-spgd: FRU restoration above every image-domain peer": True}
+
+
+def test_unknown_config_key_is_an_error(root):
+    res = _cli("--quick", "--out", "unused", "--set", "fru_iterations=5", cwd=root)
+    assert res.returncode == 2
+    assert "error: unknown config key 'fru_iterations'; valid: seed," in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_config_values_are_validated():
+    with pytest.raises(ValueError, match="cannot read 'abc' as int"):
+        rp.ReproConfig().with_overrides(["fru_iters=abc"])
+    with pytest.raises(ValueError, match="fru_iters must be a positive integer, got 0"):
+        rp.ReproConfig().with_overrides(["fru_iters=0"])
+    with pytest.raises(ValueError, match="unknown unseen attack 'nag'"):
+        rp.ReproConfig(unseen=("spgd", "nag"))
+    with pytest.raises(ValueError, match="--set takes key=value"):
+        rp.ReproConfig().with_overrides(["fru_iters"])
+    cfg = rp.ReproConfig().with_overrides(["stronger=1.5,3", "test_images=none", "xi=40"])
+    assert (cfg.stronger, cfg.test_images, cfg.xi) == ((1.5, 3.0), None, 40.0)
