@@ -940,7 +940,7 @@ def feature_map_figure(ctx: Context, path: Path, image: int = 0) -> Tuple[Path, 
     axes[0].set_title("perturbed input")
     for ax, img, title in zip(axes[1:], (clean, pert, regen), ("clean", "perturbed", "regenerated (FRU)")):
         im = ax.imshow(img, cmap="viridis", vmin=0, vmax=vmax)
-        ax.set_title(f"{blob}[{channel}] {title}")
+        ax.set_title(f"{blob}[{channel}]\n{title}")
     for ax in axes:
         ax.axis("off")
     fig.colorbar(im, ax=list(axes[1:]), shrink=0.8)
