@@ -224,16 +224,18 @@ def _imagenet_demo(net: str) -> DemoDefaults:
 
 
 DEMO: Dict[str, DemoDefaults] = {net: _imagenet_demo(net) for net in TABLE2}
-# FashionNet: the offline demo. Paths are where the FashionNet helper writes its files;
-# point them at the shipped files once they exist (one place: here).
+# FashionNet: the offline demo, from the files `make reproduce` ships (weights/FashionNet/,
+# attacks/samples/FashionNet/); S.Fool is the singular-vector attack, i.e. our SV-UAP.
+_FASHION_SAMPLES = "attacks/samples/FashionNet"
 DEMO["FashionNet"] = DemoDefaults(
     input="fashion:0",
-    attacks={"UAP": ("attacks/samples/FashionNet/uap_linf.npy", "npy")},
+    attacks={"UAP": (f"{_FASHION_SAMPLES}/uap_linf.npy", "npy"),
+             "sPGD": (f"{_FASHION_SAMPLES}/spgd.npy", "npy"),
+             "SFool": (f"{_FASHION_SAMPLES}/svuap.npy", "npy")},
     baseline=(None, "weights/FashionNet/fashionnet.caffemodel"),
     fru=(None, "weights/FashionNet/fashionnet_FRU.caffemodel"),
-    fetch_hint={"baseline": "python -m defense.train_baseline",
-                "fru": "python -m defense.train (FashionNet FRU model)",
-                "UAP": "python -m attacks (FashionNet UAP)"},
+    fetch_hint={"baseline": "make reproduce", "fru": "make reproduce", "UAP": "make reproduce",
+                "sPGD": "make reproduce", "SFool": "make reproduce"},
 )
 DEMO_ATTACKS = ("UAP", "FFF", "SFool", "NAG", "GAP", "GUAP", "sPGD")
 
