@@ -93,15 +93,21 @@ def write_net_param(path: os.PathLike | str, net: "caffe_pb2.NetParameter", head
 
 
 # ---------------------------------------------------------------- caffemodel
-def read_caffemodel(path: os.PathLike | str) -> "caffe_pb2.NetParameter":
+def read_binary_proto(path: os.PathLike | str, message, kind: str, missing_fix: str, corrupt_fix: str):
+    """Parse a binary protobuf file (caffemodel, solverstate) into ``message``, or one-line ToolkitError."""
     path = Path(path)
     if not path.is_file():
-        raise ToolkitError(f"{path}: caffemodel not found; check the path or fetch the weights")
-    net = caffe_pb2.NetParameter()
+        raise ToolkitError(f"{path}: {kind} not found; {missing_fix}")
     try:
-        net.ParseFromString(path.read_bytes())
+        message.ParseFromString(path.read_bytes())
     except DecodeError:
-        raise ToolkitError(f"{path}: not a valid caffemodel (truncated or corrupt); download it again") from None
+        raise ToolkitError(f"{path}: not a valid {kind} (truncated or corrupt); {corrupt_fix}") from None
+    return message
+
+
+def read_caffemodel(path: os.PathLike | str) -> "caffe_pb2.NetParameter":
+    net = read_binary_proto(path, caffe_pb2.NetParameter(), "caffemodel",
+                            "check the path or fetch the weights", "download it again")
     if not net.layer and not net.layers:
         raise ToolkitError(f"{path}: caffemodel holds no layers; download it again")
     return net

@@ -25,10 +25,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from google.protobuf import text_format
-from google.protobuf.message import DecodeError
 
-from .core import ToolkitError, caffe, caffe_pb2, check_weights_fit, read_caffemodel, read_net_param, \
-    set_mode, validate_net_param, write_bytes
+from .core import (ToolkitError, caffe, caffe_pb2, check_weights_fit, read_binary_proto, read_caffemodel,
+                   read_net_param, set_mode, validate_net_param, write_bytes)
 from .data import DataSource
 
 log = logging.getLogger(__name__)
@@ -199,13 +198,8 @@ def _check_solver_fields(param: "caffe_pb2.SolverParameter", path: Path) -> None
 def check_solverstate(path: os.PathLike | str) -> Path:
     """Validate a ``.solverstate`` (and the caffemodel it points to) before Caffe reads it."""
     path = Path(path)
-    if not path.is_file():
-        raise ToolkitError(f"{path}: solverstate not found; pass a '<prefix>_iter_<N>.solverstate' snapshot")
-    state = caffe_pb2.SolverState()
-    try:
-        state.ParseFromString(path.read_bytes())
-    except DecodeError:
-        raise ToolkitError(f"{path}: not a valid solverstate (truncated or corrupt); use an earlier snapshot") from None
+    state = read_binary_proto(path, caffe_pb2.SolverState(), "solverstate",
+                              "pass a '<prefix>_iter_<N>.solverstate' snapshot", "use an earlier snapshot")
     if state.learned_net:
         learned = Path(state.learned_net)
         if not learned.is_file():
