@@ -291,6 +291,7 @@ class SolverWrapper:
             if blob not in net.blobs:
                 raise ToolkitError(f"{solver}: train net has no blob '{blob}'; it needs Inputs "
                                    f"'{options.data_blob}', '{options.label_blob}' and a loss '{options.loss_blob}'")
+        self.num_classes = self._loss_classes(net)
         if weights is not None:
             check_weights_fit(solver, weights, net)
             net.copy_from(str(weights))
@@ -311,8 +312,21 @@ class SolverWrapper:
     def batch_size(self) -> int:
         return int(self.solver.net.blobs[self.options.data_blob].data.shape[0])
 
+    def _loss_classes(self, net: "caffe.Net") -> int:
+        """Classes of the scores the loss reads (Caffe's CPU loss does not check label range)."""
+        for name in net._layer_names:
+            if self.options.loss_blob in net.top_names[name]:
+                scores = net.bottom_names[name][0]
+                return int(np.prod(net.blobs[scores].data.shape[1:]))
+        raise ToolkitError(f"the train net has no layer that writes '{self.options.loss_blob}'")
+
     def step(self, x: np.ndarray, y: np.ndarray) -> float:
         """One solver iteration on pixel-unit images ``x`` and labels ``y``; returns the loss."""
+        y = np.asarray(y)
+        if y.size and (y.min() < 0 or y.max() >= self.num_classes):
+            # an out-of-range label makes Caffe's SoftmaxWithLoss read past its scores
+            raise ToolkitError(f"labels must lie in [0, {self.num_classes}) for this net, got "
+                               f"{int(y.min())}..{int(y.max())}; the data source does not match the network")
         net = self.solver.net
         net.blobs[self.options.data_blob].data[...] = subtract_mean(x, self.mean)
         net.blobs[self.options.label_blob].data[...] = y.reshape(net.blobs[self.options.label_blob].data.shape)

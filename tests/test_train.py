@@ -13,7 +13,7 @@ FROZEN = ("base_conv", "base_bn", "base_fc")
 MEAN = (10.0,)
 
 
-def tiny_train_net(batch=4, size=6):
+def tiny_train_net(batch=4, size=6, classes=3):
     """base_conv (frozen) -> base_bn (global stats) -> fru_conv (learns) -> ReLU -> base_fc (frozen) -> loss."""
     frozen = [dict(lr_mult=0, decay_mult=0)] * 2
     n = caffe.NetSpec()
@@ -24,17 +24,18 @@ def tiny_train_net(batch=4, size=6):
     n.fru_conv = L.Convolution(n.base_bn, name="fru_conv", num_output=4, kernel_size=1,
                                param=[dict(lr_mult=1, decay_mult=1), dict(lr_mult=1, decay_mult=0)])
     n.relu = L.ReLU(n.fru_conv, name="relu", in_place=True)
-    n.base_fc = L.InnerProduct(n.fru_conv, name="base_fc", num_output=3, param=frozen)
+    n.base_fc = L.InnerProduct(n.fru_conv, name="base_fc", num_output=classes, param=frozen)
     n.loss = L.SoftmaxWithLoss(n.base_fc, n.label, name="loss")
     return n.to_proto()
 
 
-def init_blobs(size=6, seed=0):
+def init_blobs(size=6, seed=0, classes=3):
     rng = np.random.default_rng(seed)
     return {"base_conv": [rng.normal(0, 0.1, (4, 1, 3, 3)).astype(np.float32), rng.normal(0, 0.1, 4).astype(np.float32)],
             "base_bn": [np.zeros(4, np.float32), np.ones(4, np.float32), np.ones(1, np.float32)],
             "fru_conv": [rng.normal(0, 0.3, (4, 4, 1, 1)).astype(np.float32), np.zeros(4, np.float32)],
-            "base_fc": [rng.normal(0, 0.1, (3, 4 * size * size)).astype(np.float32), np.zeros(3, np.float32)]}
+            "base_fc": [rng.normal(0, 0.1, (classes, 4 * size * size)).astype(np.float32),
+                        np.zeros(classes, np.float32)]}
 
 
 @pytest.fixture
@@ -157,9 +158,9 @@ def test_train_writes_final_weights(setup):
 
 def test_cli_trains_on_fashion_mnist_shapes(tmp_path, capsys):
     pytest.importorskip("defense.data").FashionMnist("train")
-    (tmp_path / "train.prototxt").write_text(net_param_text(tiny_train_net(batch=4, size=28)))
+    (tmp_path / "train.prototxt").write_text(net_param_text(tiny_train_net(batch=4, size=28, classes=10)))
     (tmp_path / "solver.prototxt").write_text('net: "train.prototxt"\nbase_lr: 0.01\nlr_policy: "fixed"\nmax_iter: 2\n')
-    save_blobs(tmp_path / "init.caffemodel", init_blobs(size=28))
+    save_blobs(tmp_path / "init.caffemodel", init_blobs(size=28, classes=10))
     np.save(tmp_path / "v.npy", np.full((1, 28, 28), 5.0, np.float32))
     code = main(["--net", "FashionNet", "--dir", str(tmp_path), "--perturbations", str(tmp_path / "v.npy"),
                  "--out", str(tmp_path / "fru.caffemodel"), "--quiet"])
@@ -246,3 +247,15 @@ def test_options_validation():
         TrainOptions(clean_fraction=1.5)
     with pytest.raises(ValueError, match="max_iter must be a positive integer, got 0"):
         TrainOptions(max_iter=0)
+
+
+def test_labels_outside_the_net_classes_are_refused(tmp_path, capsys):
+    """Fashion-MNIST's 10 labels on a 3-class net would make Caffe read past its scores."""
+    (tmp_path / "train.prototxt").write_text(net_param_text(tiny_train_net(batch=4, size=28)))
+    (tmp_path / "solver.prototxt").write_text('net: "train.prototxt"\nbase_lr: 0.01\nlr_policy: "fixed"\nmax_iter: 2\n')
+    save_blobs(tmp_path / "init.caffemodel", init_blobs(size=28))
+    np.save(tmp_path / "v.npy", np.full((1, 28, 28), 5.0, np.float32))
+    code = run_cli(main, ["--net", "FashionNet", "--dir", str(tmp_path), "--perturbations", str(tmp_path / "v.npy"),
+                          "--out", str(tmp_path / "fru.caffemodel"), "--quiet"])
+    assert code == 2
+    assert "labels must lie in [0, 3) for this net" in capsys.readouterr().err
