@@ -9,7 +9,7 @@
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Tuple
 
 import numpy as np
 
@@ -65,11 +65,3 @@ def fooling_report(clean_labels: np.ndarray, adv_labels: np.ndarray, seed: int =
     fooled = (np.asarray(clean_labels) != np.asarray(adv_labels)).astype(np.float64)
     lo, hi = bootstrap_ci(fooled, seed=seed)
     return {"fooling_rate": fooling_rate(clean_labels, adv_labels), "ci95": [lo, hi], "n_images": int(len(fooled))}
-
-
-def perturbation_fooling_rate(classifier, x: np.ndarray, v: np.ndarray,
-                              clean_labels: Optional[np.ndarray] = None, batch_size: Optional[int] = None) -> float:
-    """Fooling rate of ``v`` on images ``x`` for a CaffeClassifier (batched)."""
-    if clean_labels is None:
-        clean_labels = classifier.labels(x, batch_size)
-    return fooling_rate(clean_labels, classifier.labels(x, batch_size, perturbation=np.asarray(v, np.float32)))
