@@ -22,7 +22,7 @@ def _cli(*args, cwd):
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory, root):
     out = tmp_path_factory.mktemp("repro") / "fashion"
-    res = _cli("--quick", "--quiet", "--out", str(out), cwd=root)
+    res = _cli("--quick", "--quiet", "--out", str(out), "--jobs", "2", cwd=root)
     assert res.returncode == 0, res.stderr[-2000:]
     return out, json.loads((out / "summary.json").read_text())
 
@@ -95,7 +95,12 @@ def test_masking_every_channel_gives_back_clean_accuracy(quick_run):
 
 def test_rerun_resumes_and_a_changed_field_redoes_only_downstream_stages(quick_run, root):
     out, first = quick_run
-    res = _cli("--quick", "--quiet", "--out", str(out), cwd=root)
+    assert first["machine"]["jobs"] == 2  # the fixture ran stages side by side in two workers
+    starts = {name: json.loads((out / name / "stage.json").read_text()) for name in rp.STAGE_NAMES}
+    for stage in rp.STAGES:  # no stage started before its upstream stages ended
+        for up in stage.upstream:
+            assert starts[stage.name]["started_at"] >= starts[up]["ended_at"], (stage.name, up)
+    res = _cli("--quick", "--quiet", "--out", str(out), "--jobs", "1", cwd=root)
     assert res.returncode == 0, res.stderr[-2000:]
     again = json.loads((out / "summary.json").read_text())
     assert all(t["resumed"] for t in again["timings"].values())
@@ -169,3 +174,22 @@ def test_config_values_are_validated():
         rp.ReproConfig().with_overrides(["fru_iters"])
     cfg = rp.ReproConfig().with_overrides(["stronger=1.5,3", "test_images=none", "xi=40"])
     assert (cfg.stronger, cfg.test_images, cfg.xi) == ((1.5, 3.0), None, 40.0)
+
+
+def test_ready_stages_wait_for_upstream_and_keep_the_stage_order():
+    names = lambda stages: [s.name for s in stages]  # noqa: E731
+    assert names(rp.ready_stages(rp.STAGES, set(), set())) == ["baseline"]
+    assert names(rp.ready_stages(rp.STAGES, {"baseline"}, set())) == ["attacks", "generate"]
+    done = {"baseline", "attacks", "generate"}
+    assert names(rp.ready_stages(rp.STAGES, done, {"train_fru"})) == ["ranking", "masking", "peers"]
+    done |= {"train_fru", "ranking", "masking", "peers"}
+    assert names(rp.ready_stages(rp.STAGES, done, set())) == ["adaptive"]
+    assert names(rp.ready_stages(rp.STAGES, done | {"adaptive"}, set())) == ["evaluate"]
+
+
+def test_stages_wall_time_spans_overlapping_stages():
+    records = [{"seconds": 10.0, "started_at": 100.0, "ended_at": 110.0},
+               {"seconds": 8.0, "started_at": 101.0, "ended_at": 109.0},
+               {"seconds": 5.0, "started_at": 110.0, "ended_at": 115.0}]
+    assert rp.stages_wall_seconds(records) == 15.0
+    assert rp.stages_wall_seconds([{"seconds": 10.0}, {"seconds": 5.0}]) == 15.0  # records of older runs
