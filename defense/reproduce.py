@@ -13,9 +13,11 @@ record matches is skipped, so a re-run resumes; a changed field reruns that stag
 everything downstream; ``--force`` redoes all. Within a stage, finished files (one UAP,
 one evaluation case) are kept, and FRU training resumes from its last ``.solverstate``.
 
-Stages: baseline -> attacks -> generate -> train_fru -> ranking (bottom-ranked FRUs) ->
-masking -> adaptive (+ secondary) -> peers (adversarial fine-tuning) -> evaluate -> report
-(-> ship: copies the demo files to the paths of ``paper.DEMO``).
+Stages (``STAGES``, each naming its upstream stages): baseline -> train_attacks (training
+UAPs + synthetic) and generate -> train_fru, ranking (bottom-ranked FRUs), peers (adversarial
+fine-tuning); baseline -> test_attacks -> masking; train_fru -> adaptive (+ secondary); all ->
+evaluate -> report (-> ship: copies the demo files to the paths of ``paper.DEMO``). With
+``--jobs 2`` (the default on a CPU) independent stages run side by side.
 """
 from __future__ import annotations
 
@@ -221,6 +223,13 @@ def attack_sets(cfg: ReproConfig) -> List[AttackSet]:
     return sets
 
 
+def stage_of(set_name: str) -> str:
+    """The stage (and folder) that computes a perturbation set."""
+    if set_name in ("train", "synthetic"):
+        return "train_attacks"
+    return "adaptive" if set_name.startswith("adaptive") else "test_attacks"
+
+
 def train_subsets(cfg: ReproConfig, n_train: int) -> Dict[Tuple[str, int], np.ndarray]:
     """Disjoint training-split indices for every perturbation that needs images."""
     perm = np.random.default_rng([cfg.seed, 101]).permutation(n_train)
@@ -327,8 +336,9 @@ class Context:
                                                                   batch_size=self.cfg.eval_batch)
         return self._classifiers[model]
 
-    def perturbations(self, set_name: str, stage: str = "attacks") -> List[np.ndarray]:
+    def perturbations(self, set_name: str) -> List[np.ndarray]:
         from attacks.array_files import read_npy
+        stage = stage_of(set_name)
         folder = self.folder(stage) / set_name
         files = sorted(folder.glob("*.npy"), key=lambda p: p.stem)
         if not files:
@@ -482,29 +492,37 @@ def compute_set(ctx: Context, s: AttackSet, stage: str, xi: Optional[float] = No
     return infos
 
 
-def stage_attacks(ctx: Context) -> dict:
-    """Training, same-norm, cross-norm, stronger and unseen perturbations on the baseline,
-    each from its own subset of the training split; then the synthetic training perturbations."""
+def stage_train_attacks(ctx: Context) -> dict:
+    """The training UAPs on the baseline (each from its own subset of the training split),
+    then the synthetic training perturbations mixed from them."""
     from attacks.synthetic import synthesize
 
-    out = {}
-    for s in attack_sets(ctx.cfg):
-        if s.target != "baseline":
-            continue
-        calibration = calibrate_xi(ctx, s) if s.name.startswith("unseen-") else None
-        out[s.name] = _set_summary(compute_set(ctx, s, "attacks", calibration["xi"] if calibration else None))
-        if calibration:
-            out[s.name]["calibration"] = calibration
+    train = next(s for s in attack_sets(ctx.cfg) if s.name == "train")
+    out = {"train": _set_summary(compute_set(ctx, train, "train_attacks"))}
     cfg = ctx.cfg
     if cfg.synthetic:
         stack = np.stack(ctx.perturbations("train"))
         res = synthesize(stack, cfg.synthetic, np.random.default_rng([cfg.seed, 303]), rule=cfg.synthetic_rule)
-        folder = ctx.folder("attacks") / "synthetic"
+        folder = ctx.folder("train_attacks") / "synthetic"
         folder.mkdir(parents=True, exist_ok=True)
         for k, v in enumerate(res.perturbations):
             np.save(folder / f"{k:02d}.npy", v.astype(np.float32))
         out["synthetic"] = {"count": cfg.synthetic, "rule": cfg.synthetic_rule, "l2_threshold": res.threshold,
                             "rescaled": res.rescaled}
+    return out
+
+
+def stage_test_attacks(ctx: Context) -> dict:
+    """Same-norm, cross-norm, stronger and unseen perturbations on the baseline, each from its
+    own subset of the training split (no test image is used)."""
+    out = {}
+    for s in attack_sets(ctx.cfg):
+        if stage_of(s.name) != "test_attacks":
+            continue
+        calibration = calibrate_xi(ctx, s) if s.name.startswith("unseen-") else None
+        out[s.name] = _set_summary(compute_set(ctx, s, "test_attacks", calibration["xi"] if calibration else None))
+        if calibration:
+            out[s.name]["calibration"] = calibration
     return out
 
 
@@ -545,7 +563,7 @@ def training_perturbations(ctx: Context, extra: Sequence[str] = ()) -> List[np.n
     if ctx.cfg.synthetic:
         perts += ctx.perturbations("synthetic")
     for name in extra:
-        perts += ctx.perturbations(name, "adaptive")
+        perts += ctx.perturbations(name)
     return perts
 
 
@@ -787,8 +805,7 @@ def stage_evaluate(ctx: Context) -> dict:
     cases = eval_cases(ctx.cfg)
     conditions = [Condition("clean")]
     for case in cases:
-        stage = "adaptive" if case.group == "adaptive" else "attacks"
-        perts = np.stack([p for s in case.sets for p in ctx.perturbations(s, stage)])
+        perts = np.stack([p for s in case.sets for p in ctx.perturbations(s)])
         conditions.append(Condition(case.key, perts, draw_choices(len(y), len(perts), ctx.cfg.eval_seed)))
     folder = ctx.folder("evaluate")
     labels, preds = predict_conditions(models, source, conditions, ctx.cfg.eval_batch, clip=False,
@@ -957,6 +974,10 @@ def feature_map_figure(ctx: Context, path: Path, image: int = 0) -> Tuple[Path, 
                   "relative_error_perturbed": err(pert), "relative_error_regenerated": err(regen)}
 
 
+def perturbation_sets(records: Dict[str, dict]) -> dict:
+    return {**records.get("train_attacks", {}).get("result", {}), **records.get("test_attacks", {}).get("result", {})}
+
+
 def stages_wall_seconds(records) -> float:
     """From the first stage's start to the last stage's end (stages run side by side overlap);
     the sum of stage times for records written before start and end times were kept."""
@@ -971,7 +992,7 @@ def build_summary(ctx: Context, started: float, load_start: Sequence[float]) -> 
     rec = ctx.records
     for case in eval_cases(ctx.cfg):
         result = json.loads((ctx.folder("evaluate") / f"{case.key}.json").read_text())
-        sets = {**rec.get("attacks", {}).get("result", {}), **rec.get("adaptive", {}).get("result", {})}
+        sets = {**perturbation_sets(rec), **rec.get("adaptive", {}).get("result", {})}
         xi = sets.get(case.sets[0], {}).get("xi")
         title = case.title.replace("xi calibrated", f"xi={xi:g} (calibrated)") if xi is not None else case.title
         cases[case.key] = {"title": title, "group": case.group, "perturbations": result["perturbations"],
@@ -989,7 +1010,7 @@ def build_summary(ctx: Context, started: float, load_start: Sequence[float]) -> 
         "cases": cases, "ranking": {**rec.get("masking", {}).get("result", {}),
                     "bottom_ranked_training": rec.get("ranking", {}).get("result", {})},
         "adaptive": rec.get("adaptive", {}).get("result", {}),
-        "perturbation_sets": rec.get("attacks", {}).get("result", {}),
+        "perturbation_sets": perturbation_sets(rec),
         "timings": timings, "wall_seconds_this_run": round(time.perf_counter() - started, 1),
         "wall_seconds_all_stages": stages_wall_seconds(rec.values()),
         "machine": {"cpus": os.cpu_count(), "jobs": ctx.jobs, "loadavg_start": [round(a, 2) for a in load_start],
@@ -1019,35 +1040,42 @@ def ship(ctx: Context, root: Path) -> List[Path]:
     written = [write_bytes(root / demo.baseline[1], ctx.baseline_weights.read_bytes()),
                write_bytes(root / demo.fru[1], ctx.weights("fru").read_bytes())]
     uap = root / demo.attacks["UAP"][0]
-    samples = {uap: ("attacks", "same-norm"), uap.with_name("uap_l2.npy"): ("attacks", "cross-norm")}
+    samples = {uap: "same-norm", uap.with_name("uap_l2.npy"): "cross-norm"}
     for a in ctx.cfg.unseen:
-        samples[uap.with_name(f"{a}.npy")] = ("attacks", f"unseen-{a}")
-    for dst, (stage, name) in samples.items():
-        src = ctx.folder(stage) / name / "00.npy"
+        samples[uap.with_name(f"{a}.npy")] = f"unseen-{a}"
+    for dst, name in samples.items():
+        src = ctx.folder(stage_of(name)) / name / "00.npy"
         if src.is_file():
             written.append(write_bytes(dst, src.read_bytes()))
     return written
 
 
 # ---------------------------------------------------------------- driver
+# Fields that place a perturbation set's training subset (train_subsets allocates them in order).
+_SUBSET_FIELDS = ("seed", "uap_images", "train_uaps", "test_uaps", "l2_uaps", "stronger", "stronger_uaps", "unseen",
+                  "unseen_per_attack", "gduap_prior")
+_UAP_FIELDS = ("xi", "uap_passes", "uap_delta", "uap_classes", "uap_batch")
+# In priority order: on two workers the FRU training -> adaptive chain, the longest, goes first.
 STAGES: Tuple[Stage, ...] = (
     Stage("baseline", stage_baseline, ("seed", "baseline_epochs", "baseline_train_images", "baseline_test_images")),
-    Stage("attacks", stage_attacks, ("seed", "xi", "xi_l2", "stronger", "uap_images", "uap_passes", "uap_delta",
-                                     "uap_classes", "uap_batch", "train_uaps", "test_uaps", "l2_uaps",
-                                     "stronger_uaps", "unseen", "unseen_per_attack", "unseen_min_fooling",
-                                     "unseen_xi_steps", "spgd_epochs", "gduap_iters",
-                                     "gduap_prior", "svuap_layer", "svuap_q", "svuap_images", "svuap_iters",
-                                     "synthetic", "synthetic_rule"), ("baseline",)),
+    Stage("train_attacks", stage_train_attacks, _SUBSET_FIELDS + _UAP_FIELDS + ("synthetic", "synthetic_rule"),
+          ("baseline",)),
     Stage("generate", stage_generate, ("seed", "fru_batch"), ("baseline",)),
-    Stage("train_fru", stage_train_fru, ("seed", "fru_iters", "fru_lr", "fru_clean_fraction"), ("attacks", "generate")),
-    Stage("ranking", stage_ranking, ("seed", "fru_iters", "fru_lr", "fru_clean_fraction"), ("attacks", "generate")),
-    Stage("masking", stage_masking, ("test_images", "eval_seed"), ("baseline", "attacks")),
-    Stage("adaptive", stage_adaptive, ("seed", "adaptive_train_uaps", "adaptive_test_uaps", "secondary_iters",
-                                       "secondary_lr", "fru_clean_fraction"), ("attacks", "train_fru")),
+    Stage("train_fru", stage_train_fru, ("seed", "fru_iters", "fru_lr", "fru_clean_fraction"),
+          ("train_attacks", "generate")),
+    Stage("ranking", stage_ranking, ("seed", "fru_iters", "fru_lr", "fru_clean_fraction"),
+          ("train_attacks", "generate")),
+    Stage("test_attacks", stage_test_attacks, _SUBSET_FIELDS + _UAP_FIELDS + (
+        "xi_l2", "unseen_min_fooling", "unseen_xi_steps", "spgd_epochs", "gduap_iters", "svuap_layer", "svuap_q",
+        "svuap_images", "svuap_iters"), ("baseline",)),
+    Stage("masking", stage_masking, ("test_images", "eval_seed"), ("baseline", "test_attacks")),
+    Stage("adaptive", stage_adaptive, _SUBSET_FIELDS + _UAP_FIELDS + (
+        "adaptive_train_uaps", "adaptive_test_uaps", "secondary_iters", "secondary_lr", "fru_clean_fraction"),
+        ("train_attacks", "train_fru")),
     Stage("peers", stage_peers, ("seed", "fru_iters", "fru_batch", "advft_solver", "advft_lr", "fru_clean_fraction"),
-          ("attacks", "baseline")),
+          ("train_attacks", "baseline")),
     Stage("evaluate", stage_evaluate, ("test_images", "eval_seed", "peers"),
-          ("attacks", "train_fru", "ranking", "adaptive", "peers")),
+          ("test_attacks", "train_fru", "ranking", "adaptive", "peers")),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 

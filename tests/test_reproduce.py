@@ -63,15 +63,14 @@ def test_quick_run_writes_models_and_bounded_perturbations(quick_run):
                  out / "peers" / "fashionnet_adv_finetune.caffemodel"):
         assert path.stat().st_size > 100_000, path
     for s in rp.attack_sets(QUICK):
-        stage = "adaptive" if s.target != "baseline" else "attacks"
-        files = sorted((out / stage / s.name).glob("*.npy"))
+        files = sorted((out / rp.stage_of(s.name) / s.name).glob("*.npy"))
         assert len(files) == s.count, s.name
         for f in files:
             v = np.load(f, allow_pickle=False)
             assert v.shape == (1, 28, 28) and v.dtype == np.float32
             norm = np.abs(v).max() if s.norm == "inf" else np.sqrt((v.astype(np.float64) ** 2).sum())
             assert norm <= s.xi * (1 + 1e-5), (s.name, norm)
-    assert len(list((out / "attacks" / "synthetic").glob("*.npy"))) == QUICK.synthetic
+    assert len(list((out / "train_attacks" / "synthetic").glob("*.npy"))) == QUICK.synthetic
     masking = summary["ranking"]["masking"]
     assert set(masking) == {"conv1", "conv2", "conv3"}
     assert all(0.0 <= r["top_half_masked"] <= 1.0 / summary["ranking"]["clean_top1"] for r in masking.values())
@@ -179,12 +178,14 @@ def test_config_values_are_validated():
 def test_ready_stages_wait_for_upstream_and_keep_the_stage_order():
     names = lambda stages: [s.name for s in stages]  # noqa: E731
     assert names(rp.ready_stages(rp.STAGES, set(), set())) == ["baseline"]
-    assert names(rp.ready_stages(rp.STAGES, {"baseline"}, set())) == ["attacks", "generate"]
-    done = {"baseline", "attacks", "generate"}
-    assert names(rp.ready_stages(rp.STAGES, done, {"train_fru"})) == ["ranking", "masking", "peers"]
-    done |= {"train_fru", "ranking", "masking", "peers"}
-    assert names(rp.ready_stages(rp.STAGES, done, set())) == ["adaptive"]
-    assert names(rp.ready_stages(rp.STAGES, done | {"adaptive"}, set())) == ["evaluate"]
+    assert names(rp.ready_stages(rp.STAGES, {"baseline"}, set())) == ["train_attacks", "generate", "test_attacks"]
+    done = {"baseline", "train_attacks", "generate"}
+    assert names(rp.ready_stages(rp.STAGES, done, {"train_fru"})) == ["ranking", "test_attacks", "peers"]
+    done |= {"train_fru", "ranking", "peers"}
+    assert names(rp.ready_stages(rp.STAGES, done, set())) == ["test_attacks", "adaptive"]
+    done |= {"test_attacks", "adaptive"}
+    assert names(rp.ready_stages(rp.STAGES, done, set())) == ["masking", "evaluate"]
+    assert names(rp.ready_stages(rp.STAGES, done | {"masking"}, {"evaluate"})) == []
 
 
 def test_stages_wall_time_spans_overlapping_stages():
