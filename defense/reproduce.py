@@ -71,7 +71,7 @@ class ReproConfig:
     """
 
     seed: int = 0
-    baseline_epochs: float = 3.0
+    baseline_epochs: float = 4.0
     baseline_train_images: Optional[int] = None
     baseline_test_images: Optional[int] = None
     xi: float = 50.0
@@ -1063,15 +1063,15 @@ STAGES: Tuple[Stage, ...] = (
     Stage("generate", stage_generate, ("seed", "fru_batch"), ("baseline",)),
     Stage("train_fru", stage_train_fru, ("seed", "fru_iters", "fru_lr", "fru_clean_fraction"),
           ("train_attacks", "generate")),
+    Stage("adaptive", stage_adaptive, _SUBSET_FIELDS + _UAP_FIELDS + (
+        "adaptive_train_uaps", "adaptive_test_uaps", "secondary_iters", "secondary_lr", "fru_clean_fraction"),
+        ("train_attacks", "train_fru")),
     Stage("ranking", stage_ranking, ("seed", "fru_iters", "fru_lr", "fru_clean_fraction"),
           ("train_attacks", "generate")),
     Stage("test_attacks", stage_test_attacks, _SUBSET_FIELDS + _UAP_FIELDS + (
         "xi_l2", "unseen_min_fooling", "unseen_xi_steps", "spgd_epochs", "gduap_iters", "svuap_layer", "svuap_q",
         "svuap_images", "svuap_iters"), ("baseline",)),
     Stage("masking", stage_masking, ("test_images", "eval_seed"), ("baseline", "test_attacks")),
-    Stage("adaptive", stage_adaptive, _SUBSET_FIELDS + _UAP_FIELDS + (
-        "adaptive_train_uaps", "adaptive_test_uaps", "secondary_iters", "secondary_lr", "fru_clean_fraction"),
-        ("train_attacks", "train_fru")),
     Stage("peers", stage_peers, ("seed", "fru_iters", "fru_batch", "advft_solver", "advft_lr", "fru_clean_fraction"),
           ("train_attacks", "baseline")),
     Stage("evaluate", stage_evaluate, ("test_images", "eval_seed", "peers"),
@@ -1099,8 +1099,11 @@ def run_parallel(ctx: Context, stages: Sequence[Stage], jobs: int) -> None:
 
     On a small CPU, Caffe's convolutions of 28x28 images hardly use a second BLAS thread, so
     two stages on one core each (FRU training beside the bottom-ranked training, the adaptive
-    stage beside adversarial fine-tuning) take about the time of one. Workers are spawned with
-    ``OPENBLAS_NUM_THREADS = cpus // jobs``; their progress shows as one bar of stages.
+    stage beside adversarial fine-tuning) take about the time of one. Workers run one BLAS
+    thread each (``OPENBLAS_NUM_THREADS=1``), so the numbers do not depend on the number of
+    cores (floating-point sums depend on the thread count, and SGD amplifies such
+    differences: results are bit-identical for the same ``--jobs`` on the same kind of CPU).
+    Progress shows as one bar of stages.
     """
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -1109,9 +1112,8 @@ def run_parallel(ctx: Context, stages: Sequence[Stage], jobs: int) -> None:
 
     for stage in stages:  # a worker needs the keys of its upstream stages
         ctx.keys[stage.name] = _stage_key(ctx, stage)
-    threads = str(max(1, (os.cpu_count() or 1) // jobs))
     saved = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
-    os.environ.update({k: threads for k in saved})
+    os.environ.update({k: "1" for k in saved})
     done: set = set()
     running: Dict[object, str] = {}
     try:
