@@ -100,7 +100,7 @@ class ReproConfig:
     svuap_images: int = 128
     svuap_iters: int = 30
     fru_batch: int = 32
-    fru_iters: int = 3000
+    fru_iters: int = 5000
     fru_lr: float = 0.01
     fru_clean_fraction: float = 0.5
     adaptive_train_uaps: int = 3
@@ -793,32 +793,62 @@ def case_result(case: Case, models: Sequence[str], labels: np.ndarray, preds: di
             "baseline": "baseline", "restoration_denominator": denominator, "models": rows}
 
 
-def stage_evaluate(ctx: Context) -> dict:
-    """Every case on the test split for every model, in one pass over the images
-    (``defense.conditions``: clean images classified once per model; resumable)."""
-    from .conditions import Condition, draw_choices, predict_conditions
+def evaluation_conditions(ctx: Context, n: int) -> list:
+    """Clean, then one condition per case: its perturbations and the file drawn for each image."""
+    from .conditions import Condition, draw_choices
+
+    conditions = [Condition("clean")]
+    for case in eval_cases(ctx.cfg):
+        perts = np.stack([p for s in case.sets for p in ctx.perturbations(s)])
+        conditions.append(Condition(case.key, perts, draw_choices(n, len(perts), ctx.cfg.eval_seed)))
+    return conditions
+
+
+def predict_models(ctx: Context, names: Sequence[str], state: Path):
+    """Labels and ``{model: {condition: Predictions}}`` of the models ``names`` (resumable)."""
+    from .conditions import predict_conditions
     from .data import ArraySource
 
     x, y = evaluation_images(ctx)
     source = ArraySource(x, y, name=f"fashion-mnist-test[{len(y)}]")
-    models = evaluation_models(ctx)
-    cases = eval_cases(ctx.cfg)
-    conditions = [Condition("clean")]
-    for case in cases:
-        perts = np.stack([p for s in case.sets for p in ctx.perturbations(s)])
-        conditions.append(Condition(case.key, perts, draw_choices(len(y), len(perts), ctx.cfg.eval_seed)))
+    models = {m: model for m, model in evaluation_models(ctx).items() if m in names}
+    return predict_conditions(models, source, evaluation_conditions(ctx, len(y)), ctx.cfg.eval_batch, clip=False,
+                              state=state, config={"key": ctx.keys["evaluate"], "models": list(names)},
+                              progress=ctx.progress, desc="evaluate")
+
+
+def _predict_worker(cfg: ReproConfig, out: Path, gpu: Optional[int], keys: Dict[str, str], names: Sequence[str],
+                    state: Path):
+    set_mode(gpu, cfg.seed)
+    return predict_models(Context(cfg, out, progress=False, gpu=gpu, keys=dict(keys)), names, state)
+
+
+def stage_evaluate(ctx: Context) -> dict:
+    """Every case on the test split for every model, in one pass over the images
+    (``defense.conditions``: clean images classified once per model; resumable). With
+    ``jobs`` > 1 the models are split between worker processes."""
     folder = ctx.folder("evaluate")
-    labels, preds = predict_conditions(models, source, conditions, ctx.cfg.eval_batch, clip=False,
-                                       state=folder / "predictions.npz", config={"key": ctx.keys["evaluate"]},
-                                       progress=ctx.progress, desc="evaluate")
+    names = list(evaluation_models(ctx))
+    if ctx.jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        groups = [names[i::ctx.jobs] for i in range(ctx.jobs)]
+        with ProcessPoolExecutor(len(groups), mp_context=multiprocessing.get_context("spawn")) as pool:
+            parts = list(pool.map(_predict_worker, *zip(*[
+                (ctx.cfg, ctx.out, ctx.gpu, dict(ctx.keys), g, folder / f"predictions_{i}.npz")
+                for i, g in enumerate(groups)])))
+        labels, preds = parts[0][0], {m: p for _, part in parts for m, p in part.items()}
+    else:
+        labels, preds = predict_models(ctx, names, folder / "predictions.npz")
     out = {}
-    for case, cond in zip(cases, conditions[1:]):
-        result = case_result(case, list(models), labels, preds, len(cond.perturbations), ctx.cfg.eval_seed)
+    for case in eval_cases(ctx.cfg):
+        n_perts = sum(len(ctx.perturbations(s)) for s in case.sets)
+        result = case_result(case, names, labels, preds, n_perts, ctx.cfg.eval_seed)
         out[case.key] = str(_save_json(folder / f"{case.key}.json", result))
     return out
 
 
-# ---------------------------------------------------------------- stage: report
 def case_rows(result: dict) -> Dict[str, Dict[str, float]]:
     return {name: {"clean_top1": row["clean_top1"], "perturbed_top1": row["perturbed_top1"],
                    "restoration": row["restoration_accuracy"], "fooling_rate": row["fooling_rate"]}
@@ -1085,12 +1115,12 @@ def ready_stages(stages: Sequence[Stage], done: set, running: set) -> List[Stage
     return [s for s in stages if s.name not in done | running and all(u in done for u in s.upstream)]
 
 
-def _stage_worker(cfg: ReproConfig, out: Path, force: bool, gpu: Optional[int], keys: Dict[str, str],
+def _stage_worker(cfg: ReproConfig, out: Path, force: bool, gpu: Optional[int], jobs: int, keys: Dict[str, str],
                   name: str, log_level: int) -> dict:
     """One stage in a worker process (fresh interpreter: its own Caffe, data and classifiers)."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     set_mode(gpu, cfg.seed)
-    ctx = Context(cfg, out, force=force, progress=False, gpu=gpu, keys=dict(keys))
+    ctx = Context(cfg, out, force=force, progress=False, gpu=gpu, jobs=jobs, keys=dict(keys))
     return run_stage(ctx, next(s for s in STAGES if s.name == name))
 
 
@@ -1122,7 +1152,7 @@ def run_parallel(ctx: Context, stages: Sequence[Stage], jobs: int) -> None:
             while len(done) < len(stages):
                 for stage in ready_stages(stages, done, set(running.values()))[:jobs - len(running)]:
                     log.info("stage %s: starting in a worker", stage.name)
-                    running[pool.submit(_stage_worker, ctx.cfg, ctx.out, ctx.force, ctx.gpu, dict(ctx.keys),
+                    running[pool.submit(_stage_worker, ctx.cfg, ctx.out, ctx.force, ctx.gpu, jobs, dict(ctx.keys),
                                         stage.name, logging.getLogger().level)] = stage.name
                 bar.set_postfix(running=",".join(sorted(running.values())))
                 finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
