@@ -80,11 +80,37 @@ def layouts(name: str, seed: int = 0) -> Dict[str, tuple]:
     return out
 
 
+def available_bytes() -> Optional[int]:
+    """MemAvailable of /proc/meminfo (None where there is none)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def net_bytes(param: "caffe_pb2.NetParameter", batch: int) -> int:
+    """Blob data at ``batch`` plus the parameters: what a forward pass holds (from the net at batch 1)."""
+    net = build_net(None, with_batch(param, 1))
+    return 4 * (batch * sum(b.data.size for b in net.blobs.values())
+                + sum(p.data.size for ps in net.params.values() for p in ps))
+
+
 def bench_one(name: str, batch: int, reps: int, seed: int = 0) -> Dict[str, object]:
+    """One net at one batch size, all layouts side by side; skipped (with the reason) when the
+    layouts would not fit in memory together (ResNet152 at batch 16 needs about 20 GiB)."""
     nets = {}
     rng = np.random.default_rng(seed)
     x = None
-    for layout, (param, blobs) in layouts(name, seed).items():
+    all_layouts = layouts(name, seed)
+    need, have = sum(net_bytes(param, batch) for param, _ in all_layouts.values()), available_bytes()
+    if have is not None and need > 0.8 * have:
+        return {"net": name, "batch": batch, "skipped": f"the {len(all_layouts)} layouts side by side need about "
+                f"{need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB available; use a smaller --batch"}
+    for layout, (param, blobs) in all_layouts.items():
         net = build_net(None, with_batch(param, batch))
         set_net_blobs(net, blobs)
         if x is None:
@@ -138,6 +164,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for batch in batches:
                 res = bench_one(name, batch, args.reps, args.seed)
                 results.append(res)
+                if "skipped" in res:
+                    print(f"{name} batch {batch}: skipped: {res['skipped']}")
+                    continue
                 pub = res["published_layout"]
                 print(f"{name} batch {batch} (ms/image, ratio to {pub}; MAC ratio):")
                 for layout, row in res["layouts"].items():
