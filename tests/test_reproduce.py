@@ -40,11 +40,11 @@ def test_quick_run_reports_every_case_model_and_metric(quick_run):
             assert set(rp.METRICS) <= set(row), (key, model)
             for metric in ("clean_top1", "perturbed_top1", "fooling_rate"):
                 assert 0.0 <= row[metric] <= 1.0
-            # restoration = (clean + perturbed) / (2 x baseline clean): above 1 only if a model beats the baseline
+            # restoration = (clean + perturbed) / (2 x baseline clean): above 1 where a model (the
+            # quick run's weak baseline too) is right on more perturbed than clean images
             assert row["restoration"] == pytest.approx((row["clean_top1"] + row["perturbed_top1"]) / (2 * base_clean),
                                                        abs=1e-12)
             assert 0.0 <= row["restoration"] <= 1.0 / base_clean
-        assert case["models"]["baseline"]["restoration"] <= 1.0
     assert summary["config"] == json.loads((out / "config.json").read_text())
     assert summary["xi_l2"] == pytest.approx(QUICK.xi * rp.L2_PER_LINF, abs=0.01)
     assert set(summary["timings"]) == set(rp.STAGE_NAMES)

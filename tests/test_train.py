@@ -99,11 +99,14 @@ def test_ctrl_c_snapshots_then_stops(setup, monkeypatch):
         return loss
 
     monkeypatch.setattr(wrapper, "step", step_then_interrupt)
+    before = signal.getsignal(signal.SIGINT)  # SIG_IGN where pytest runs as a background job
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with pytest.raises(KeyboardInterrupt):
         wrapper.run(source, perts)
     assert (tmp / "s" / "fru_iter_2.caffemodel").is_file()
     assert check_solverstate(tmp / "s" / "fru_iter_2.solverstate")
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    signal.signal(signal.SIGINT, before)
 
 
 def test_snapshot_every(setup):
