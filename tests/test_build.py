@@ -112,6 +112,63 @@ class DoubleLayer(caffe.Layer):
         bottom[0].diff[...] = 2 * top[0].diff
 
 
+def _pool_relu_net(tmp_path, slope: float):
+    """Input -> max pooling (3x3, stride 2, pad 1: windows cut by the border) -> ReLU, with
+    gradients to the input: the two layers our branch-free CPU patch rewrites."""
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[2, 3, 7, 8]))
+    n.pool = L.Pooling(n.data, pool=P.Pooling.MAX, kernel_size=3, stride=2, pad=1)
+    n.relu = L.ReLU(n.pool, negative_slope=slope)
+    net = n.to_proto()
+    net.force_backward = True
+    return caffe.Net(str(write_net_param(tmp_path / f"pool_relu_{slope}.prototxt", net)), caffe.TEST)
+
+
+def _max_pool_reference(x, k=3, stride=2, pad=1):
+    """Caffe's max pooling: windows clipped to the image, the first maximum (in row-major order)
+    wins ties, NaN never wins; returns the output and each output's flat input index."""
+    n, c, h, w = x.shape
+    ph = int(np.ceil((h + 2 * pad - k) / stride)) + 1
+    pw = int(np.ceil((w + 2 * pad - k) / stride)) + 1
+    out, arg = np.full((n, c, ph, pw), -np.finfo(np.float32).max, np.float32), np.full((n, c, ph, pw), -1)
+    for i in range(ph):
+        for j in range(pw):
+            h0, w0 = i * stride - pad, j * stride - pad
+            rows = range(max(h0, 0), min(h0 + k, h))
+            cols = range(max(w0, 0), min(w0 + k, w))
+            for r in rows:
+                for q in cols:
+                    better = x[:, :, r, q] > out[:, :, i, j]  # NaN compares False
+                    out[:, :, i, j] = np.where(better, x[:, :, r, q], out[:, :, i, j])
+                    arg[:, :, i, j] = np.where(better, r * w + q, arg[:, :, i, j])
+    return out, arg
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.1])
+def test_max_pooling_and_relu_are_exact_with_ties_and_nan(tmp_path, slope):
+    """Bit-exact against numpy: ties (ReLU-like zeros, repeated values), a NaN, negative values;
+    the backward pass routes each gradient to the first maximum and scales it by 1 or the slope."""
+    net = _pool_relu_net(tmp_path, slope)
+    x = RNG.choice(np.array([-2.0, -0.5, 0.0, 0.0, 0.25, 1.5], np.float32), size=(2, 3, 7, 8))
+    x[0, 0, 0, 1] = np.nan
+    net.blobs["data"].data[...] = x
+    net.forward()
+    pooled, arg = _max_pool_reference(x)
+    np.testing.assert_array_equal(net.blobs["pool"].data, pooled)
+    relu = np.where(pooled > 0, pooled, pooled * np.float32(slope))
+    np.testing.assert_array_equal(net.blobs["relu"].data, relu)
+    top_diff = RNG.standard_normal(relu.shape).astype(np.float32)
+    net.blobs["relu"].diff[...] = top_diff
+    net.backward(start="relu")
+    pool_diff = top_diff * np.where(pooled > 0, np.float32(1), np.float32(slope))
+    np.testing.assert_array_equal(net.blobs["pool"].diff, pool_diff)
+    expected = np.zeros_like(x)
+    for idx in np.ndindex(arg.shape):
+        b, c = idx[:2]
+        expected[b, c].flat[arg[idx]] += pool_diff[idx]
+    np.testing.assert_array_equal(net.blobs["data"].diff, expected)
+
+
 def test_python_layer(tmp_path):
     n = caffe.NetSpec()
     n.data = L.Input(shape=dict(dim=[2, 3]))
