@@ -1,12 +1,11 @@
 """CPU forward time of the deploy layouts, side by side: baseline, published FRU layout, fast layout.
 
 Each network is built at each batch size in every layout (random weights, same input), the
-layouts are timed in interleaved repetitions (so load changes hit all alike) and the median
-per image (and the minimum, steadier on a shared machine) is reported with its ratio to the published layout, next to the ratio of
+layouts are timed in interleaved repetitions, in an order that rotates (so load changes hit
+all alike and no layout always runs first); the median per image (and the minimum) is reported
+with the ratio to the published layout (the median of the per-repetition ratios), next to the ratio of
 multiply-accumulates (the FLOP-proportional bound, from the nets' blob shapes). Where the
-baseline has BatchNorm, the baseline with BatchNorm folded is timed too. Beside them, the
-floor of any re-layout: the published layout timed layer by layer, without the layers the
-fast layout removes (as if they cost nothing), since the FRUs' own convs stay in every layout.
+baseline has BatchNorm, the baseline with BatchNorm folded is timed too.
 
   python -m defense.bench --nets CaffeNet,VGG16 --batch 1,16 --reps 5
 """
@@ -51,30 +50,10 @@ def net_macs(net: "caffe.Net") -> int:
     return total
 
 
-def layer_times(net: "caffe.Net", reps: int) -> Dict[str, float]:
-    """Median seconds of each layer's forward pass, timed one layer at a time."""
-    times: Dict[str, List[float]] = {}
-    for _ in range(reps):
-        for name, layer in zip(net._layer_names, net.layers):
-            if layer.type == "Input":
-                continue
-            start = time.perf_counter()
-            net.forward(start=name, end=name)
-            times.setdefault(name, []).append(time.perf_counter() - start)
-    return {name: statistics.median(v) for name, v in times.items()}
-
-
-def removable_floor(published: "caffe.Net", fast_param: "caffe_pb2.NetParameter", reps: int,
-                    batch: int) -> Dict[str, float]:
-    """How far any re-layout could go by deleting layers: the published layout's time without
-    the layers the fast layout removes (permutation convs, BatchNorm, Scale, Slice, Concat),
-    as if they cost nothing and every other layer were kept, from per-layer timing."""
-    per_layer = layer_times(published, reps)
-    kept = {layer.name for layer in fast_param.layer}
-    removed = sum(t for name, t in per_layer.items() if name not in kept)
-    total = sum(per_layer.values())
-    return {"removed_ms_per_image": 1e3 * removed / batch, "layers_ms_per_image": 1e3 * total / batch,
-            "floor_ratio_vs_published": (total - removed) / total}
+def paired_ratio(times: Sequence[float], reference: Sequence[float]) -> float:
+    """Median over repetitions of ``times[i] / reference[i]``: each pair ran seconds apart, so
+    the machine's speed changes (frequency, neighbours) cancel better than in a ratio of medians."""
+    return statistics.median(t / r for t, r in zip(times, reference))
 
 
 def with_batch(param: "caffe_pb2.NetParameter", batch: int) -> "caffe_pb2.NetParameter":
@@ -147,24 +126,23 @@ def bench_one(name: str, batch: int, reps: int, seed: int = 0) -> Dict[str, obje
         net.forward()  # warm-up
         nets[layout] = net
     times: Dict[str, List[float]] = {k: [] for k in nets}
-    for _ in tqdm(range(reps), desc=f"{name} batch {batch}", leave=False):
-        for layout, net in nets.items():
+    order = list(nets)
+    for rep in tqdm(range(reps), desc=f"{name} batch {batch}", leave=False):
+        for layout in order[rep % len(order):] + order[:rep % len(order)]:  # no layout always runs first
             start = time.perf_counter()
-            net.forward()
+            nets[layout].forward()
             times[layout].append((time.perf_counter() - start) / batch)
     published = [k for k in nets if k.startswith("fru_") and k != "fru_fast"][0]
     macs = {k: net_macs(net) // batch for k, net in nets.items()}
     med = {k: statistics.median(v) for k, v in times.items()}
     best = {k: min(v) for k, v in times.items()}
     rows = {k: {"ms_per_image": 1e3 * med[k], "ms_per_image_min": 1e3 * best[k], "macs_per_image": macs[k],
-                "time_ratio_vs_published": med[k] / med[published],
+                "time_ratio_vs_published": paired_ratio(times[k], times[published]),
                 "time_ratio_vs_published_min": best[k] / best[published],
                 "mac_ratio_vs_published": macs[k] / macs[published]} for k in nets}
     fast = rows["fru_fast"]
-    floor = removable_floor(nets[published], all_layouts["fru_fast"][0], reps, batch)
     return {"net": name, "batch": batch, "reps": reps, "published_layout": published, "layouts": rows,
-            "fast_time_over_mac_ratio": fast["time_ratio_vs_published"] / fast["mac_ratio_vs_published"],
-            "removable_floor": floor}
+            "fast_time_over_mac_ratio": fast["time_ratio_vs_published"] / fast["mac_ratio_vs_published"]}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,9 +182,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           f"  (min x{row['time_ratio_vs_published_min']:.3f};"
                           f"  MACs x{row['mac_ratio_vs_published']:.3f}, {row['macs_per_image'] / 1e9:.3f} G)")
                 print(f"  fast time ratio / MAC ratio: {res['fast_time_over_mac_ratio']:.3f}")
-                floor = res["removable_floor"]
-                print(f"  floor: {pub} without the {floor['removed_ms_per_image']:.2f} ms/image of layers the fast "
-                      f"layout removes (per-layer timing): x{floor['floor_ratio_vs_published']:.3f}")
         meta = {"device": "cpu" if args.gpu is None else f"gpu{args.gpu}", "machine": platform.machine(),
                 "processor": platform.processor(), "cpu_count": os.cpu_count(), "seed": args.seed,
                 "reps": args.reps, "statistic": "median (and min) of interleaved repetitions",

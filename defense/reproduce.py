@@ -91,7 +91,7 @@ class ReproConfig:
     unseen: Tuple[str, ...] = ("spgd", "gduap", "svuap")
     unseen_per_attack: int = 2
     unseen_min_fooling: float = 0.5
-    unseen_xi_steps: Tuple[float, ...] = (1.0, 1.2, 1.4, 1.6, 2.0)
+    unseen_xi_steps: Tuple[float, ...] = (1.0, 1.2, 1.4, 1.6, 1.8, 2.0)
     spgd_epochs: int = 3
     gduap_iters: int = 300
     gduap_prior: str = "range"
