@@ -15,7 +15,7 @@ one evaluation case) are kept, and FRU training resumes from its last ``.solvers
 
 Stages (``STAGES``, each naming its upstream stages): baseline -> train_attacks (training
 UAPs + synthetic) and generate -> train_fru, ranking (bottom-ranked FRUs), peers (adversarial
-fine-tuning); baseline -> test_attacks -> masking; train_fru -> adaptive (+ secondary); all ->
+fine-tuning); baseline -> test_attacks -> masking; train_fru -> adaptive, secondary; all ->
 evaluate -> report (-> ship: copies the demo files to the paths of ``paper.DEMO``). With
 ``--jobs 2`` (the default on a CPU) independent stages run side by side.
 """
@@ -227,7 +227,9 @@ def stage_of(set_name: str) -> str:
     """The stage (and folder) that computes a perturbation set."""
     if set_name in ("train", "synthetic"):
         return "train_attacks"
-    return "adaptive" if set_name.startswith("adaptive") else "test_attacks"
+    if set_name in ("adaptive-train", "adaptive-secondary"):
+        return "secondary"
+    return "adaptive" if set_name == "adaptive" else "test_attacks"
 
 
 def train_subsets(cfg: ReproConfig, n_train: int) -> Dict[Tuple[str, int], np.ndarray]:
@@ -324,7 +326,7 @@ class Context:
         return {"baseline": self.baseline_weights,
                 "fru": self.folder("train_fru") / "fashionnet_FRU.caffemodel",
                 "fru_bottom": self.folder("ranking") / "fashionnet_FRU_bottom.caffemodel",
-                "fru_secondary": self.folder("adaptive") / "fashionnet_FRU_secondary.caffemodel",
+                "fru_secondary": self.folder("secondary") / "fashionnet_FRU_secondary.caffemodel",
                 "adv_finetune": self.folder("peers") / "fashionnet_adv_finetune.caffemodel"}[model]
 
     def classifier(self, model: str):
@@ -558,7 +560,7 @@ def _set_summary(infos: List[dict]) -> dict:
 
 
 def training_perturbations(ctx: Context, extra: Sequence[str] = ()) -> List[np.ndarray]:
-    """The FRU training set: training UAPs + synthetic ones (+ ``extra`` sets of the adaptive stage)."""
+    """The FRU training set: training UAPs + synthetic ones (+ ``extra`` sets of the secondary stage)."""
     perts = ctx.perturbations("train")
     if ctx.cfg.synthetic:
         perts += ctx.perturbations("synthetic")
@@ -723,20 +725,26 @@ def stage_masking(ctx: Context) -> dict:
     return {"masking": masking, "case": "same-norm", "clean_top1": clean_top1, "images": int(len(x))}
 
 
-# ---------------------------------------------------------------- stage: adaptive
+# ---------------------------------------------------------------- stages: adaptive, secondary
 def stage_adaptive(ctx: Context) -> dict:
-    """White-box UAPs through baseline+FRU; the secondary defence (FRUs retrained with such
-    UAPs, from the primary FRU weights); and fresh white-box UAPs through the secondary net."""
+    """White-box UAPs through baseline+FRU (test perturbations of the adaptive case)."""
+    s = next(s for s in attack_sets(ctx.cfg) if s.name == "adaptive")
+    return {"adaptive": _set_summary(compute_set(ctx, s, "adaptive"))}
+
+
+def stage_secondary(ctx: Context) -> dict:
+    """The secondary defence: white-box UAPs through baseline+FRU for training, the FRUs
+    retrained with them (from the primary FRU weights), then fresh white-box UAPs through the
+    secondary net. A stage of its own so that the adaptive test UAPs run beside it."""
     sets = {s.name: s for s in attack_sets(ctx.cfg)}
-    out = {"adaptive-train": _set_summary(compute_set(ctx, sets["adaptive-train"], "adaptive")),
-           "adaptive": _set_summary(compute_set(ctx, sets["adaptive"], "adaptive"))}
-    folder = ctx.folder("adaptive")
+    out = {"adaptive-train": _set_summary(compute_set(ctx, sets["adaptive-train"], "secondary"))}
+    folder = ctx.folder("secondary")
     _copy_tree_files(ctx.folder("generate") / "top", folder)
     out["secondary_training"] = train_model(
         ctx, folder, ctx.weights("fru_secondary"), ctx.weights("fru"),
         training_perturbations(ctx, extra=("adaptive-train",)), ctx.cfg.secondary_iters, ctx.cfg.secondary_lr,
         ctx.cfg.seed + 1)
-    out["adaptive-secondary"] = _set_summary(compute_set(ctx, sets["adaptive-secondary"], "adaptive"))
+    out["adaptive-secondary"] = _set_summary(compute_set(ctx, sets["adaptive-secondary"], "secondary"))
     return out
 
 
@@ -1017,12 +1025,17 @@ def stages_wall_seconds(records) -> float:
     return round(sum(r["seconds"] for r in records), 1)
 
 
+def adaptive_results(records: Dict[str, dict]) -> dict:
+    """The white-box sets and the secondary training, from both stages that make them."""
+    return {**records.get("adaptive", {}).get("result", {}), **records.get("secondary", {}).get("result", {})}
+
+
 def build_summary(ctx: Context, started: float, load_start: Sequence[float]) -> dict:
     cases = {}
     rec = ctx.records
     for case in eval_cases(ctx.cfg):
         result = json.loads((ctx.folder("evaluate") / f"{case.key}.json").read_text())
-        sets = {**perturbation_sets(rec), **rec.get("adaptive", {}).get("result", {})}
+        sets = {**perturbation_sets(rec), **adaptive_results(rec)}
         xi = sets.get(case.sets[0], {}).get("xi")
         title = case.title.replace("xi calibrated", f"xi={xi:g} (calibrated)") if xi is not None else case.title
         cases[case.key] = {"title": title, "group": case.group, "perturbations": result["perturbations"],
@@ -1039,7 +1052,7 @@ def build_summary(ctx: Context, started: float, load_start: Sequence[float]) -> 
         "restoration_formula": "(clean_top1 + perturbed_top1) / (2 * baseline clean_top1)",
         "cases": cases, "ranking": {**rec.get("masking", {}).get("result", {}),
                     "bottom_ranked_training": rec.get("ranking", {}).get("result", {})},
-        "adaptive": rec.get("adaptive", {}).get("result", {}),
+        "adaptive": adaptive_results(rec),
         "perturbation_sets": perturbation_sets(rec),
         "timings": timings, "wall_seconds_this_run": round(time.perf_counter() - started, 1),
         "wall_seconds_all_stages": stages_wall_seconds(rec.values()),
@@ -1085,7 +1098,7 @@ def ship(ctx: Context, root: Path) -> List[Path]:
 _SUBSET_FIELDS = ("seed", "uap_images", "train_uaps", "test_uaps", "l2_uaps", "stronger", "stronger_uaps", "unseen",
                   "unseen_per_attack", "gduap_prior")
 _UAP_FIELDS = ("xi", "uap_passes", "uap_delta", "uap_classes", "uap_batch")
-# In priority order: on two workers the FRU training -> adaptive chain, the longest, goes first.
+# In priority order: on two workers the FRU training -> secondary chain, the longest, goes first.
 STAGES: Tuple[Stage, ...] = (
     Stage("baseline", stage_baseline, ("seed", "baseline_epochs", "baseline_train_images", "baseline_test_images")),
     Stage("train_attacks", stage_train_attacks, _SUBSET_FIELDS + _UAP_FIELDS + ("synthetic", "synthetic_rule"),
@@ -1093,9 +1106,11 @@ STAGES: Tuple[Stage, ...] = (
     Stage("generate", stage_generate, ("seed", "fru_batch"), ("baseline",)),
     Stage("train_fru", stage_train_fru, ("seed", "fru_iters", "fru_lr", "fru_clean_fraction"),
           ("train_attacks", "generate")),
-    Stage("adaptive", stage_adaptive, _SUBSET_FIELDS + _UAP_FIELDS + (
+    Stage("secondary", stage_secondary, _SUBSET_FIELDS + _UAP_FIELDS + (
         "adaptive_train_uaps", "adaptive_test_uaps", "secondary_iters", "secondary_lr", "fru_clean_fraction"),
         ("train_attacks", "train_fru")),
+    Stage("adaptive", stage_adaptive, _SUBSET_FIELDS + _UAP_FIELDS + ("adaptive_train_uaps", "adaptive_test_uaps"),
+          ("train_fru",)),
     Stage("ranking", stage_ranking, ("seed", "fru_iters", "fru_lr", "fru_clean_fraction"),
           ("train_attacks", "generate")),
     Stage("test_attacks", stage_test_attacks, _SUBSET_FIELDS + _UAP_FIELDS + (
@@ -1105,7 +1120,7 @@ STAGES: Tuple[Stage, ...] = (
     Stage("peers", stage_peers, ("seed", "fru_iters", "fru_batch", "advft_solver", "advft_lr", "fru_clean_fraction"),
           ("train_attacks", "baseline")),
     Stage("evaluate", stage_evaluate, ("test_images", "eval_seed", "peers"),
-          ("test_attacks", "train_fru", "ranking", "adaptive", "peers")),
+          ("test_attacks", "train_fru", "ranking", "adaptive", "secondary", "peers")),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
@@ -1128,8 +1143,8 @@ def run_parallel(ctx: Context, stages: Sequence[Stage], jobs: int) -> None:
     """Run independent stages side by side in ``jobs`` worker processes.
 
     On a small CPU, Caffe's convolutions of 28x28 images hardly use a second BLAS thread, so
-    two stages on one core each (FRU training beside the bottom-ranked training, the adaptive
-    stage beside adversarial fine-tuning) take about the time of one. Workers run one BLAS
+    two stages on one core each (FRU training beside the bottom-ranked training, the secondary
+    defence beside adversarial fine-tuning) take about the time of one. Workers run one BLAS
     thread each (``OPENBLAS_NUM_THREADS=1``), so the numbers do not depend on the number of
     cores (floating-point sums depend on the thread count, and SGD amplifies such
     differences: results are bit-identical for the same ``--jobs`` on the same kind of CPU).

@@ -59,7 +59,7 @@ def test_quick_run_writes_models_and_bounded_perturbations(quick_run):
     out, summary = quick_run
     for path in (out / "baseline" / "fashionnet.caffemodel", out / "train_fru" / "fashionnet_FRU.caffemodel",
                  out / "ranking" / "fashionnet_FRU_bottom.caffemodel",
-                 out / "adaptive" / "fashionnet_FRU_secondary.caffemodel",
+                 out / "secondary" / "fashionnet_FRU_secondary.caffemodel",
                  out / "peers" / "fashionnet_adv_finetune.caffemodel"):
         assert path.stat().st_size > 100_000, path
     for s in rp.attack_sets(QUICK):
@@ -182,9 +182,11 @@ def test_ready_stages_wait_for_upstream_and_keep_the_stage_order():
     done = {"baseline", "train_attacks", "generate"}
     assert names(rp.ready_stages(rp.STAGES, done, {"test_attacks"})) == ["train_fru", "ranking", "peers"]
     done |= {"train_fru", "test_attacks"}
-    # the adaptive stage (on the longest chain) comes before the rest
-    assert names(rp.ready_stages(rp.STAGES, done, {"ranking"})) == ["adaptive", "masking", "peers"]
-    done |= {"ranking", "masking", "peers", "adaptive"}
+    # the secondary defence (on the longest chain) comes before the rest
+    assert names(rp.ready_stages(rp.STAGES, done, {"ranking"})) == ["secondary", "adaptive", "masking", "peers"]
+    done |= {"ranking", "masking", "peers", "secondary"}
+    assert names(rp.ready_stages(rp.STAGES, done, set())) == ["adaptive"]
+    done |= {"adaptive"}
     assert names(rp.ready_stages(rp.STAGES, done, set())) == ["evaluate"]
     assert names(rp.ready_stages(rp.STAGES, done, {"evaluate"})) == []
 
