@@ -1076,12 +1076,15 @@ def write_report(ctx: Context, started: float, load_start: Sequence[float]) -> d
 
 # ---------------------------------------------------------------- shipping the demo files
 def ship(ctx: Context, root: Path) -> List[Path]:
-    """Copy the baseline, the FRU model and a few test perturbations to ``paper.DEMO``'s paths."""
+    """Copy the baseline, the FRU model (each with its training record) and a few test
+    perturbations to ``paper.DEMO``'s paths."""
     from .paper import demo_defaults
 
     demo = demo_defaults(NET)
-    written = [write_bytes(root / demo.baseline[1], ctx.baseline_weights.read_bytes()),
-               write_bytes(root / demo.fru[1], ctx.weights("fru").read_bytes())]
+    written = []
+    for dst, src in ((root / demo.baseline[1], ctx.baseline_weights), (root / demo.fru[1], ctx.weights("fru"))):
+        written.append(write_bytes(dst, src.read_bytes()))
+        written.append(write_bytes(dst.with_suffix(".json"), src.with_suffix(".json").read_bytes()))
     uap = root / demo.attacks["UAP"][0]
     samples = {uap: "same-norm", uap.with_name("uap_l2.npy"): "cross-norm"}
     for a in ctx.cfg.unseen:
