@@ -5,8 +5,7 @@ layouts are timed in interleaved repetitions, in an order that rotates (so load 
 all alike and no layout always runs first); the median per image (and the minimum) is
 reported with the ratio to the published layout (the median of the per-repetition ratios),
 next to the ratio of multiply-accumulates (the FLOP-proportional bound, from the nets' blob
-shapes). Where the
-baseline has BatchNorm, the baseline with BatchNorm folded is timed too.
+shapes). Where the baseline has BatchNorm, the baseline with BatchNorm folded is timed too.
 
   python -m defense.bench --nets CaffeNet,VGG16 --batch 1,16 --reps 5
 """
