@@ -1082,9 +1082,12 @@ def ship(ctx: Context, root: Path) -> List[Path]:
 
     demo = demo_defaults(NET)
     written = []
-    for dst, src in ((root / demo.baseline[1], ctx.baseline_weights), (root / demo.fru[1], ctx.weights("fru"))):
-        written.append(write_bytes(dst, src.read_bytes()))
-        written.append(write_bytes(dst.with_suffix(".json"), src.with_suffix(".json").read_bytes()))
+    for rel, src in ((demo.baseline[1], ctx.baseline_weights), (demo.fru[1], ctx.weights("fru"))):
+        written.append(write_bytes(root / rel, src.read_bytes()))
+        record = json.loads(src.with_suffix(".json").read_text())
+        if "weights" in record:  # the record travels with the file: name where it now lies
+            record["weights"] = rel
+        written.append(_save_json((root / rel).with_suffix(".json"), record))
     uap = root / demo.attacks["UAP"][0]
     samples = {uap: "same-norm", uap.with_name("uap_l2.npy"): "cross-norm"}
     for a in ctx.cfg.unseen:

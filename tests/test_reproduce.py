@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from defense import reproduce as rp
+from defense.paper import demo_defaults
 from defense.presets import get_preset, fru_names
 from defense.ranking import permutation_from_matrix, rank_channels
 
@@ -173,6 +174,19 @@ def test_config_values_are_validated():
         rp.ReproConfig().with_overrides(["fru_iters"])
     cfg = rp.ReproConfig().with_overrides(["stronger=1.5,3", "test_images=none", "xi=40"])
     assert (cfg.stronger, cfg.test_images, cfg.xi) == ((1.5, 3.0), None, 40.0)
+
+
+def test_ship_copies_models_with_records_naming_where_they_lie(quick_run, tmp_path):
+    out, _ = quick_run
+    ctx = rp.Context(QUICK, out, progress=False)
+    written = rp.ship(ctx, tmp_path)
+    demo = demo_defaults(rp.NET)
+    for rel, src in ((demo.baseline[1], ctx.baseline_weights), (demo.fru[1], ctx.weights("fru"))):
+        assert (tmp_path / rel).read_bytes() == src.read_bytes()
+        record = json.loads((tmp_path / rel).with_suffix(".json").read_text())
+        source = json.loads(src.with_suffix(".json").read_text())
+        assert record == ({**source, "weights": rel} if "weights" in source else source)
+    assert tmp_path / demo.baseline[1] in written and len(written) == len(set(written))
 
 
 def test_ready_stages_wait_for_upstream_and_keep_the_stage_order():
