@@ -66,6 +66,10 @@ class ReproConfig:
     :param uap_classes: DeepFool's top-k classes inside UAP.
     :param synthetic: synthetic perturbations (attacks.synthetic) added to the training UAPs.
     :param unseen: unseen attacks evaluated (``spgd``, ``gduap``, ``fff``, ``svuap``).
+    :param train_extra: attacks whose perturbations (``train_extra_per_attack`` each, at ``xi``,
+        on their own training subsets) join the FRU and fine-tuning training set: a diagnostic of
+        what the FRUs can learn, outside the paper's protocol; such an attack is reported as
+        seen, not unseen.
     :param fru_iters: FRU training iterations (also adversarial fine-tuning's).
     :param test_images: test images evaluated (None: all 10,000), a seeded random subset.
     """
@@ -92,6 +96,8 @@ class ReproConfig:
     unseen_per_attack: int = 2
     unseen_min_fooling: float = 0.5
     unseen_xi_steps: Tuple[float, ...] = (1.0, 1.2, 1.4, 1.6, 1.8, 2.0)
+    train_extra: Tuple[str, ...] = ()
+    train_extra_per_attack: int = 4
     spgd_epochs: int = 3
     gduap_iters: int = 300
     gduap_prior: str = "range"
@@ -116,7 +122,7 @@ class ReproConfig:
 
     def __post_init__(self):
         for name in ("uap_images", "uap_passes", "uap_classes", "uap_batch", "train_uaps", "test_uaps", "l2_uaps",
-                     "stronger_uaps", "unseen_per_attack", "spgd_epochs", "gduap_iters", "svuap_images",
+                     "stronger_uaps", "unseen_per_attack", "train_extra_per_attack", "spgd_epochs", "gduap_iters", "svuap_images",
                      "svuap_iters", "fru_batch", "fru_iters", "adaptive_train_uaps", "adaptive_test_uaps",
                      "secondary_iters", "eval_batch"):
             value = getattr(self, name)
@@ -135,9 +141,10 @@ class ReproConfig:
             raise ValueError(f"xi_l2 must be positive or None, got {self.xi_l2}")
         if not all(f > 0 for f in self.stronger):
             raise ValueError(f"stronger factors must be positive, got {self.stronger}")
-        unknown = [a for a in self.unseen if a not in UNSEEN_ATTACKS]
-        if unknown:
-            raise ValueError(f"unknown unseen attack '{unknown[0]}'; valid: {', '.join(UNSEEN_ATTACKS)}")
+        for name in ("unseen", "train_extra"):
+            unknown = [a for a in getattr(self, name) if a not in UNSEEN_ATTACKS]
+            if unknown:
+                raise ValueError(f"unknown {name} attack '{unknown[0]}'; valid: {', '.join(UNSEEN_ATTACKS)}")
         if self.advft_solver not in ("SGD", "Adam"):
             raise ValueError(f"advft_solver must be SGD or Adam, got '{self.advft_solver}'")
         if not 0.0 <= self.fru_clean_fraction < 1.0:
@@ -214,18 +221,23 @@ def attack_sets(cfg: ReproConfig) -> List[AttackSet]:
             AttackSet("same-norm", "uap", "inf", cfg.xi, cfg.test_uaps),
             AttackSet("cross-norm", "uap", "2", cfg.l2_radius, cfg.l2_uaps)]
     sets += [AttackSet(f"stronger-x{f:g}", "uap", "inf", cfg.xi * f, cfg.stronger_uaps) for f in cfg.stronger]
-    sets += [AttackSet(f"unseen-{a}", a, "inf", cfg.xi, cfg.unseen_per_attack,
-                       uses_images=a not in ("fff",) and not (a == "gduap" and cfg.gduap_prior != "data"))
+    sets += [AttackSet(f"unseen-{a}", a, "inf", cfg.xi, cfg.unseen_per_attack, uses_images=_uses_images(cfg, a))
              for a in cfg.unseen]
     sets += [AttackSet("adaptive-train", "uap", "inf", cfg.xi, cfg.adaptive_train_uaps, target="fru"),
              AttackSet("adaptive", "uap", "inf", cfg.xi, cfg.adaptive_test_uaps, target="fru"),
              AttackSet("adaptive-secondary", "uap", "inf", cfg.xi, cfg.adaptive_test_uaps, target="fru_secondary")]
+    sets += [AttackSet(f"train-{a}", a, "inf", cfg.xi, cfg.train_extra_per_attack, uses_images=_uses_images(cfg, a))
+             for a in cfg.train_extra]
     return sets
+
+
+def _uses_images(cfg: ReproConfig, attack: str) -> bool:
+    return attack != "fff" and not (attack == "gduap" and cfg.gduap_prior != "data")
 
 
 def stage_of(set_name: str) -> str:
     """The stage (and folder) that computes a perturbation set."""
-    if set_name in ("train", "synthetic"):
+    if set_name in ("train", "synthetic") or set_name.startswith("train-"):
         return "train_attacks"
     if set_name in ("adaptive-train", "adaptive-secondary"):
         return "secondary"
@@ -233,23 +245,18 @@ def stage_of(set_name: str) -> str:
 
 
 def train_subsets(cfg: ReproConfig, n_train: int) -> Dict[Tuple[str, int], np.ndarray]:
-    """Disjoint training-split indices for every perturbation that needs images."""
+    """Disjoint training-split indices for every perturbation that needs images (and for the
+    calibration of unseen attacks' xi, before the ``train_extra`` sets: adding those moves no
+    other subset)."""
     perm = np.random.default_rng([cfg.seed, 101]).permutation(n_train)
-    out, start = {}, 0
-    for s in attack_sets(cfg):
-        if not s.uses_images:
-            continue
-        for k in range(s.count):
-            if start + cfg.uap_images > n_train:
-                raise ValueError(f"the perturbations need more than the {n_train} training images; "
-                                 "lower uap_images or the perturbation counts")
-            out[(s.name, k)] = np.sort(perm[start:start + cfg.uap_images])
-            start += cfg.uap_images
-    if start + cfg.uap_images > n_train:
+    sets = [s for s in attack_sets(cfg) if s.uses_images]
+    extra = [s for s in sets if s.name.startswith("train-")]
+    slots = [(s.name, k) for s in sets if s not in extra for k in range(s.count)] + [("calibration", 0)]
+    slots += [(s.name, k) for s in extra for k in range(s.count)]
+    if len(slots) * cfg.uap_images > n_train:
         raise ValueError(f"the perturbations need more than the {n_train} training images; "
                          "lower uap_images or the perturbation counts")
-    out[("calibration", 0)] = np.sort(perm[start:start + cfg.uap_images])
-    return out
+    return {slot: np.sort(perm[i * cfg.uap_images:(i + 1) * cfg.uap_images]) for i, slot in enumerate(slots)}
 
 
 # ---------------------------------------------------------------- evaluation cases
@@ -268,7 +275,10 @@ def eval_cases(cfg: ReproConfig) -> List[Case]:
               for f in cfg.stronger]
     titles = {"spgd": "sPGD", "gduap": f"GD-UAP ({cfg.gduap_prior} prior)", "fff": "FFF",
               "svuap": f"SV-UAP ({cfg.svuap_layer}, q={cfg.svuap_q:g})"}
-    cases += [Case(f"unseen-{a}", f"{titles[a]}, l_inf, xi calibrated", (f"unseen-{a}",), "unseen") for a in cfg.unseen]
+    cases += [Case(f"unseen-{a}", f"{titles[a]}, l_inf, xi calibrated", (f"unseen-{a}",), "unseen")
+              if a not in cfg.train_extra else
+              Case(f"unseen-{a}", f"{titles[a]}, l_inf, xi calibrated; SEEN: fresh ones were in the FRU training set "
+                   "(train_extra)", (f"unseen-{a}",), "seen") for a in cfg.unseen]
     cases += [Case("adaptive", "UAPs through baseline+FRU (white box)", ("adaptive",), "adaptive"),
               Case("adaptive-secondary", "UAPs through baseline+secondary FRU (white box)",
                    ("adaptive-secondary",), "adaptive")]
@@ -511,6 +521,9 @@ def stage_train_attacks(ctx: Context) -> dict:
             np.save(folder / f"{k:02d}.npy", v.astype(np.float32))
         out["synthetic"] = {"count": cfg.synthetic, "rule": cfg.synthetic_rule, "l2_threshold": res.threshold,
                             "rescaled": res.rescaled}
+    for s in attack_sets(cfg):
+        if s.name.startswith("train-"):
+            out[s.name] = _set_summary(compute_set(ctx, s, "train_attacks"))
     return out
 
 
@@ -560,11 +573,12 @@ def _set_summary(infos: List[dict]) -> dict:
 
 
 def training_perturbations(ctx: Context, extra: Sequence[str] = ()) -> List[np.ndarray]:
-    """The FRU training set: training UAPs + synthetic ones (+ ``extra`` sets of the secondary stage)."""
+    """The FRU training set: training UAPs + synthetic ones (+ the ``train_extra`` attacks, + ``extra``
+    sets of the secondary stage)."""
     perts = ctx.perturbations("train")
     if ctx.cfg.synthetic:
         perts += ctx.perturbations("synthetic")
-    for name in extra:
+    for name in [f"train-{a}" for a in ctx.cfg.train_extra] + list(extra):
         perts += ctx.perturbations(name)
     return perts
 
@@ -919,8 +933,13 @@ def markdown_report(summary: dict) -> str:
              f"Baseline test top-1 {summary['baseline']['test_top1']:.4f} on {summary['baseline']['test_images']} "
              f"images. Attacks: l_inf xi = {summary['config']['xi']:g}, l_2 xi = {summary['xi_l2']:g} (pixel units, "
              f"[0, 255]), computed on the training split. Evaluation: {summary['evaluation_images']} test images, one "
-             "perturbation per image drawn at random (seeded), not clipped.", "",
-             "Restoration accuracy = (clean top-1 + perturbed top-1) / (2 x baseline clean top-1).", ""]
+             "perturbation per image drawn at random (seeded), not clipped.", ""]
+    extra = summary["config"].get("train_extra") or ()
+    if extra:
+        lines += [f"**Diagnostic run, outside the paper's protocol:** {summary['config']['train_extra_per_attack']} "
+                  f"perturbations each of {', '.join(extra)} (on their own training images) were added to the FRU and "
+                  "fine-tuning training set, so those attacks are seen, not unseen, here.", ""]
+    lines += ["Restoration accuracy = (clean top-1 + perturbed top-1) / (2 x baseline clean top-1).", ""]
     for metric, title in (("restoration", "Restoration accuracy"), ("fooling_rate", "Fooling rate"),
                           ("perturbed_top1", "Perturbed top-1"), ("clean_top1", "Clean top-1")):
         lines += [f"## {title}", "", "| case | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
@@ -1104,11 +1123,12 @@ def ship(ctx: Context, root: Path) -> List[Path]:
 _SUBSET_FIELDS = ("seed", "uap_images", "train_uaps", "test_uaps", "l2_uaps", "stronger", "stronger_uaps", "unseen",
                   "unseen_per_attack", "gduap_prior")
 _UAP_FIELDS = ("xi", "uap_passes", "uap_delta", "uap_classes", "uap_batch")
+_ATTACK_FIELDS = ("spgd_epochs", "gduap_iters", "svuap_layer", "svuap_q", "svuap_images", "svuap_iters")
 # In priority order: on two workers the FRU training -> secondary chain, the longest, goes first.
 STAGES: Tuple[Stage, ...] = (
     Stage("baseline", stage_baseline, ("seed", "baseline_epochs", "baseline_train_images", "baseline_test_images")),
-    Stage("train_attacks", stage_train_attacks, _SUBSET_FIELDS + _UAP_FIELDS + ("synthetic", "synthetic_rule"),
-          ("baseline",)),
+    Stage("train_attacks", stage_train_attacks, _SUBSET_FIELDS + _UAP_FIELDS + _ATTACK_FIELDS + (
+        "synthetic", "synthetic_rule", "train_extra", "train_extra_per_attack"), ("baseline",)),
     Stage("generate", stage_generate, ("seed", "fru_batch"), ("baseline",)),
     Stage("train_fru", stage_train_fru, ("seed", "fru_iters", "fru_lr", "fru_clean_fraction"),
           ("train_attacks", "generate")),
@@ -1119,9 +1139,8 @@ STAGES: Tuple[Stage, ...] = (
           ("train_fru",)),
     Stage("ranking", stage_ranking, ("seed", "fru_iters", "fru_lr", "fru_clean_fraction"),
           ("train_attacks", "generate")),
-    Stage("test_attacks", stage_test_attacks, _SUBSET_FIELDS + _UAP_FIELDS + (
-        "xi_l2", "unseen_min_fooling", "unseen_xi_steps", "spgd_epochs", "gduap_iters", "svuap_layer", "svuap_q",
-        "svuap_images", "svuap_iters"), ("baseline",)),
+    Stage("test_attacks", stage_test_attacks, _SUBSET_FIELDS + _UAP_FIELDS + _ATTACK_FIELDS + (
+        "xi_l2", "unseen_min_fooling", "unseen_xi_steps"), ("baseline",)),
     Stage("masking", stage_masking, ("test_images", "eval_seed"), ("baseline", "test_attacks")),
     Stage("peers", stage_peers, ("seed", "fru_iters", "fru_batch", "advft_solver", "advft_lr", "fru_clean_fraction"),
           ("train_attacks", "baseline")),

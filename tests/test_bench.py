@@ -26,6 +26,13 @@ def test_bench_one_times_every_layout_and_reports_mac_ratios():
     assert rows["fru_explicit"]["time_ratio_vs_published"] == 1.0 == rows["fru_explicit"]["mac_ratio_vs_published"]
     assert rows["baseline"]["macs_per_image"] < rows["fru_fast"]["macs_per_image"] < rows["fru_explicit"]["macs_per_image"]
     assert all(r["ms_per_image"] > 0 for r in rows.values())
+    # the permutation convs' share, counted independently by name
+    net = build_net(None, bench.with_batch(bench.layouts("FashionNet")["fru_explicit"][0], 1))
+    perm = [n for n in net.params if n.endswith(("_imap", "_remap"))]
+    assert len(perm) == 6
+    expected = 1 - bench.net_macs(net, perm) / bench.net_macs(net)
+    assert res["permutation_free_mac_ratio"] == pytest.approx(expected, rel=1e-12)
+    assert rows["fru_fast"]["mac_ratio_vs_published"] > expected > rows["baseline"]["mac_ratio_vs_published"]
 
 
 def test_paired_ratio_is_the_median_of_per_repetition_ratios():

@@ -137,6 +137,29 @@ def test_training_subsets_are_disjoint_and_cover_every_image_attack():
         rp.train_subsets(cfg, 1000)
 
 
+def test_train_extra_joins_the_training_set_moves_no_other_subset_and_is_reported_as_seen(tmp_path):
+    cfg = rp.ReproConfig()
+    seen = rp.ReproConfig(train_extra=("spgd",))
+    base, extra = rp.train_subsets(cfg, 60000), rp.train_subsets(seen, 60000)
+    assert set(extra) - set(base) == {("train-spgd", k) for k in range(seen.train_extra_per_attack)}
+    assert all(np.array_equal(base[k], extra[k]) for k in base)  # calibration included
+    everything = np.concatenate(list(extra.values()))
+    assert np.unique(everything).size == everything.size
+    cases = {c.key: c for c in rp.eval_cases(seen)}
+    assert cases["unseen-spgd"].group == "seen" and "SEEN" in cases["unseen-spgd"].title
+    assert cases["unseen-gduap"].group == "unseen"
+    ctx = rp.Context(seen, tmp_path)
+    for name, count in (("train", 2), ("synthetic", 1), ("train-spgd", 3)):
+        folder = tmp_path / rp.stage_of(name) / name
+        folder.mkdir(parents=True)
+        for k in range(count):
+            np.save(folder / f"{k:02d}.npy", np.full((1, 28, 28), len(name) + k, np.float32))
+    got = [float(p.flat[0]) for p in rp.training_perturbations(ctx)]
+    assert got == [5, 6, 9, 10, 11, 12]
+    with pytest.raises(ValueError, match="unknown train_extra attack 'pgd'"):
+        rp.ReproConfig(train_extra=("pgd",))
+
+
 def test_targets_are_checked_against_the_issue_thresholds():
     def row(clean, pert, rest, fr):
         return {"clean_top1": clean, "perturbed_top1": pert, "restoration": rest, "fooling_rate": fr}
@@ -144,7 +167,9 @@ def test_targets_are_checked_against_the_issue_thresholds():
               "median": row(0.88, 0.5, 0.77, 0.4), "jpeg": row(0.9, 0.4, 0.72, 0.5), "bits": row(0.9, 0.3, 0.67, 0.6)}
     summary = {"baseline": {"test_top1": 0.9023, "test_images": 10000},
                "cases": {"same-norm": {"group": "same-norm", "models": models},
-                         "unseen-spgd": {"group": "unseen", "models": dict(models, fru=row(0.895, 0.6, 0.83, 0.3))}},
+                         "unseen-spgd": {"group": "unseen", "models": dict(models, fru=row(0.895, 0.6, 0.83, 0.3))},
+                         # in the FRU training set (train_extra): no unseen-attack target is claimed for it
+                         "unseen-gduap": {"group": "seen", "models": dict(models, fru=row(0.895, 0.8, 0.94, 0.1))}},
                "ranking": {"masking": {"conv1": {"top_half_masked": 0.9, "bottom_half_masked": 0.8}}}}
     met = {t["target"]: t["met"] for t in rp.check_targets(summary)}
     assert met == {"baseline test top-1 >= 0.90": True, "same-norm: baseline fooling rate >= 0.5": True,
