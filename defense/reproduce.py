@@ -122,9 +122,9 @@ class ReproConfig:
 
     def __post_init__(self):
         for name in ("uap_images", "uap_passes", "uap_classes", "uap_batch", "train_uaps", "test_uaps", "l2_uaps",
-                     "stronger_uaps", "unseen_per_attack", "train_extra_per_attack", "spgd_epochs", "gduap_iters", "svuap_images",
-                     "svuap_iters", "fru_batch", "fru_iters", "adaptive_train_uaps", "adaptive_test_uaps",
-                     "secondary_iters", "eval_batch"):
+                     "stronger_uaps", "unseen_per_attack", "train_extra_per_attack", "spgd_epochs", "gduap_iters",
+                     "svuap_images", "svuap_iters", "fru_batch", "fru_iters", "adaptive_train_uaps",
+                     "adaptive_test_uaps", "secondary_iters", "eval_batch"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
