@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .core import caffe, caffe_pb2, param_shapes, run_cli, set_mode, set_net_blobs, write_text
-from .export import fast_layout, find_fru_blocks, fold_batchnorm
+from .export import blob_channels, fast_layout, find_fru_blocks, fold_batchnorm
 from .fru import insert_frus
 from .generate import build_net
 from .presets import get_preset
@@ -58,8 +58,7 @@ def net_macs(net: "caffe.Net", only: Optional[Sequence[str]] = None) -> int:
 def permutation_free_mac_ratio(param: "caffe_pb2.NetParameter", blobs, net: "caffe.Net") -> float:
     """1 - the share of an FRU net's MACs spent in its imap/remap permutation convs: the MAC
     ratio no layout that still computes the baseline and every FRU conv can go below."""
-    channels = {n: int(b.data.shape[1]) for n, b in net.blobs.items() if b.data.ndim > 1}
-    perm_convs = [name for b in find_fru_blocks(param, blobs, channels) for name in (b.imap, b.remap) if name]
+    perm_convs = [name for b in find_fru_blocks(param, blobs, blob_channels(net)) for name in (b.imap, b.remap) if name]
     return 1.0 - net_macs(net, perm_convs) / net_macs(net)
 
 
@@ -89,9 +88,7 @@ def layouts(name: str, seed: int = 0) -> Dict[str, tuple]:
     base_blobs = random_blobs(param_shapes(net), types, np.random.default_rng(seed))
     fru = insert_frus(base, preset.targets, preset.mode, name)
     fru_blobs, _ = init_fru_blobs(base, base_blobs, preset.targets, preset.mode, seed, source=name)
-    fru_net = build_net(None, fru)
-    channels = {n: b.data.shape[1] for n, b in fru_net.blobs.items() if b.data.ndim > 1}
-    fast, fast_blobs, _ = fast_layout(fru, fru_blobs, channels, name)
+    fast, fast_blobs, _ = fast_layout(fru, fru_blobs, blob_channels(build_net(None, fru)), name)
     out = {"baseline": (base, base_blobs)}
     if any(layer.type == "BatchNorm" for layer in base.layer):
         out["baseline_bn_folded"] = fold_batchnorm(base, base_blobs)

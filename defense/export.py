@@ -55,6 +55,12 @@ class FruBlock:
         return tuple(x for x in (self.imap, self.slice) + self.chain + (self.merge, self.concat, self.remap) if x)
 
 
+def blob_channels(net: "caffe.Net") -> Dict[str, int]:
+    """Channels (axis 1) of each blob of a built net: what ``find_fru_blocks`` and ``fast_layout``
+    need to know of shapes."""
+    return {name: int(b.data.shape[1]) for name, b in net.blobs.items() if b.data.ndim > 1}
+
+
 def _only_reader(param, blob: str, start: int) -> Optional[int]:
     found = readers(param, blob, start)
     return found[0] if len(found) == 1 else None
@@ -287,8 +293,7 @@ def export_fast(prototxt: os.PathLike | str, weights: os.PathLike | str, out_dir
     param = normalize(read_net_param(prototxt), str(prototxt))
     blobs = load_base_blobs(param, weights, prototxt)
     net = build_net(prototxt, param)
-    channels_of = {name: int(b.data.shape[1]) for name, b in net.blobs.items() if b.data.ndim > 1}
-    fast, fast_blobs, n_blocks = fast_layout(param, blobs, channels_of, str(prototxt))
+    fast, fast_blobs, n_blocks = fast_layout(param, blobs, blob_channels(net), str(prototxt))
     if fast.name:
         fast.name = f"{fast.name}_fast"
     out = Path(out_dir)

@@ -2,7 +2,7 @@
 import pytest
 
 from defense.core import load_blobs, read_net_param, write_net_param
-from defense.export import fast_layout, find_fru_blocks, main
+from defense.export import blob_channels, fast_layout, find_fru_blocks, main
 from defense.fru import insert_frus
 from defense.generate import build_net, save_net_weights
 from defense.networks import build_baseline
@@ -23,9 +23,7 @@ def _trained(base, targets, mode, seed=0):
 
 
 def _fast(param, blobs):
-    net = build_net(None, param)
-    channels = {name: b.data.shape[1] for name, b in net.blobs.items() if b.data.ndim > 1}
-    return fast_layout(param, blobs, channels)
+    return fast_layout(param, blobs, blob_channels(build_net(None, param)))
 
 
 @pytest.mark.parametrize("mode", ["explicit", "folded"])
@@ -48,7 +46,7 @@ def test_blocks_are_found_by_structure_not_name():
     for layer in fru.layer:
         layer.name = renamed.get(layer.name, layer.name)
     blobs = {renamed.get(k, k): v for k, v in blobs.items()}
-    channels = {name: b.data.shape[1] for name, b in build_net(None, fru).blobs.items() if b.data.ndim > 1}
+    channels = blob_channels(build_net(None, fru))
     (block,) = find_fru_blocks(fru, blobs, channels)
     assert block.imap and block.remap and block.n == 4 and block.channels == 8 and len(block.chain) == 13
     fast, fast_blobs, _ = fast_layout(fru, blobs, channels)
