@@ -197,6 +197,7 @@ def _parse_value(key: str, text: str, hint) -> object:
 
 # ---------------------------------------------------------------- perturbation sets
 UNSEEN_ATTACKS = ("spgd", "gduap", "fff", "svuap")
+TRAIN_EXTRA_PREFIX = "train-"  # perturbation sets of the train_extra attacks: train-spgd, ...
 
 
 @dataclass(frozen=True)
@@ -226,9 +227,13 @@ def attack_sets(cfg: ReproConfig) -> List[AttackSet]:
     sets += [AttackSet("adaptive-train", "uap", "inf", cfg.xi, cfg.adaptive_train_uaps, target="fru"),
              AttackSet("adaptive", "uap", "inf", cfg.xi, cfg.adaptive_test_uaps, target="fru"),
              AttackSet("adaptive-secondary", "uap", "inf", cfg.xi, cfg.adaptive_test_uaps, target="fru_secondary")]
-    sets += [AttackSet(f"train-{a}", a, "inf", cfg.xi, cfg.train_extra_per_attack, uses_images=_uses_images(cfg, a))
-             for a in cfg.train_extra]
-    return sets
+    return sets + train_extra_sets(cfg)
+
+
+def train_extra_sets(cfg: ReproConfig) -> List[AttackSet]:
+    """The ``train_extra`` attacks' training sets (last in ``attack_sets``)."""
+    return [AttackSet(f"{TRAIN_EXTRA_PREFIX}{a}", a, "inf", cfg.xi, cfg.train_extra_per_attack,
+                      uses_images=_uses_images(cfg, a)) for a in cfg.train_extra]
 
 
 def _uses_images(cfg: ReproConfig, attack: str) -> bool:
@@ -237,7 +242,7 @@ def _uses_images(cfg: ReproConfig, attack: str) -> bool:
 
 def stage_of(set_name: str) -> str:
     """The stage (and folder) that computes a perturbation set."""
-    if set_name in ("train", "synthetic") or set_name.startswith("train-"):
+    if set_name in ("train", "synthetic") or set_name.startswith(TRAIN_EXTRA_PREFIX):
         return "train_attacks"
     if set_name in ("adaptive-train", "adaptive-secondary"):
         return "secondary"
@@ -250,7 +255,7 @@ def train_subsets(cfg: ReproConfig, n_train: int) -> Dict[Tuple[str, int], np.nd
     other subset)."""
     perm = np.random.default_rng([cfg.seed, 101]).permutation(n_train)
     sets = [s for s in attack_sets(cfg) if s.uses_images]
-    extra = [s for s in sets if s.name.startswith("train-")]
+    extra = [s for s in train_extra_sets(cfg) if s.uses_images]
     slots = [(s.name, k) for s in sets if s not in extra for k in range(s.count)] + [("calibration", 0)]
     slots += [(s.name, k) for s in extra for k in range(s.count)]
     if len(slots) * cfg.uap_images > n_train:
@@ -275,10 +280,9 @@ def eval_cases(cfg: ReproConfig) -> List[Case]:
               for f in cfg.stronger]
     titles = {"spgd": "sPGD", "gduap": f"GD-UAP ({cfg.gduap_prior} prior)", "fff": "FFF",
               "svuap": f"SV-UAP ({cfg.svuap_layer}, q={cfg.svuap_q:g})"}
-    cases += [Case(f"unseen-{a}", f"{titles[a]}, l_inf, xi calibrated", (f"unseen-{a}",), "unseen")
-              if a not in cfg.train_extra else
-              Case(f"unseen-{a}", f"{titles[a]}, l_inf, xi calibrated; SEEN: fresh ones were in the FRU training set "
-                   "(train_extra)", (f"unseen-{a}",), "seen") for a in cfg.unseen]
+    seen = "; SEEN: fresh ones were in the FRU training set (train_extra)"
+    cases += [Case(f"unseen-{a}", f"{titles[a]}, l_inf, xi calibrated{seen if a in cfg.train_extra else ''}",
+                   (f"unseen-{a}",), "seen" if a in cfg.train_extra else "unseen") for a in cfg.unseen]
     cases += [Case("adaptive", "UAPs through baseline+FRU (white box)", ("adaptive",), "adaptive"),
               Case("adaptive-secondary", "UAPs through baseline+secondary FRU (white box)",
                    ("adaptive-secondary",), "adaptive")]
@@ -521,9 +525,8 @@ def stage_train_attacks(ctx: Context) -> dict:
             np.save(folder / f"{k:02d}.npy", v.astype(np.float32))
         out["synthetic"] = {"count": cfg.synthetic, "rule": cfg.synthetic_rule, "l2_threshold": res.threshold,
                             "rescaled": res.rescaled}
-    for s in attack_sets(cfg):
-        if s.name.startswith("train-"):
-            out[s.name] = _set_summary(compute_set(ctx, s, "train_attacks"))
+    for s in train_extra_sets(cfg):
+        out[s.name] = _set_summary(compute_set(ctx, s, "train_attacks"))
     return out
 
 
@@ -578,7 +581,7 @@ def training_perturbations(ctx: Context, extra: Sequence[str] = ()) -> List[np.n
     perts = ctx.perturbations("train")
     if ctx.cfg.synthetic:
         perts += ctx.perturbations("synthetic")
-    for name in [f"train-{a}" for a in ctx.cfg.train_extra] + list(extra):
+    for name in [s.name for s in train_extra_sets(ctx.cfg)] + list(extra):
         perts += ctx.perturbations(name)
     return perts
 
