@@ -1,9 +1,11 @@
 # The two commands of the README: `make test` and `make demo`. Both run `make setup` first,
-# which is idempotent (a cached setup takes seconds).
+# which is idempotent (a cached setup takes seconds). The CUDA build lives beside it in
+# .venv-cuda: `make setup-cuda`, `make test-cuda`, and `make gpu-check` on a GPU machine.
 PY := ./.venv/bin/python
+PY_CUDA := ./.venv-cuda/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo reproduce prototxt bench clean-build help
+.PHONY: setup setup-cuda test test-cuda demo reproduce prototxt bench gpu-check gpu-bundle clean-build help
 
 help:
 	@echo "make setup      install Debian packages, build Caffe + pycaffe (cached), create .venv"
@@ -12,13 +14,22 @@ help:
 	@echo "make reproduce  setup, then the Fashion-MNIST reproduction into results/fashion/"
 	@echo "make prototxt   regenerate the committed prototxts under prototxt/"
 	@echo "make bench      CPU benchmarks (deploy layouts, batched UAP)"
-	@echo "CUDA build:     CAFFE_CUDA=on make setup"
+	@echo "make setup-cuda Caffe with CUDA 13.0 from PyPI's toolchain into .venv-cuda (CAFFE_CUDA_ARCH=...)"
+	@echo "make test-cuda  setup-cuda, then the whole test suite against .venv-cuda (GPU tests need a GPU)"
+	@echo "make gpu-check  on a GPU machine: GPU tests + GPU benchmark into gpu-check.json"
+	@echo "make gpu-bundle pack what gpu-check needs on a GPU machine without Debian or network"
 
 setup:
 	bash caffe_build/setup.sh
 
+setup-cuda:
+	CAFFE_CUDA=pip bash caffe_build/setup.sh
+
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-cuda: setup-cuda
+	$(PY_CUDA) -m pytest $(PYTEST_ARGS)
 
 demo: setup
 	$(PY) defense_example.py --dnn FashionNet --attack UAP --defense True --out demo.png
@@ -33,5 +44,11 @@ bench: setup
 	$(PY) -m defense.bench
 	$(PY) -m attacks.bench
 
+gpu-check:
+	bash caffe_build/gpu-check.sh
+
+gpu-bundle: setup-cuda
+	bash caffe_build/gpu-bundle.sh
+
 clean-build:
-	rm -rf .venv
+	rm -rf .venv .venv-cuda

@@ -7,17 +7,29 @@
 #
 # Environment (all optional):
 #   CAFFE_SRC          BVLC Caffe source directory or tarball to build instead of Debian's
-#   CAFFE_CUDA         off (default) | on | auto (on when nvcc is found)
-#   CAFFE_CUDA_ARCH    CUDA architectures to build for (default "60 70 75 80 86 89 90")
+#   CAFFE_CUDA         off (default): CPU-only build behind .venv
+#                      pip: CUDA 13.0 toolchain from PyPI (cuda-13.0-requirements.txt, hash-checked,
+#                           installed into the cache), NCCL on; behind .venv-cuda (make setup-cuda)
+#                      on: the nvcc on PATH (CUDA 11.8 or newer); behind .venv-cuda
+#                      auto: on when nvcc is on PATH, else off
+#   CAFFE_CUDA_ARCH    CUDA architectures (default "75 80 86 89 90"); PTX for the newest of them
 #   FRU_CACHE          cache root (default ~/.cache/fru-toolkit)
-#   PYTHON             interpreter for .venv (default python3)
+#   PYTHON             interpreter for the venv (default python3)
 #   SKIP_APT=1         do not install Debian packages (they must be present)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RECIPE="$ROOT/caffe_build"
 CACHE="${FRU_CACHE:-$HOME/.cache/fru-toolkit}"
-VENV="$ROOT/.venv"
+CUDA_MODE="${CAFFE_CUDA:-off}"
+if [ "$CUDA_MODE" = auto ]; then
+  if command -v nvcc >/dev/null; then CUDA_MODE=on; else CUDA_MODE=off; fi
+fi
+case "$CUDA_MODE" in
+  off) VENV="$ROOT/.venv" ;;
+  on|pip) VENV="$ROOT/.venv-cuda" ;;  # the CPU .venv stays as it is
+  *) echo "[setup] CAFFE_CUDA=$CUDA_MODE: expected off, on, pip or auto" >&2; exit 2 ;;
+esac
 PYTHON="${PYTHON:-python3}"
 JOBS="$(nproc 2>/dev/null || echo 2)"
 LOGS="$CACHE/logs"
@@ -50,6 +62,8 @@ begin() { STEP="$1"; LOG="$LOGS/$2.log"; : >"$LOG"; say "$1"; }
 quiet() { "$@" >>"$LOG" 2>&1; }
 sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
 
+say "variant: CAFFE_CUDA=$CUDA_MODE, environment $(basename "$VENV")"
+
 # ---- 1. Debian packages --------------------------------------------------------------
 begin "Debian packages" apt
 # shellcheck disable=SC2086
@@ -69,7 +83,7 @@ else
 fi
 
 # ---- 2. virtual environment ----------------------------------------------------------
-begin "Python virtual environment (.venv)" venv
+begin "Python virtual environment ($(basename "$VENV"))" venv
 [ -x "$VENV/bin/python" ] || quiet "$PYTHON" -m venv "$VENV"
 REQ_STAMP="$VENV/.requirements.sha256"
 if [ "$(cat "$REQ_STAMP" 2>/dev/null)" != "$(sha256_of "$ROOT/requirements.txt")" ]; then
@@ -118,20 +132,53 @@ else
   CAFFE_SRC="$up"; SRC_ID="github-$UPSTREAM_COMMIT"; DEBIAN_PATCHES=0
 fi
 
-# ---- 4. build options and cache key --------------------------------------------------
-CUDA_MODE="${CAFFE_CUDA:-off}"
-if [ "$CUDA_MODE" = auto ]; then
-  if command -v nvcc >/dev/null; then CUDA_MODE=on; else CUDA_MODE=off; fi
+# ---- 4. CUDA toolchain from PyPI (CAFFE_CUDA=pip) ---------------------------------------
+if [ "$CUDA_MODE" = pip ]; then
+  begin "CUDA 13.0 toolchain from PyPI" cuda
+  CUDA_REQ="$RECIPE/cuda-13.0-requirements.txt"
+  CUDA_PIP="$CACHE/cuda/pip-$(sha256_of "$CUDA_REQ" | cut -c1-16)"
+  CUDA_ROOT="$CUDA_PIP/root"
+  if [ -f "$CUDA_PIP/.complete" ]; then
+    say "  cached at $CUDA_PIP"
+  else
+    rm -rf "$CUDA_PIP"
+    say "  installing the pinned wheels (hash-checked, about 1.3 GB) into $CUDA_PIP"
+    quiet "$VENV/bin/python" -m pip install -q --no-deps --only-binary=:all: --require-hashes \
+      --target "$CUDA_PIP/pkgs" -r "$CUDA_REQ"
+    # A CUDA root as FindCUDA expects it: the wheels' bin/include/nvvm, and lib64/ with the
+    # shared libraries under their versioned and unversioned names (static cudart left out).
+    cu="$CUDA_PIP/pkgs/nvidia/cu13"
+    mkdir -p "$CUDA_ROOT/lib64"
+    for d in bin include nvvm; do ln -s "$cu/$d" "$CUDA_ROOT/$d"; done
+    for lib in "$cu"/lib/lib*.so.* "$CUDA_PIP/pkgs/nvidia/nccl/lib"/libnccl.so.*; do
+      ln -s "$lib" "$CUDA_ROOT/lib64/"
+      base="$(basename "$lib")"; ln -sf "$base" "$CUDA_ROOT/lib64/${base%%.so.*}.so"
+    done
+    touch "$CUDA_PIP/.complete"
+  fi
+  export PATH="$CUDA_ROOT/bin:$PATH"
 fi
+
+# ---- 5. build options and cache key --------------------------------------------------
 CMAKE_OPTS=(-DCMAKE_BUILD_TYPE=Release -DBUILD_python=ON -DBUILD_python_layer=ON
   -DBUILD_docs=OFF -DBUILD_matlab=OFF -DUSE_OPENCV=OFF -DUSE_LMDB=OFF -DUSE_LEVELDB=OFF
   -DBLAS=Open -Dpython_version="$PY_VERSION")
-if [ "$CUDA_MODE" = on ]; then
-  command -v nvcc >/dev/null || { begin "CUDA toolkit" cuda; echo "CAFFE_CUDA=on but nvcc is not on PATH" >>"$LOG"; false; }
-  NCCL=OFF
-  if ls /usr/include/nccl.h /usr/local/cuda/include/nccl.h >/dev/null 2>&1; then NCCL=ON; fi
-  CMAKE_OPTS+=(-DCPU_ONLY=OFF -DUSE_CUDNN=OFF -DUSE_NCCL="$NCCL" -DCUDA_ARCH_NAME=Manual
-    -DCUDA_ARCH_BIN="${CAFFE_CUDA_ARCH:-60 70 75 80 86 89 90}" -DCUDA_ARCH_PTX="")
+if [ "$CUDA_MODE" != off ]; then
+  command -v nvcc >/dev/null || { begin "CUDA toolkit" cuda; echo "CAFFE_CUDA=$CUDA_MODE but nvcc is not on PATH" >>"$LOG"; false; }
+  ARCHS="${CAFFE_CUDA_ARCH:-75 80 86 89 90}"
+  NEWEST=$(printf '%s\n' $ARCHS | sort -n | tail -n 1)
+  CMAKE_OPTS+=(-DCPU_ONLY=OFF -DUSE_CUDNN=OFF -DCUDA_ARCH_NAME=Manual -DCUDA_ARCH_BIN="$ARCHS"
+    -DCUDA_ARCH_PTX="$NEWEST" -DCUDA_USE_STATIC_CUDA_RUNTIME=OFF)
+  if [ "$CUDA_MODE" = pip ]; then
+    # RPATH to the cache's CUDA libraries: nothing needs LD_LIBRARY_PATH
+    CMAKE_OPTS+=(-DCUDA_TOOLKIT_ROOT_DIR="$CUDA_ROOT" -DUSE_NCCL=ON
+      -DNCCL_INCLUDE_DIR="$CUDA_PIP/pkgs/nvidia/nccl/include" -DNCCL_LIBRARIES="$CUDA_ROOT/lib64/libnccl.so"
+      -DCMAKE_BUILD_RPATH="$CUDA_ROOT/lib64")
+  else
+    NCCL=OFF
+    if ls /usr/include/nccl.h /usr/local/cuda/include/nccl.h >/dev/null 2>&1; then NCCL=ON; fi
+    CMAKE_OPTS+=(-DUSE_NCCL="$NCCL")
+  fi
   VARIANT="cuda$(nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')"
 else
   CMAKE_OPTS+=(-DCPU_ONLY=ON)
@@ -143,7 +190,7 @@ KEY=$( { echo "$SRC_ID"; echo "$DEBIAN_PATCHES"; echo "${CMAKE_OPTS[*]}"; echo "
 BUILD_ROOT="$CACHE/caffe/$VARIANT-py$PY_TAG-$KEY"
 PYCAFFE="$BUILD_ROOT/src/python"
 
-# ---- 5. build ------------------------------------------------------------------------
+# ---- 6. build ------------------------------------------------------------------------
 begin "Caffe build ($VARIANT, key $KEY)" build
 if [ -f "$BUILD_ROOT/.complete" ]; then
   say "  cached at $BUILD_ROOT"
@@ -177,8 +224,8 @@ else
   touch "$BUILD_ROOT/.complete"
 fi
 
-# ---- 6. toolkit in .venv -------------------------------------------------------------
-begin "toolkit install into .venv" install
+# ---- 7. toolkit in the venv -----------------------------------------------------------
+begin "toolkit install into $(basename "$VENV")" install
 SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 echo "$PYCAFFE" >"$SITE/pycaffe.pth"
 PROJ_STAMP="$VENV/.project.sha256"
@@ -188,7 +235,7 @@ if [ "$(cat "$PROJ_STAMP" 2>/dev/null)" != "$(sha256_of "$ROOT/pyproject.toml")"
 fi
 echo "$BUILD_ROOT" >"$VENV/.caffe_build"
 
-# ---- 7. check ------------------------------------------------------------------------
+# ---- 8. check ------------------------------------------------------------------------
 begin "check: import caffe" check
 quiet env GLOG_minloglevel=2 "$VENV/bin/python" -c \
   'import caffe; print("caffe", caffe.__version__, "from", caffe.__file__)'

@@ -226,31 +226,78 @@ def validate_net_param(param: "caffe_pb2.NetParameter", source: os.PathLike | st
         blobs.update(layer.top)
 
 
+def cuda_runtime_path() -> Optional[str]:
+    """The libcudart this process's pycaffe loaded, or None for a CPU-only Caffe build."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split()[-1]
+                if "/libcudart.so" in path:
+                    return path
+    except OSError:  # no procfs: not Linux, so not a CUDA build of ours
+        pass
+    return None
+
+
+def cuda_device_count() -> tuple:
+    """``(count, reason)`` from the CUDA runtime pycaffe links; ``(None, why)`` on a CPU-only build.
+
+    Asked through ctypes because Caffe aborts the process (not raises) on a bad device.
+    """
+    path = cuda_runtime_path()
+    if path is None:
+        return None, "this Caffe build has no CUDA"
+    import ctypes
+
+    cudart = ctypes.CDLL(path)
+    cudart.cudaGetErrorString.restype = ctypes.c_char_p
+    count = ctypes.c_int(0)
+    status = cudart.cudaGetDeviceCount(ctypes.byref(count))
+    if status != 0:
+        cudart.cudaGetLastError()
+        return 0, cudart.cudaGetErrorString(status).decode(errors="replace")
+    return count.value, "ok" if count.value else "no CUDA device"
+
+
+def check_gpus(gpus: Sequence[int], option: str = "--gpu") -> None:
+    """Refuse device numbers this build or machine cannot serve, before Caffe CHECKs (and aborts) on them."""
+    count, reason = cuda_device_count()
+    shown = ",".join(str(g) for g in gpus)
+    if count is None:
+        raise ToolkitError(f"{option} {shown}: this Caffe build is CPU-only; build the CUDA variant with "
+                           "'make setup-cuda' and run ./.venv-cuda/bin/python")
+    if count == 0:
+        raise ToolkitError(f"{option} {shown}: no usable GPU on this machine ({reason}); leave out {option} to run on the CPU")
+    missing = [g for g in gpus if not 0 <= g < count]
+    if missing:
+        raise ToolkitError(f"{option} {shown}: there is no GPU {missing[0]} (this machine has {count}: "
+                           f"0 to {count - 1})")
+
+
 def set_mode(gpu: Optional[int] = None, seed: Optional[int] = None) -> None:
-    """CPU, or GPU ``gpu``; called once, by entry points."""
+    """CPU, or GPU ``gpu`` (checked first); called once, by entry points."""
     if gpu is None or gpu < 0:
         caffe.set_mode_cpu()
     else:
-        try:
-            caffe.set_device(int(gpu))
-            caffe.set_mode_gpu()
-        except Exception as exc:  # pycaffe raises plain exceptions
-            raise ToolkitError(f"cannot use GPU {gpu} ({exc}); build Caffe with CAFFE_CUDA=on") from None
+        check_gpus([int(gpu)])
+        caffe.set_device(int(gpu))
+        caffe.set_mode_gpu()
     if seed is not None:
         caffe.set_random_seed(int(seed))
 
 
 def gpu_available() -> bool:
-    """True when this pycaffe was built with CUDA and a device answers."""
-    if not hasattr(caffe, "set_mode_gpu"):
-        return False
+    """True when this pycaffe was built with CUDA and a device answers (asked in a child process,
+    so that this one's CUDA state stays uninitialised for forked workers)."""
     import subprocess
-    code = "import os; os.environ['GLOG_minloglevel']='3'; import caffe; caffe.set_device(0); caffe.set_mode_gpu(); print('ok')"
+    code = ("import os; os.environ['GLOG_minloglevel']='3'; from defense.core import cuda_device_count; "
+            "print((cuda_device_count()[0] or 0) > 0)")
     try:
-        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                             cwd=Path(__file__).resolve().parents[1])
     except (OSError, subprocess.TimeoutExpired):
         return False
-    return res.returncode == 0 and "ok" in res.stdout
+    return res.returncode == 0 and res.stdout.strip() == "True"
 
 
 # ---------------------------------------------------------------- entry points

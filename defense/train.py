@@ -26,7 +26,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from google.protobuf import text_format
 
-from .core import (ToolkitError, caffe, caffe_pb2, check_weights_fit, read_binary_proto, read_caffemodel,
+from .core import (ToolkitError, caffe, caffe_pb2, check_gpus, check_weights_fit, read_binary_proto, read_caffemodel,
                    read_net_param, set_mode, validate_net_param, write_bytes)
 from .data import DataSource
 
@@ -421,10 +421,11 @@ def train(solver: os.PathLike | str, source: DataSource, perturbations: Sequence
     if len(gpus) > 1:
         import multiprocessing as mp
 
+        check_gpus(gpus, "--gpus")
         if not getattr(caffe, "has_nccl", lambda: False)():
-            raise ToolkitError("multi-GPU training needs Caffe built with NCCL (USE_NCCL); use --gpu N")
+            raise ToolkitError("multi-GPU training needs Caffe built with NCCL (make setup-cuda); use --gpu N")
         uid = caffe.NCCL.new_uid()
-        ctx = mp.get_context("fork")
+        ctx = mp.get_context("spawn")  # a forked child cannot use CUDA once this process has touched it
         procs = [ctx.Process(target=_solve_on_gpu, args=(rank, list(gpus), uid, solver, snapshot_dir, mean,
                                                          weights, resume, options, source, perturbations, prefix),
                              daemon=True) for rank in range(len(gpus))]
@@ -510,6 +511,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     gpus = parse_gpus(args.gpus) if args.gpus else []
     if len(gpus) <= 1:
         set_mode(gpus[0] if gpus else args.gpu, args.seed)
+    else:
+        check_gpus(gpus, "--gpus")  # before any data is read
     perturbations = load_perturbation_files(args.perturbations)
     if args.synthetic:
         from attacks.synthetic import synthesize

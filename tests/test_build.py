@@ -1,5 +1,7 @@
 """The Caffe build is real: layers the FRUs use run forward and backward and match numpy."""
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -7,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from defense.core import caffe, L, P, gpu_available, load_blobs, save_blobs, write_net_param
+from defense.core import caffe, cuda_device_count, L, P, gpu_available, load_blobs, save_blobs, write_net_param
+
+GPU = gpu_available()
 
 RNG = np.random.default_rng(0)
 
@@ -209,24 +213,151 @@ def test_glog_quiet_on_import(root):
 
 
 def test_pycaffe_comes_from_the_venv_without_pythonpath(root):
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    res = subprocess.run([str(root / ".venv" / "bin" / "python"), "-c", "import caffe, numpy; print(numpy.__version__)"],
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LD_LIBRARY_PATH")}
+    res = subprocess.run([str(Path(sys.prefix) / "bin" / "python"), "-c", "import caffe, numpy; print(numpy.__version__)"],
                          capture_output=True, text=True, env=env, cwd="/")
     assert res.returncode == 0, res.stderr
     assert int(res.stdout.split(".")[0]) < 2
 
 
+def test_all_nan_max_pooling_window_routes_its_gradient_inside_the_input(tmp_path):
+    """Caffe kept the max-pooling mask at -1 for an all-NaN window and Backward wrote through it
+    (heap corruption); patched, the gradient goes to the window's first element."""
+    net = _pool_relu_net(tmp_path, 0.0)
+    x = np.full((2, 3, 7, 8), np.nan, np.float32)
+    x[1] = 1.0  # the second image is ordinary
+    net.blobs["data"].data[...] = x
+    net.forward()
+    net.blobs["pool"].diff[...] = 1.0
+    diff = net.backward(start="pool")["data"]
+    first = np.zeros((7, 8), np.float32)
+    for i in range(4):
+        for j in range(5):  # window starts clipped to the image: rows 0,1,3,5 and columns 0,1,3,5,7
+            first[max(2 * i - 1, 0), max(2 * j - 1, 0)] += 1.0
+    np.testing.assert_array_equal(diff[0], np.broadcast_to(first, (3, 7, 8)))
+    assert np.isfinite(diff[1]).all() and diff[1].sum() == pytest.approx(3 * 20)
+
+
+def _setup_default_archs(root) -> str:
+    text = (root / "caffe_build" / "setup.sh").read_text()
+    return text.split('ARCHS="${CAFFE_CUDA_ARCH:-', 1)[1].split("}", 1)[0]
+
+
 def test_dockerfile_runs_the_tested_setup_script(root):
     text = (root / "Dockerfile").read_text()
-    assert "FROM nvidia/cuda:12." in text and "ubuntu22.04" in text
-    run_lines = [line for line in text.splitlines() if "caffe_build/setup.sh" in line]
-    assert run_lines, "the Dockerfile must build Caffe through caffe_build/setup.sh"
-    assert "CAFFE_CUDA=on" in text and "90" in text
-    assert 'ENTRYPOINT [".venv/bin/python", "defense_example.py"]' in text
+    assert text.splitlines()[[line.startswith("FROM") for line in text.splitlines()].index(True)] == "FROM debian:bookworm"
+    run_lines = [line for line in text.splitlines() if "caffe_build/setup.sh" in line and not line.startswith("#")]
+    assert len(run_lines) == 1 and "CAFFE_CUDA=pip" in run_lines[0], "build Caffe through setup.sh's pip toolchain"
+    assert 'CAFFE_CUDA_ARCH="$CAFFE_CUDA_ARCH"' in run_lines[0]
+    assert f'ARG CAFFE_CUDA_ARCH="{_setup_default_archs(root)}"' in text, "the image builds setup.sh's default list"
+    assert "NVIDIA_VISIBLE_DEVICES=all" in text and "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in text
+    assert 'ENTRYPOINT [".venv-cuda/bin/python", "defense_example.py"]' in text
+    assert "setup-cuda:\n\tCAFFE_CUDA=pip bash caffe_build/setup.sh" in (root / "Makefile").read_text()
+
+
+def test_cuda_toolchain_is_pinned_and_hash_checked(root):
+    lines = [line for line in (root / "caffe_build" / "cuda-13.0-requirements.txt").read_text().splitlines()
+             if line and not line.startswith("#")]
+    names = {line.split("==")[0] for line in lines}
+    assert {"nvidia-cuda-nvcc", "nvidia-cuda-runtime", "nvidia-nvvm", "nvidia-cuda-crt", "nvidia-cuda-cccl",
+            "nvidia-cublas", "nvidia-curand", "nvidia-nccl-cu13"} <= names
+    assert all("==" in line and "--hash=sha256:" in line for line in lines)
+    assert "nvidia-cuda-nvcc==13.0.88" in lines[0]
+
+
+# ---------------------------------------------------------------- the CUDA build (make test-cuda)
+CUDA_BUILD = cuda_device_count()[0] is not None
+cuda_only = pytest.mark.skipif(not CUDA_BUILD, reason="this pycaffe is the CPU build; make test-cuda tests the CUDA one")
+
+
+def _build_root() -> Path:
+    return Path((Path(sys.prefix) / ".caffe_build").read_text().strip())
+
+
+def _readelf(path: Path) -> str:
+    return subprocess.run(["readelf", "-d", str(path)], capture_output=True, text=True, check=True).stdout
+
+
+@cuda_only
+def test_cuda_build_links_cuda_13_through_its_rpath():
+    lib = _build_root() / "build" / "lib" / "libcaffe.so.1.0.0"
+    dynamic = _readelf(lib)
+    for needed in ("libcudart.so.13", "libcublas.so.13", "libcurand.so.10", "libnccl.so.2"):
+        assert f"[{needed}]" in dynamic, needed
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    pycaffe = _build_root() / "src" / "python" / "caffe" / "_caffe.so"
+    ldd = subprocess.run(["ldd", str(pycaffe)], capture_output=True, text=True, env=env, check=True).stdout
+    assert "not found" not in ldd, ldd
+    assert "libcudart.so.13 => " in ldd and "libnccl.so.2 => " in ldd
+    assert caffe.has_nccl()
+
+
+@cuda_only
+def test_cuda_build_carries_the_requested_architectures():
+    root = _build_root()
+    cache = (root / "build" / "CMakeCache.txt").read_text()
+    archs = cache.split("CUDA_ARCH_BIN:STRING=", 1)[1].splitlines()[0].split()
+    cuobjdump = shutil.which("cuobjdump") or str(Path(cache.split("CUDA_TOOLKIT_ROOT_DIR:PATH=", 1)[1].splitlines()[0])
+                                                  / "bin" / "cuobjdump")
+    lib = str(root / "build" / "lib" / "libcaffe.so.1.0.0")
+    elf = subprocess.run([cuobjdump, "--list-elf", lib], capture_output=True, text=True, check=True).stdout
+    ptx = subprocess.run([cuobjdump, "--list-ptx", lib], capture_output=True, text=True, check=True).stdout
+    assert {f"sm_{a}" for a in archs} == set(re.findall(r"\.(sm_\d+)\.cubin", elf))
+    assert set(re.findall(r"\.(sm_\d+)\.ptx", ptx)) == {f"sm_{max(archs, key=int)}"}
+
+
+@cuda_only
+def test_cuda_build_matches_the_cpu_build_in_cpu_mode(root, tmp_path):
+    """The FashionNet FRU net with its shipped weights, same input, through both builds: equal bit for bit."""
+    other = root / ".venv" / "bin" / "python"
+    if not other.exists():
+        pytest.skip("no CPU build (.venv) beside this CUDA build to compare with")
+    code = ("import sys, numpy as np; from defense.core import load_net; "
+            "net = load_net('prototxt/FashionNet/deploy_fashionnet_FRU.prototxt', "
+            "'weights/FashionNet/fashionnet_FRU.caffemodel'); "
+            "x = np.random.default_rng(0).uniform(0, 255, net.blobs['data'].data.shape).astype(np.float32); "
+            "np.save(sys.argv[1], net.forward(data=x)[net.outputs[0]])")
+    outputs = []
+    for python in (other, Path(sys.prefix) / "bin" / "python"):
+        out = tmp_path / f"{len(outputs)}.npy"
+        res = subprocess.run([str(python), "-c", code, str(out)], capture_output=True, text=True, cwd=root)
+        assert res.returncode == 0 and res.stderr == "", res.stderr
+        outputs.append(np.load(out))
+    assert outputs[0].shape[1] == 10
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+def test_no_gpu_means_no_noise_and_one_line_for_gpu_options(root, tmp_path):
+    """Without a usable GPU nothing extra is printed, and --gpu N is one line and exit 2 (Caffe would
+    abort); the CPU build names the CUDA build to make."""
+    if GPU:
+        pytest.skip("a GPU is present")
+    env = {k: v for k, v in os.environ.items() if k != "GLOG_minloglevel"}
+    quiet = subprocess.run([sys.executable, "-c", "import defense.core as c; c.set_mode(None, 1); "
+                            "c.caffe.Net  # noqa"], capture_output=True, text=True, env=env, cwd=root)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    cmd = [sys.executable, "defense_example.py", "--dnn", "FashionNet", "--attack", "UAP", "--defense", "True",
+           "--out", str(tmp_path / "demo.png"), "--gpu", "0"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
+    assert res.returncode == 2 and res.stdout == ""
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    if CUDA_BUILD:
+        assert lines[0].startswith("error: --gpu 0: no usable GPU on this machine (")
+    else:
+        assert lines[0] == ("error: --gpu 0: this Caffe build is CPU-only; build the CUDA variant with "
+                            "'make setup-cuda' and run ./.venv-cuda/bin/python")
+    assert not (tmp_path / "demo.png").exists()
+    train = subprocess.run([sys.executable, "-m", "defense.train", "--net", "FashionNet", "--dir", str(tmp_path),
+                            "--perturbations", str(tmp_path / "p.npy"), "--out", str(tmp_path / "o.caffemodel"),
+                            "--gpus", "0,1"], capture_output=True, text=True, env=env, cwd=root)
+    assert train.returncode == 2 and len(train.stderr.strip().splitlines()) == 1, train.stderr
+    assert train.stderr.startswith("error: --gpus 0,1: ")
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not gpu_available(), reason="needs a CUDA build of Caffe and a GPU")
+@pytest.mark.skipif(not GPU, reason="needs a CUDA build of Caffe and a GPU")
 def test_gpu_forward_matches_cpu(fru_like):
     net, _ = fru_like
     x = RNG.normal(size=(2, 3, 6, 6)).astype(np.float32)

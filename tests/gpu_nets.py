@@ -1,0 +1,76 @@
+"""Random-weight preset nets for the GPU tests and the GPU check (caffe_build/gpu_check.py)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+from defense.core import caffe, load_net, param_shapes, read_net_param, save_blobs, set_net_blobs, write_net_param
+from defense.presets import get_preset
+from defense.surgery import random_blobs
+
+NETS = ("FashionNet", "CaffeNet", "VGG_F", "GoogLeNet", "VGG16", "ResNet152")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def layer_types(net: "caffe.Net") -> Dict[str, str]:
+    return {name: net.layer_dict[name].type for name in net._layer_names}
+
+
+def random_net(prototxt: Path, batch: int, seed: int = 0, backward: bool = False) -> "caffe.Net":
+    """The committed deploy net at ``batch`` with well-scaled random weights (fixed by ``seed``)."""
+    net = load_net(prototxt, force_backward=backward)
+    shape = net.blobs["data"].data.shape
+    net.blobs["data"].reshape(batch, *shape[1:])
+    net.reshape()
+    set_net_blobs(net, random_blobs(param_shapes(net), layer_types(net), np.random.default_rng(seed)))
+    return net
+
+
+def random_input(net: "caffe.Net", seed: int = 1) -> np.ndarray:
+    shape = net.blobs["data"].data.shape
+    return (np.random.default_rng(seed).standard_normal(shape) * 50).astype(np.float32)
+
+
+def forward_backward(net: "caffe.Net", x: np.ndarray) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+    """Every blob after a forward pass, and every blob's gradient after a backward pass from a fixed
+    output gradient: covers each layer type of the net in both directions."""
+    net.blobs["data"].data[...] = x
+    net.forward()
+    data = {name: blob.data.copy() for name, blob in net.blobs.items()}
+    out = net.outputs[0]
+    net.blobs[out].diff[...] = np.random.default_rng(2).standard_normal(net.blobs[out].diff.shape)
+    net.backward()
+    diff = {name: blob.diff.copy() for name, blob in net.blobs.items()}
+    return data, diff
+
+
+def generated_fru_dir(name: str, out: Path, batch: int, seed: int = 0) -> Path:
+    """``python -m defense.generate`` output (train net, solver, init.caffemodel) for a preset,
+    on random baseline weights (FashionNet: its shipped weights)."""
+    preset = get_preset(name)
+    if name == "FashionNet":
+        weights = ROOT / "weights" / "FashionNet" / "fashionnet.caffemodel"
+    else:
+        net = random_net(preset.deploy, 1, seed)
+        weights = save_blobs(out / "base.caffemodel",
+                             {k: [b.data.copy() for b in v] for k, v in net.params.items()})
+    cmd = [sys.executable, "-m", "defense.generate", "--preset", name, "--weights", str(weights),
+           "--out", str(out / "fru"), "--batch", str(batch), "--seed", str(seed)]
+    subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
+    # Dropout draws its masks from cuRAND on the GPU and Boost on the CPU: drop it (in place,
+    # so the graph is otherwise the same) to compare the two devices step for step.
+    train_net = out / "fru" / "train.prototxt"
+    param = read_net_param(train_net)
+    kept = [layer for layer in param.layer if layer.type != "Dropout"]
+    del param.layer[:]
+    param.layer.extend(kept)
+    write_net_param(train_net, param)
+    return out / "fru"
+
+
+def blob_names_changed(before: Dict[str, List[np.ndarray]], after: Dict[str, List[np.ndarray]]) -> List[str]:
+    return sorted(k for k in before if any(not np.array_equal(a, b) for a, b in zip(before[k], after[k])))
