@@ -16,7 +16,7 @@
 #   FRU_CACHE          cache root (default ~/.cache/fru-toolkit)
 #   PYTHON             interpreter for the venv (default python3)
 #   SKIP_APT=1         do not install Debian packages (they must be present)
-set -euo pipefail
+set -Eeuo pipefail  # -E: the ERR trap also fires inside functions (quiet)
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RECIPE="$ROOT/caffe_build"

@@ -249,6 +249,10 @@ def cuda_device_count() -> tuple:
         return None, "this Caffe build has no CUDA"
     import ctypes
 
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0, "no NVIDIA driver: libcuda.so.1 not found"
     cudart = ctypes.CDLL(path)
     cudart.cudaGetErrorString.restype = ctypes.c_char_p
     count = ctypes.c_int(0)

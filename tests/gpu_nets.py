@@ -8,7 +8,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from defense.core import caffe, load_net, param_shapes, read_net_param, save_blobs, set_net_blobs, write_net_param
+from defense.core import caffe, load_net, param_shapes, read_net_param, set_net_blobs, write_net_param
 from defense.presets import get_preset
 from defense.surgery import random_blobs
 
@@ -55,9 +55,8 @@ def generated_fru_dir(name: str, out: Path, batch: int, seed: int = 0) -> Path:
     if name == "FashionNet":
         weights = ROOT / "weights" / "FashionNet" / "fashionnet.caffemodel"
     else:
-        net = random_net(preset.deploy, 1, seed)
-        weights = save_blobs(out / "base.caffemodel",
-                             {k: [b.data.copy() for b in v] for k, v in net.params.items()})
+        weights = out / "base.caffemodel"
+        random_net(preset.deploy, 1, seed).save(str(weights))
     cmd = [sys.executable, "-m", "defense.generate", "--preset", name, "--weights", str(weights),
            "--out", str(out / "fru"), "--batch", str(batch), "--seed", str(seed)]
     subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)

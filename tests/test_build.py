@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from defense.core import caffe, cuda_device_count, L, P, gpu_available, load_blobs, save_blobs, write_net_param
+from defense.core import caffe, cuda_device_count, cuda_runtime_path, L, P, gpu_available, load_blobs, save_blobs, write_net_param
 
 GPU = gpu_available()
 
@@ -270,6 +270,9 @@ CUDA_BUILD = cuda_device_count()[0] is not None
 cuda_only = pytest.mark.skipif(not CUDA_BUILD, reason="this pycaffe is the CPU build; make test-cuda tests the CUDA one")
 
 
+CUDA_PIP_BUILD = CUDA_BUILD and "/cuda/pip-" in (cuda_runtime_path() or "")
+
+
 def _build_root() -> Path:
     return Path((Path(sys.prefix) / ".caffe_build").read_text().strip())
 
@@ -297,8 +300,10 @@ def test_cuda_build_carries_the_requested_architectures():
     root = _build_root()
     cache = (root / "build" / "CMakeCache.txt").read_text()
     archs = cache.split("CUDA_ARCH_BIN:STRING=", 1)[1].splitlines()[0].split()
-    cuobjdump = shutil.which("cuobjdump") or str(Path(cache.split("CUDA_TOOLKIT_ROOT_DIR:PATH=", 1)[1].splitlines()[0])
-                                                  / "bin" / "cuobjdump")
+    toolkit = re.search(r"^CUDA_TOOLKIT_ROOT_DIR:[A-Z]+=(.*)$", cache, re.M).group(1)
+    cuobjdump = str(Path(toolkit) / "bin" / "cuobjdump") if CUDA_PIP_BUILD else shutil.which("cuobjdump")
+    if cuobjdump is None:
+        pytest.skip("no cuobjdump on PATH to list the architectures")
     lib = str(root / "build" / "lib" / "libcaffe.so.1.0.0")
     elf = subprocess.run([cuobjdump, "--list-elf", lib], capture_output=True, text=True, check=True).stdout
     ptx = subprocess.run([cuobjdump, "--list-ptx", lib], capture_output=True, text=True, check=True).stdout
@@ -375,3 +380,15 @@ def test_gpu_forward_matches_cpu(fru_like):
     grad_cpu = net.backward(start="fc")["data"].copy()
     np.testing.assert_allclose(gpu, cpu, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(grad_gpu, grad_cpu, rtol=1e-4, atol=1e-4)
+
+
+def test_gpu_check_without_a_gpu_is_one_line_and_exit_2(root, tmp_path):
+    if GPU:
+        pytest.skip("a GPU is present: make gpu-check measures")
+    res = subprocess.run(["bash", "caffe_build/gpu-check.sh", "--out", str(tmp_path / "g.json")], cwd=root,
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and res.stdout == ""
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    expected = "gpu-check: no GPU (" if (root / ".venv-cuda").exists() else "gpu-check: no CUDA build here"
+    assert res.stderr.startswith(expected), res.stderr
+    assert not (tmp_path / "g.json").exists()

@@ -82,12 +82,11 @@ def test_fru_training_on_gpu_changes_only_frus_and_matches_cpu(tmp_path, on_gpu)
 @pytest.mark.parametrize("attack", ["uap", "spgd"])
 def test_universal_attacks_on_gpu_match_cpu(attack, on_gpu):
     from attacks import SPGD, UAP, CaffeClassifier
-    from attacks.toy import fashion_subset
 
     preset = get_preset("FashionNet")
     clf = CaffeClassifier.from_files(preset.deploy, ROOT / "weights" / "FashionNet" / "fashionnet.caffemodel",
                                      preset=preset.name, batch_size=50)
-    x, _ = fashion_subset("test", 200)
+    x = np.random.default_rng(0).uniform(0, 255, (200,) + clf.input_shape).astype(np.float32)
     out = {}
     for device in ("cpu", "gpu"):
         on_gpu(device == "gpu")
