@@ -40,7 +40,7 @@ from attacks.perturbation_io import load_any, load_perturbations
 from .core import ToolkitError, run_cli, set_mode, write_text
 from .data import Subset
 from .data.imagenet import ImageNetIndex
-from .evaluate.compare import add_restoration, metric_rows
+from .evaluate.compare import add_restoration, metric_row, metric_rows
 from .evaluate.conditions import Condition, Predictions, draw_choices, predict_conditions
 from .evaluate.resources import (PUBLISHED_PERTURBATIONS, ModelPair, fetch_missing, load_classifier,
                                  missing_published, model_pair, published_path, require_weights)
@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 INDEX_ENV = "FRU_IMAGENET_VAL_INDEX"
 DEFAULT_OUT = Path("results") / "tables"
 MODELS = ("baseline", "fru")
+RUN_METRICS = ("perturbed_top1", "perturbed_top5", "fooling_rate")
 
 
 # ---------------------------------------------------------------- protocol -> arrays
@@ -113,15 +114,11 @@ def summarize_case(case: TableCase, conditions: Sequence[Condition], labels: np.
             per_image = ((preds[model]["clean"].top1 == labels).astype(np.float64) + pert_hit) / (2 * published_denominator)
             row["restoration_accuracy_ci95"] = list(bootstrap_ci(per_image, seed=ci_seed))
         if len(names) > 1:
-            row["runs"] = {c.name: {**metric_row_of_run(labels, preds[model], c.name), "files": list(c.files)}
-                           for c in conditions}
+            row["runs"] = {}
+            for c in conditions:  # each run on its own
+                run = metric_row(labels, preds[model]["clean"], [preds[model][c.name]], top5=True, fooling_ci=False)
+                row["runs"][c.name] = {**{k: run[k] for k in RUN_METRICS}, "files": list(c.files)}
     return rows
-
-
-def metric_row_of_run(labels: np.ndarray, by_condition: Mapping[str, Predictions], condition: str) -> dict:
-    """Perturbed top-1/top-5 and fooling rate of one run of a case."""
-    row = metric_rows(labels, {"m": by_condition}, [condition], top5=True, fooling_ci=False)["m"]
-    return {k: row[k] for k in ("perturbed_top1", "perturbed_top5", "fooling_rate")}
 
 
 # ---------------------------------------------------------------- report

@@ -7,8 +7,9 @@ in pixel units before mean subtraction, not clipped by default. For every evalua
 report clean and perturbed top-1, the fooling rate (top-1 label changes, ground truth
 unused) and the restoration accuracy
 ``(clean top-1 + perturbed top-1) / (2 x clean top-1 of the undefended baseline)``;
-all metrics come from ``attacks.metrics``. Results go to JSON, a markdown table and a bar
-chart, each written atomically.
+all metrics come from ``attacks.metrics``, and ``metric_rows`` is the one place that turns
+predictions into these per-model rows (also for the reproduction's cases and the paper's tables).
+Reports (JSON, markdown, bar chart) are ``defense.evaluate.report``.
 """
 from __future__ import annotations
 
