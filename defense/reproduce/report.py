@@ -184,6 +184,16 @@ def adaptive_results(records: Dict[str, dict]) -> dict:
     return {**records.get("adaptive", {}).get("result", {}), **records.get("secondary", {}).get("result", {})}
 
 
+def finish_order(records: Dict[str, dict]) -> List[Tuple[str, dict]]:
+    """Stage records in the order the stages ended (their recorded ``ended_at``), so a rerun that
+    skips every stage reports them as the run that computed them did, whatever order the workers
+    answer in; records written before end times were kept stay in arrival order."""
+    items = list(records.items())
+    if all("ended_at" in r for _, r in items):
+        items.sort(key=lambda item: item[1]["ended_at"])
+    return items
+
+
 def build_summary(ctx: Context, started: float, load_start: Sequence[float]) -> dict:
     cases = {}
     rec = ctx.records
@@ -196,7 +206,7 @@ def build_summary(ctx: Context, started: float, load_start: Sequence[float]) -> 
                            "images": result["images"], "models": case_rows(result)}
     rec = ctx.records
     base = rec["baseline"]["result"]
-    timings = {name: {"seconds": r["seconds"], "resumed": r.get("resumed", False)} for name, r in rec.items()}
+    timings = {name: {"seconds": r["seconds"], "resumed": r.get("resumed", False)} for name, r in finish_order(rec)}
     summary = {
         "network": NET, "command": "python -m defense.reproduce " + " ".join(sys.argv[1:]),
         "config": dataclasses.asdict(ctx.cfg), "xi_l2": ctx.cfg.l2_radius,

@@ -11,7 +11,7 @@ import pytest
 from defense.reproduce.config import (L2_PER_LINF, METRICS, NET, REQUIRED_MODELS, ReproConfig, attack_sets,
                                       eval_cases, stage_of, train_subsets)
 from defense.reproduce.pipeline import STAGE_NAMES, STAGES
-from defense.reproduce.report import check_targets, ship, stages_wall_seconds
+from defense.reproduce.report import check_targets, finish_order, ship, stages_wall_seconds
 from defense.reproduce.runner import Context, ready_stages
 from defense.reproduce.stages import (_bottom_ranked, evaluation_images, fru_targets, masked_restoration,
                                       training_perturbations)
@@ -258,3 +258,9 @@ def test_committed_results_carry_no_machine_paths(root):
         strings = re.findall(r'"((?:[^"\\]|\\.)*)"', path.read_text())
         absolute = [s for s in strings if s.startswith("/") or re.match(r"^[A-Za-z]:\\", s)]
         assert not absolute, (path, absolute[:3])
+
+
+def test_timings_follow_the_order_the_stages_ended():
+    records = {"b": {"ended_at": 20.0}, "a": {"ended_at": 10.0}, "c": {"ended_at": 30.0}}
+    assert [name for name, _ in finish_order(records)] == ["a", "b", "c"]
+    assert [name for name, _ in finish_order({"b": {}, "a": {"ended_at": 1.0}})] == ["b", "a"]  # older records
