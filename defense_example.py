@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from defense.core import run_cli, set_mode
-from defense.demo import LABELS_ENV, DemoOptions, run_demo, save_figure
+from defense.evaluate.demo import LABELS_ENV, DemoOptions, run_demo, save_figure
 from defense.paper import DEMO, DEMO_ATTACKS
-from defense.resources import PUBLISHED_PERTURBATIONS
+from defense.evaluate.resources import PUBLISHED_PERTURBATIONS
 
 
 def _bool(text: str) -> bool:

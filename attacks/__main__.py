@@ -18,12 +18,12 @@ import numpy as np
 
 from defense.core import ToolkitError, run_cli, set_mode, write_text
 
-from . import ATTACKS
 from .classifier import CaffeClassifier
 from .data import load_images, split_holdout
+from .factory import attack_defaults, make_attack
 from .metrics import fooling_report
-from .perturbation_io import (PUBLISHED_LOADERS, PerturbationMeta, load_mat, load_perturbation,
-                              load_published, save_perturbation)
+from .perturbation_io import PUBLISHED_LOADERS, PerturbationMeta, load_mat, load_perturbations, load_published, \
+    save_perturbation
 from .projection import lp_norm
 from .synthetic import RULES, synthesize
 
@@ -70,39 +70,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("uap", help="UAP (Moosavi-Dezfooli et al. 2017), batched DeepFool")
     _attack_args(p, data_required=True)
-    p.add_argument("--delta", type=float, default=0.2, help="stop at fooling rate 1-delta (default 0.2)")
-    p.add_argument("--max-passes", type=int, default=10, help="passes over the data (default 10)")
-    p.add_argument("--overshoot", type=float, default=0.02)
-    p.add_argument("--max-iter-df", type=int, default=50, help="DeepFool iterations (default 50)")
-    p.add_argument("--num-classes", type=int, default=10, help="DeepFool's top-k classes (default 10)")
+    d = attack_defaults("uap")
+    p.add_argument("--delta", type=float, help=f"stop at fooling rate 1-delta (default {d['delta']})")
+    p.add_argument("--max-passes", type=int, help=f"passes over the data (default {d['max_passes']})")
+    p.add_argument("--overshoot", type=float, help=f"DeepFool overshoot (default {d['overshoot']})")
+    p.add_argument("--max-iter-df", type=int, help=f"DeepFool iterations (default {d['max_iter_df']})")
+    p.add_argument("--num-classes", type=int, help=f"DeepFool's top-k classes (default {d['num_classes']})")
     p.add_argument("--state", help="resume file (default: --out with .state.npz); rerun to resume")
 
     p = sub.add_parser("spgd", help="sPGD (Mummadi et al. 2019): stochastic PGD on one perturbation")
     _attack_args(p, data_required=True)
-    p.add_argument("--step-size", type=float, default=None, help="pixel units per step (default xi/10)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--loss-clip", type=float, default=None, help="cross-entropy clip (default: none)")
-    p.add_argument("--delta", type=float, default=0.0, help="stop early at fooling rate 1-delta (0: never)")
+    d = attack_defaults("spgd")
+    p.add_argument("--step-size", type=float, help="pixel units per step (default xi/10)")
+    p.add_argument("--epochs", type=int, help=f"passes over the data (default {d['epochs']})")
+    p.add_argument("--loss-clip", type=float, help="cross-entropy clip (default: none)")
+    p.add_argument("--delta", type=float, help=f"stop early at fooling rate 1-delta (default {d['delta']}: never)")
 
     for name, helptext in (("fff", "Fast Feature Fool (Mopuri et al. 2017), data-free"),
                            ("gduap", "GD-UAP (Mopuri et al. 2018), data-free with priors")):
         p = sub.add_parser(name, help=helptext)
         _attack_args(p, data_required=False, norm=False)
         p.add_argument("--layers", nargs="+", help="blobs to excite (default: every conv output)")
-        p.add_argument("--lr", type=float, default=None, help="Adam step, pixel units (default xi/100)")
-        p.add_argument("--max-iter", type=int, default=300)
+        d = attack_defaults(name)
+        p.add_argument("--lr", type=float, help="Adam step, pixel units (default xi/100)")
+        p.add_argument("--max-iter", type=int, help=f"iterations (default {d['max_iter']})")
         if name == "gduap":
-            p.add_argument("--prior", default="range", choices=["none", "range", "data"])
-            p.add_argument("--saturation", type=float, default=0.5, help="halve v above this saturated share")
+            p.add_argument("--prior", choices=["none", "range", "data"], help=f"default {d['prior']}")
+            p.add_argument("--saturation", type=float,
+                           help=f"halve v above this saturated share (default {d['saturation']})")
 
     p = sub.add_parser("svuap", help="SV-UAP (Khrulkov & Oseledets 2018): (p,q)-singular vectors")
     _attack_args(p, data_required=True)
     p.add_argument("--layer", help="hidden blob (default: first conv output)")
-    p.add_argument("--p", type=float, default=None, help="power-method input norm (default: inf / 2)")
-    p.add_argument("--q", type=float, default=10.0)
-    p.add_argument("--n-images", type=int, default=64)
-    p.add_argument("--max-iter", type=int, default=30)
-    p.add_argument("--fd-step", type=float, default=1.0, help="finite-difference step (l_2 pixel units)")
+    d = attack_defaults("svuap")
+    p.add_argument("--p", type=float, help="power-method input norm (default: inf / 2)")
+    p.add_argument("--q", type=float, help=f"output norm of the singular vector (default {d['q']})")
+    p.add_argument("--n-images", type=int, help=f"images of the power method (default {d['n_images']})")
+    p.add_argument("--max-iter", type=int, help=f"power iterations (default {d['max_iter']})")
+    p.add_argument("--fd-step", type=float, help=f"finite-difference step, l_2 pixel units (default {d['fd_step']})")
 
     p = sub.add_parser("synthetic", help="synthetic perturbations mixed from a set of UAP files")
     p.add_argument("--inputs", nargs="+", required=True, help="perturbation files (toolkit format, or --input-format)")
@@ -209,7 +214,7 @@ def run_attack(args) -> Dict[str, object]:
         else:
             a, h = split_holdout(len(x), args.holdout_fraction, np.random.default_rng([args.seed, 1]))
             x_attack, x_held = x[a], (x[h] if len(h) else None)
-    attack = ATTACKS[args.command](clf, **_attack_kwargs(args))
+    attack = make_attack(args.command, clf, **_attack_kwargs(args))
     t0 = time.perf_counter()
     result = attack.generate(x_attack, rng)
     elapsed = time.perf_counter() - t0
@@ -233,14 +238,11 @@ def run_attack(args) -> Dict[str, object]:
 
 
 def run_synthetic(args) -> Dict[str, object]:
-    if args.input_format == "toolkit":
-        arrays = [load_perturbation(p)[0] for p in args.inputs]
-    else:
-        arrays = [load_published(args.input_format, p) for p in args.inputs]
-    shapes = {a.shape[-3:] for a in arrays}
+    arrays = load_perturbations(args.inputs, args.input_format)
+    shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
         raise ToolkitError(f"the input perturbations have different shapes {sorted(shapes)}")
-    stack = np.concatenate([a[None] if a.ndim == 3 else a for a in arrays])
+    stack = np.stack(arrays)
     threshold = args.threshold if args.threshold in ("min", "max") else float(args.threshold)
     t0 = time.perf_counter()
     res = synthesize(stack, args.count, np.random.default_rng(args.seed), threshold, args.rule, args.max_steps)

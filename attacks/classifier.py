@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
-from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from defense.core import (ToolkitError, caffe, caffe_pb2, check_weights_fit, net_param_text, read_caffemodel,
-                          read_net_param, validate_net_param)
+from defense.core import ToolkitError, caffe, caffe_pb2, load_net, read_net_param
 
 log = logging.getLogger(__name__)
 
@@ -77,21 +74,8 @@ def freeze_weights(param: "caffe_pb2.NetParameter") -> "caffe_pb2.NetParameter":
 
 
 def load_gradient_net(prototxt: os.PathLike | str, weights: os.PathLike | str | None) -> "caffe.Net":
-    """Like ``defense.core.load_net(..., force_backward=True)``, with frozen weights."""
-    param = read_net_param(prototxt)
-    if weights is not None:
-        read_caffemodel(weights)
-    param.force_backward = True
-    param = freeze_weights(param)
-    validate_net_param(param, prototxt)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "net.prototxt"
-        path.write_text(net_param_text(param))
-        net = caffe.Net(str(path), caffe.TEST)
-    if weights is not None:
-        check_weights_fit(prototxt, weights, net)
-        net.copy_from(str(weights))
-    return net
+    """``defense.core.load_net(..., force_backward=True)`` with frozen weights (``freeze_weights``)."""
+    return load_net(freeze_weights(read_net_param(prototxt)), weights, force_backward=True, source=prototxt)
 
 
 def _mean_array(mean, channels: int) -> np.ndarray:

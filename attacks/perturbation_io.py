@@ -3,8 +3,10 @@
 Canonical array: float32 ``(C, H, W)`` (or a stack ``(K, C, H, W)``), C = 3 (BGR) or 1 (grey), pixel units
 ([0,255] scale), added to the image *before* mean subtraction. The toolkit's file is HDF5:
 dataset ``perturbation`` plus attributes (``PerturbationMeta``). Published files are read by
-one small pure loader per format (``PUBLISHED_LOADERS``), following
-``attack_samples/FORMATS.md`` of the reference data; conversion happens only here.
+one small pure loader per format, following ``attack_samples/FORMATS.md`` of the reference
+data. ``FORMATS`` is the one registry of every format a perturbation file can have (published,
+the toolkit's, plain arrays); ``load_any`` reads one perturbation and ``load_perturbations`` a
+list of files (stacks unpacked). Conversion happens only here.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -161,17 +163,6 @@ def load_spgd_h5(path: os.PathLike | str) -> np.ndarray:
     return _finish(v)
 
 
-PUBLISHED_LOADERS: Dict[str, Callable[[os.PathLike | str], np.ndarray]] = {
-    "uap": load_uap_h5,
-    "fff": load_fff_npy,
-    "nag": load_nag_npy,
-    "sfool": load_sfool_h5,
-    "gap": load_gap_h5,
-    "guap": load_guap_npy,
-    "spgd": load_spgd_h5,
-}
-
-
 def _attack_key(attack: str) -> str:
     key = attack.lower().replace("-", "").replace("_", "").replace(".", "").replace(" ", "")
     return {"svuap": "sfool", "singular": "sfool"}.get(key, key)
@@ -215,3 +206,120 @@ def load_mat(path: os.PathLike | str, variable: Optional[str] = None, layout: st
         raise ToolkitError(f"{path}: variable '{variable}' has shape {arr.shape}, expected 3 channels in layout {layout}")
     v = arr.transpose([layout.index(a) for a in "CHW"])
     return _finish(v[::-1] if rgb else v)
+
+
+# ------------------------------------------------------------------ the registry
+@dataclass(frozen=True)
+class PerturbationFormat:
+    """One file format: its loader, the file suffix it comes in, and its kind.
+
+    :param kind: ``published`` (a format of the paper's ``Attack_samples/``), ``variant`` (a
+        published file read another way, e.g. FFF cropped at offset 1 as the published demo does),
+        ``toolkit`` (the toolkit's HDF5 file, single or stacked) or ``array`` (plain arrays).
+    """
+
+    name: str
+    load: Callable[[os.PathLike | str], np.ndarray]
+    suffix: str
+    kind: str
+
+
+def _load_toolkit(path: os.PathLike | str) -> np.ndarray:
+    return load_perturbation(path)[0]
+
+
+def _load_npy(path: os.PathLike | str) -> np.ndarray:
+    return _finish(read_npy(path))
+
+
+FORMATS: Dict[str, PerturbationFormat] = {f.name: f for f in (
+    PerturbationFormat("uap", load_uap_h5, ".h5", "published"),
+    PerturbationFormat("fff", load_fff_npy, ".npy", "published"),
+    PerturbationFormat("fff1", lambda path: load_fff_npy(path, offset=1), ".npy", "variant"),
+    PerturbationFormat("nag", load_nag_npy, ".npy", "published"),
+    PerturbationFormat("sfool", load_sfool_h5, ".h5", "published"),
+    PerturbationFormat("gap", load_gap_h5, ".h5", "published"),
+    PerturbationFormat("guap", load_guap_npy, ".npy", "published"),
+    PerturbationFormat("spgd", load_spgd_h5, ".h5", "published"),
+    PerturbationFormat("toolkit", _load_toolkit, ".h5", "toolkit"),
+    PerturbationFormat("npy", _load_npy, ".npy", "array"),
+    PerturbationFormat("mat", lambda path: load_mat(path), ".mat", "array"),
+)}
+"""Format name -> ``PerturbationFormat``: every loader of the toolkit, in one place."""
+
+PUBLISHED_LOADERS: Dict[str, Callable[[os.PathLike | str], np.ndarray]] = {
+    name: f.load for name, f in FORMATS.items() if f.kind == "published"}
+"""The published formats' loaders (a view of ``FORMATS``)."""
+
+
+def is_toolkit_file(path: os.PathLike | str) -> bool:
+    """Whether ``path`` is an HDF5 file holding the toolkit's ``perturbation`` dataset."""
+    path = Path(path)
+    if path.suffix not in (".h5", ".hdf5") or not path.is_file():
+        return False
+    import h5py
+    try:
+        with h5py.File(path, "r") as fh:
+            return DATASET in fh
+    except OSError:
+        return False
+
+
+def detect_format(path: os.PathLike | str, default: str = "toolkit") -> str:
+    """The format of a file a user brings: the toolkit's HDF5 file, else a plain ``.npy`` array
+    where ``default`` does not itself come as ``.npy`` (FFF, NAG, G-UAP), else ``default``."""
+    if default not in FORMATS:
+        raise ValueError(f"perturbation format must be one of {', '.join(FORMATS)}, got '{default}'")
+    path = Path(path)
+    if is_toolkit_file(path):
+        return "toolkit"
+    if path.suffix == ".npy" and FORMATS[default].suffix != ".npy":
+        return "npy"
+    return default
+
+
+def _read(path: os.PathLike | str, fmt: Optional[str]) -> Tuple[Path, np.ndarray]:
+    path = Path(path)
+    fmt = detect_format(path) if fmt is None else fmt
+    if fmt not in FORMATS:
+        raise ValueError(f"perturbation format must be one of {', '.join(FORMATS)}, got '{fmt}'")
+    if not path.is_file():
+        raise ToolkitError(f"{path}: perturbation file not found; check the path")
+    v = np.asarray(FORMATS[fmt].load(path), dtype=np.float32)
+    if not np.all(np.isfinite(v)):
+        raise ToolkitError(f"{path}: perturbation holds NaN or infinite values")
+    return path, v
+
+
+def load_any(path: os.PathLike | str, fmt: Optional[str] = None, expect: Optional[tuple] = None) -> np.ndarray:
+    """One perturbation file as a float32 ``(C, H, W)`` array in pixel units (BGR).
+
+    :param fmt: a name of ``FORMATS`` (default: ``detect_format``); a stack is an error here.
+    :param expect: the network's input shape, checked here so Caffe never sees a wrong one.
+    """
+    path, v = _read(path, fmt)
+    if v.ndim == 4 and v.shape[0] == 1:
+        v = v[0]
+    if v.ndim != 3:
+        raise ToolkitError(f"{path}: expected one (C, H, W) perturbation, got shape {v.shape}")
+    if expect is not None and tuple(v.shape) != tuple(expect):
+        raise ToolkitError(f"{path}: perturbation shape {tuple(v.shape)} does not fit the network input {tuple(expect)}")
+    return np.ascontiguousarray(v, dtype=np.float32)
+
+
+def load_perturbations(paths: Sequence[os.PathLike | str], fmt: Optional[str] = None) -> List[np.ndarray]:
+    """Every perturbation of ``paths`` (single ``(C,H,W)`` or stacked ``(K,C,H,W)`` files), in order.
+
+    :param fmt: the format of every file (default: ``detect_format`` of each: the toolkit's HDF5
+        file or a plain ``.npy`` array).
+    """
+    out: List[np.ndarray] = []
+    for path in paths:
+        path, v = _read(path, fmt)
+        if v.ndim == 3:
+            out.append(v)
+        elif v.ndim == 4:
+            out.extend(v)
+        else:
+            raise ToolkitError(f"{path}: a perturbation must be (C,H,W) or (K,C,H,W), got shape {v.shape}")
+    return out

@@ -6,38 +6,25 @@ scales its input by 1/64 with a Power layer so Xavier initialisation suits pixel
 """
 from __future__ import annotations
 
-import gzip
 import os
 from pathlib import Path
 from typing import Tuple
 
 import numpy as np
 
-from defense.core import L, P, ToolkitError, caffe, caffe_pb2, write_net_param, write_text
+from defense.core import L, P, caffe, caffe_pb2, read_idx, solver_param, write_net_param, write_text
+from defense.presets import FASHION_MNIST_DIR, FASHION_MNIST_FILES, FASHION_MNIST_FIX
 
-FASHION_DIR = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 MEAN = (128.0, 128.0, 128.0)
 SIZE = 28
 CLASSES = 10
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """IDX file (gzip-compressed) -> numpy array (format of yann.lecun.com/exdb/mnist)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ToolkitError(f"{path}: Fashion-MNIST file not found; install dataset-fashion-mnist or set FASHION_MNIST_DIR")
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
 def fashion_subset(split: str, n: int, start: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     """``n`` images of the 'train' or 'test' split as (N,3,28,28) float32 and int64 labels."""
-    prefix = {"train": "train", "test": "t10k"}[split]
-    images = read_idx(FASHION_DIR / f"{prefix}-images-idx3-ubyte.gz")[start:start + n]
-    labels = read_idx(FASHION_DIR / f"{prefix}-labels-idx1-ubyte.gz")[start:start + n]
+    image_file, label_file, _ = FASHION_MNIST_FILES[split]
+    images = read_idx(FASHION_MNIST_DIR / image_file, 3, FASHION_MNIST_FIX)[start:start + n]
+    labels = read_idx(FASHION_MNIST_DIR / label_file, 1, FASHION_MNIST_FIX)[start:start + n]
     x = np.repeat(images[:, None].astype(np.float32), 3, axis=1)
     return np.ascontiguousarray(x), labels.astype(np.int64)
 
@@ -83,9 +70,9 @@ def train_tiny_net(out_dir: os.PathLike | str, iters: int = 300, n_train: int = 
     batch = 64
     write_net_param(out / "train.prototxt", tiny_net(batch, train=True, fc_width=fc_width))
     write_net_param(out / "deploy.prototxt", tiny_net(1, train=False, fc_width=fc_width))
-    solver = caffe_pb2.SolverParameter(train_net=str(out / "train.prototxt"), base_lr=3e-3, type="Adam",
-                                       momentum=0.9, momentum2=0.999, lr_policy="fixed", max_iter=iters,
-                                       display=0, random_seed=seed, snapshot_after_train=False)
+    solver = solver_param(train_net=str(out / "train.prototxt"), base_lr=3e-3, solver_type="Adam", momentum=0.9,
+                          momentum2=0.999, lr_policy="fixed", max_iter=iters, display=0, random_seed=seed,
+                          snapshot_after_train=False)
     write_text(out / "solver.prototxt", str(solver))
     caffe.set_random_seed(seed)
     s = caffe.get_solver(str(out / "solver.prototxt"))

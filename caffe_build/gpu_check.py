@@ -131,7 +131,7 @@ def bench_evaluation(images: int = 1000, workers: int = 0) -> dict:
 
     from attacks import CaffeClassifier
     from defense.evaluate import Model, evaluate
-    from defense.imagenet import ImageNetIndex, write_index
+    from defense.data.imagenet import ImageNetIndex, write_index
 
     preset = get_preset("CaffeNet")
     workers = workers or os.cpu_count() or 4

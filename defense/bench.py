@@ -27,12 +27,12 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .core import caffe, caffe_pb2, param_shapes, run_cli, set_mode, set_net_blobs, write_text
-from .export import blob_channels, fast_layout, find_fru_blocks, fold_batchnorm
-from .fru import insert_frus
-from .generate import build_net
+from .core import caffe, caffe_pb2, load_net, param_shapes, run_cli, set_mode, set_net_blobs, write_text
+from .generate.export import blob_channels, fast_layout, find_fru_blocks, fold_batchnorm
+from .generate.fru import insert_frus
+from .generate.surgery import init_fru_blobs, random_blobs
+from .networks import build_baseline
 from .presets import get_preset
-from .surgery import init_fru_blobs, random_blobs
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +80,14 @@ def with_batch(param: "caffe_pb2.NetParameter", batch: int) -> "caffe_pb2.NetPar
 
 def layouts(name: str, seed: int = 0) -> Dict[str, tuple]:
     """``{layout: (NetParameter, blobs)}`` for one preset, all at batch 1."""
-    from .networks import build_baseline
     preset = get_preset(name)
     base = build_baseline(name)
-    net = build_net(None, base)
+    net = load_net(base)
     types = {n: net.layer_dict[n].type for n in net.params}
     base_blobs = random_blobs(param_shapes(net), types, np.random.default_rng(seed))
     fru = insert_frus(base, preset.targets, preset.mode, name)
     fru_blobs, _ = init_fru_blobs(base, base_blobs, preset.targets, preset.mode, seed, source=name)
-    fast, fast_blobs, _ = fast_layout(fru, fru_blobs, blob_channels(build_net(None, fru)), name)
+    fast, fast_blobs, _ = fast_layout(fru, fru_blobs, blob_channels(load_net(fru)), name)
     out = {"baseline": (base, base_blobs)}
     if any(layer.type == "BatchNorm" for layer in base.layer):
         out["baseline_bn_folded"] = fold_batchnorm(base, base_blobs)
@@ -111,7 +110,7 @@ def available_bytes() -> Optional[int]:
 
 def net_bytes(param: "caffe_pb2.NetParameter", batch: int) -> int:
     """Blob data at ``batch`` plus the parameters: what a forward pass holds (from the net at batch 1)."""
-    net = build_net(None, with_batch(param, 1))
+    net = load_net(with_batch(param, 1))
     return 4 * (batch * sum(b.data.size for b in net.blobs.values())
                 + sum(p.data.size for ps in net.params.values() for p in ps))
 
@@ -128,7 +127,7 @@ def bench_one(name: str, batch: int, reps: int, seed: int = 0) -> Dict[str, obje
         return {"net": name, "batch": batch, "skipped": f"the {len(all_layouts)} layouts side by side need about "
                 f"{need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB available; use a smaller --batch"}
     for layout, (param, blobs) in all_layouts.items():
-        net = build_net(None, with_batch(param, batch))
+        net = load_net(with_batch(param, batch))
         set_net_blobs(net, blobs)
         if x is None:
             x = (rng.standard_normal(net.blobs["data"].data.shape) * 50).astype(np.float32)

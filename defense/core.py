@@ -7,11 +7,13 @@ same folder, then rename) so an interrupted run never leaves a half-written outp
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
+import struct
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 # Caffe's glog prints every layer it builds at INFO level; keep it quiet unless asked.
 os.environ.setdefault("GLOG_minloglevel", "2")
@@ -113,11 +115,13 @@ def read_caffemodel(path: os.PathLike | str) -> "caffe_pb2.NetParameter":
     return net
 
 
+def _layers(net: "caffe_pb2.NetParameter") -> list:
+    """Layers of a caffemodel in either format (current ``layer`` or pre-2015 ``layers``)."""
+    return list(net.layer) + list(net.layers)
+
+
 def _blob_array(blob: "caffe_pb2.BlobProto") -> np.ndarray:
-    if blob.HasField("shape"):
-        shape = tuple(blob.shape.dim)
-    else:  # legacy 4-D (num, channels, height, width)
-        shape = (blob.num, blob.channels, blob.height, blob.width)
+    shape = _stored_shape(blob)
     data = np.asarray(blob.double_data if len(blob.double_data) else blob.data, dtype=np.float32)
     if data.size != int(np.prod(shape)):
         raise ValueError("blob size does not match its shape")
@@ -129,7 +133,7 @@ def load_blobs(path: os.PathLike | str) -> Blobs:
     net = read_caffemodel(path)
     out: Blobs = {}
     try:
-        for layer in list(net.layer) + list(net.layers):
+        for layer in _layers(net):
             if layer.blobs:
                 out[layer.name] = [_blob_array(b) for b in layer.blobs]
     except ValueError:
@@ -172,43 +176,183 @@ def set_net_blobs(net: "caffe.Net", blobs: Blobs, strict: bool = True) -> None:
             t.data[...] = np.asarray(a, dtype=np.float32).reshape(t.data.shape)
 
 
-# ---------------------------------------------------------------- net loading
-def param_shapes(net: "caffe.Net") -> Dict[str, List[tuple]]:
+# ---------------------------------------------------------------- IDX (MNIST format)
+_IDX_UBYTE = 0x08  # IDX type code for unsigned bytes
+
+
+def read_idx(path: os.PathLike | str, ndim: int, fix: str) -> np.ndarray:
+    """Read a gzipped IDX file of unsigned bytes with ``ndim`` dimensions, validating its header.
+
+    :param fix: the command that repairs a missing or corrupt file, quoted in the error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError(f"{path}: file not found; install it with '{fix}'")
+    try:
+        with gzip.open(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise ToolkitError(f"{path}: not a readable gzip file ({exc}); reinstall it with '{fix}'") from None
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ToolkitError(f"{path}: truncated IDX header; reinstall it with '{fix}'")
+    zero, dtype_code, dims = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype_code != _IDX_UBYTE or dims != ndim:
+        raise ToolkitError(f"{path}: bad IDX magic number 0x{raw[:4].hex()} (expected 0x0000{_IDX_UBYTE:02x}"
+                           f"{ndim:02x}); reinstall it with '{fix}'")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    if len(raw) - header != int(np.prod(shape)):
+        raise ToolkitError(f"{path}: IDX data has {len(raw) - header} bytes but its header says "
+                           f"{int(np.prod(shape))}; reinstall it with '{fix}'")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+# ---------------------------------------------------------------- weights fit
+Shapes = Dict[str, List[Tuple[int, ...]]]
+"""Layer name -> the shapes of its parameter blobs."""
+
+FIT_FIX = "use the caffemodel that belongs to this prototxt"
+
+
+def param_shapes(net: "caffe.Net") -> Shapes:
     return {name: [tuple(b.data.shape) for b in blobs] for name, blobs in net.params.items()}
 
 
-def check_weights_fit(prototxt: os.PathLike | str, weights: os.PathLike | str, net: "caffe.Net") -> None:
-    """Check every caffemodel layer that the net shares by name has the net's blob shapes."""
-    shapes = param_shapes(net)
-    stored = read_caffemodel(weights)
-    for layer in list(stored.layer) + list(stored.layers):
-        if layer.name not in shapes or not layer.blobs:
+def _stored_shape(blob: "caffe_pb2.BlobProto") -> Tuple[int, ...]:
+    if blob.HasField("shape"):
+        return tuple(int(d) for d in blob.shape.dim)
+    return (blob.num, blob.channels, blob.height, blob.width)  # legacy 4-D blob
+
+
+def caffemodel_shapes(path: "os.PathLike | str | caffe_pb2.NetParameter", label: Optional[str] = None) -> Shapes:
+    """``{layer: [blob shapes]}`` of a caffemodel (a file, or one already parsed), read without
+    converting its data; a blob whose stored values do not fill its shape is a ToolkitError."""
+    model = path if isinstance(path, caffe_pb2.NetParameter) else read_caffemodel(path)
+    label = label or str(path)
+    shapes: Shapes = {}
+    for layer in _layers(model):
+        if not layer.blobs:
             continue
-        want = shapes[layer.name]
-        got = [tuple(_blob_array(b).shape) for b in layer.blobs]
-        if len(got) != len(want) or any(int(np.prod(g)) != int(np.prod(w)) for g, w in zip(got, want)):
-            raise ToolkitError(
-                f"{weights}: layer '{layer.name}' has blob shapes {got} but {prototxt} needs {want}; "
-                "use the caffemodel that belongs to this prototxt")
+        shapes[layer.name] = []
+        for blob in layer.blobs:
+            shape, stored = _stored_shape(blob), len(blob.double_data) or len(blob.data)
+            if stored != int(np.prod(shape)):
+                raise ToolkitError(f"{label}: layer '{layer.name}' holds {stored} values for shape {shape} "
+                                   "(corrupt file); download it again")
+            shapes[layer.name].append(shape)
+    return shapes
 
 
-def load_net(prototxt: os.PathLike | str, weights: os.PathLike | str | None = None,
-             phase: int | None = None, force_backward: bool = False) -> "caffe.Net":
-    """Build a caffe.Net after validating both files in Python (no C++ abort on bad input)."""
-    param = read_net_param(prototxt)
+def same_shape(stored: Tuple[int, ...], wanted: Tuple[int, ...]) -> bool:
+    """Caffe's rule (``Blob::ShapeEquals``): equal, or a legacy 4-D blob whose leading 1s pad ``wanted``."""
+    if tuple(stored) == tuple(wanted):
+        return True
+    return len(stored) == 4 and len(wanted) < 4 and tuple(stored) == (1,) * (4 - len(wanted)) + tuple(wanted)
+
+
+def weights_misfit(stored: Shapes, wanted: Shapes, require_all: bool = False) -> Optional[Tuple[str, List[str]]]:
+    """Why a caffemodel (``stored``) does not fit a net (``wanted``): ``("missing", layers)`` or
+    ``("shape", [layer])``; None when it fits.
+
+    :param require_all: every parameter layer of the net must be in the caffemodel (else only the
+        layers both share by name are checked, as ``caffe.Net.copy_from`` does).
+    """
+    missing = [name for name in wanted if name not in stored]
+    if require_all and missing:
+        return "missing", missing
+    for name, want in wanted.items():
+        got = stored.get(name)
+        if got is not None and (len(got) != len(want) or not all(same_shape(g, w) for g, w in zip(got, want))):
+            return "shape", [name]
+    return None
+
+
+def check_weights_fit(weights: os.PathLike | str, wanted: Shapes, prototxt: os.PathLike | str,
+                      require_all: bool = False, label: Optional[str] = None, subject: str = "the caffemodel",
+                      fix: str = FIT_FIX, stored: Optional[Shapes] = None) -> None:
+    """The one check that a caffemodel fits a net (see ``weights_misfit``); a one-line ToolkitError if not.
+
+    :param label: how the message names the file (default: its path); ``subject``: how the sentence
+        names it; ``fix``: what the user should do; ``stored``: its shapes, if already read.
+    """
+    stored = caffemodel_shapes(weights, label) if stored is None else stored
+    misfit = weights_misfit(stored, wanted, require_all)
+    if misfit is None:
+        return
+    kind, names = misfit
+    if kind == "missing":
+        more = f" (+{len(names) - 3} more)" if len(names) > 3 else ""
+        raise ToolkitError(f"{label or weights}: {subject} lacks layer(s) {', '.join(names[:3])}{more} "
+                           f"that {prototxt} needs; {fix}")
+    name = names[0]
+    raise ToolkitError(f"{label or weights}: layer '{name}' of {subject} has blob shapes {stored[name]} but "
+                       f"{prototxt} needs {wanted[name]}; {fix}")
+
+
+# ---------------------------------------------------------------- solver
+def solver_param(net: "str | caffe_pb2.NetParameter | None" = None, *, solver_type: str = "SGD",
+                 solver_mode: Optional[str] = None, **fields) -> "caffe_pb2.SolverParameter":
+    """The one ``SolverParameter`` builder (FRU training, the FashionNet baseline, the toy nets).
+
+    Only the fields given (not None, not empty) are set, so a written solver file names nothing
+    it does not use.
+
+    :param net: the train net's file name, or the net itself (inlined as ``net_param``).
+    :param solver_mode: ``CPU`` or ``GPU`` (read by Caffe's command-line tool, not by pycaffe).
+    :param fields: any other ``SolverParameter`` field (``base_lr``, ``max_iter``, ``stepvalue`` ...).
+    """
+    for name in ("base_lr", "max_iter", "stepsize"):
+        if fields.get(name) is not None and fields[name] <= 0:
+            raise ValueError(f"{name} must be positive, got {fields[name]}")
+    for name in ("base_lr", "max_iter"):
+        if fields.get(name) is None:
+            raise ValueError(f"{name} is needed")
+    if fields.get("snapshot") is not None and fields["snapshot"] < 0:
+        raise ValueError(f"snapshot must be 0 or positive, got {fields['snapshot']}")
+    fields = {k: v for k, v in fields.items() if v is not None and not (isinstance(v, (list, tuple)) and not v)}
+    fields["type"] = solver_type
+    if solver_mode is not None:
+        fields["solver_mode"] = getattr(caffe_pb2.SolverParameter, solver_mode)
+    if isinstance(net, caffe_pb2.NetParameter):
+        fields["net_param"] = net
+    elif net is not None:
+        fields["net"] = net
+    return caffe_pb2.SolverParameter(**fields)
+
+
+# ---------------------------------------------------------------- net loading
+def load_net(net: os.PathLike | str | "caffe_pb2.NetParameter", weights: os.PathLike | str | None = None,
+             phase: int | None = None, force_backward: bool = False,
+             source: os.PathLike | str | None = None) -> "caffe.Net":
+    """The one net loader: a caffe.Net from a prototxt path or a NetParameter, after validating
+    the net and the weights in Python (no C++ abort on bad input).
+
+    :param source: how errors name a NetParameter (default: the path, or ``<net>``).
+    """
+    if isinstance(net, caffe_pb2.NetParameter):
+        param, source = net, source or "<net>"
+    else:
+        param, source = read_net_param(net), source or net
     if weights is not None:
         read_caffemodel(weights)
     if force_backward and not param.force_backward:
+        param = _copy(param)
         param.force_backward = True
-    validate_net_param(param, prototxt)
+    validate_net_param(param, source)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "net.prototxt"
         path.write_text(net_param_text(param))
-        net = caffe.Net(str(path), caffe.TEST if phase is None else phase)
+        loaded = caffe.Net(str(path), caffe.TEST if phase is None else phase)
     if weights is not None:
-        check_weights_fit(prototxt, weights, net)
-        net.copy_from(str(weights))
-    return net
+        check_weights_fit(weights, param_shapes(loaded), source)
+        loaded.copy_from(str(weights))
+    return loaded
+
+
+def _copy(param: "caffe_pb2.NetParameter") -> "caffe_pb2.NetParameter":
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(param)
+    return out
 
 
 def validate_net_param(param: "caffe_pb2.NetParameter", source: os.PathLike | str = "<net>") -> None:

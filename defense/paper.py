@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
 from .core import ToolkitError
-from .presets import get_preset
+from .presets import REPO_ROOT, get_preset
 
 TABLES = ("same-norm", "cross-norm", "stronger", "unseen")
 TABLE_TITLES = {
@@ -197,14 +197,22 @@ class DemoDefaults:
         the published-perturbation folder (names as in ``attacks/published_manifest.json``) or,
         for ``toolkit``/``npy`` files, relative to the repository root.
     :param baseline / fru: (deploy prototxt, caffemodel) relative to the repository root, for
-        networks outside ``weights/manifest.json``; a ``None`` prototxt is built from the preset.
+        networks outside ``weights/manifest.json`` (``repo_files``).
     """
 
     input: str
     attacks: Dict[str, Tuple[str, str]]
-    baseline: Optional[Tuple[Optional[str], str]] = None
-    fru: Optional[Tuple[Optional[str], str]] = None
+    baseline: Optional[Tuple[str, str]] = None
+    fru: Optional[Tuple[str, str]] = None
     fetch_hint: Dict[str, str] = field(default_factory=dict)
+
+
+def repo_files(net: str, defended: bool) -> Tuple[str, str]:
+    """(deploy prototxt, caffemodel) of a network whose files live in the repository, relative to
+    it: the committed ``prototxt/`` file and ``NetPreset.weights``."""
+    preset = get_preset(net)
+    files = (preset.deploy_fru, preset.weights(defended=True)) if defended else (preset.deploy, preset.weights())
+    return tuple(path.relative_to(REPO_ROOT).as_posix() for path in files)  # type: ignore[return-value]
 
 
 PUBLISHED_DEMO_IMAGE = "test_image_icecream.JPEG"  # the authors' demo image (not shipped here)
@@ -232,8 +240,8 @@ DEMO["FashionNet"] = DemoDefaults(
     attacks={"UAP": (f"{_FASHION_SAMPLES}/uap_linf.npy", "npy"),
              "sPGD": (f"{_FASHION_SAMPLES}/spgd.npy", "npy"),
              "SFool": (f"{_FASHION_SAMPLES}/svuap.npy", "npy")},
-    baseline=(None, "weights/FashionNet/fashionnet.caffemodel"),
-    fru=(None, "weights/FashionNet/fashionnet_FRU.caffemodel"),
+    baseline=repo_files("FashionNet", defended=False),
+    fru=repo_files("FashionNet", defended=True),
     fetch_hint={"baseline": "make reproduce", "fru": "make reproduce", "UAP": "make reproduce",
                 "sPGD": "make reproduce", "SFool": "make reproduce"},
 )

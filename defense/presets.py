@@ -2,18 +2,32 @@
 
 The five ImageNet presets reproduce the published FRU models (Borkar, Heide, Karam,
 CVPR 2020), so that the released caffemodels load by layer name; the facts come from the
-released deploy files (see ../shared/reference/published/fru_presets.md). No other module
-writes an input size, a mean value, a batch size or a published layer name.
+released deploy files (the FRU table of the paper's repository, tsborkar/Selective-feature-
+regeneration; the reference tests compare them with it). No other module writes an input size,
+a mean value, a batch size, a published layer name or where a network's files lie.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 from .core import ToolkitError
 
-PROTOTXT_DIR = Path(__file__).resolve().parent.parent / "prototxt"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROTOTXT_DIR = REPO_ROOT / "prototxt"
+WEIGHTS_DIR = REPO_ROOT / "weights"
+"""``weights/<Net>/<file>.caffemodel``: see ``NetPreset.weights``."""
+
+FASHION_MNIST_DIR = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+FASHION_MNIST_FIX = "apt-get install dataset-fashion-mnist"
+FASHION_MNIST_FILES = {  # split -> (images file, labels file, image count)
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", 60000),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", 10000),
+}
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
 RESNET_MEAN_BGR = (102.98, 115.947, 122.772)
@@ -113,6 +127,8 @@ class NetPreset:
     :param baseline_top1: clean top-1 used as the restoration-accuracy denominator.
     :param params_baseline: parameter count of the published baseline deploy file.
     :param params_fru: the same with FRUs (imap/remap and BatchNorm's 3 blobs counted).
+    :param class_names: names of the classes when the toolkit ships them (else the demo reads
+        ImageNet's from a labels file at run time).
     """
 
     name: str
@@ -130,6 +146,7 @@ class NetPreset:
     baseline_top1: Optional[float] = None
     params_baseline: Optional[int] = None
     params_fru: Optional[int] = None
+    class_names: Optional[Tuple[str, ...]] = None
     extra: Dict[str, object] = field(default_factory=dict)
 
     @property
@@ -139,6 +156,15 @@ class NetPreset:
     @property
     def deploy_fru(self) -> Path:
         return PROTOTXT_DIR / self.name / f"deploy_{self.file_stem}_FRU.prototxt"
+
+    def weights(self, defended: bool = False, root: Optional[Path] = None, file: Optional[str] = None) -> Path:
+        """The one rule for where a caffemodel of this network lies: ``<root>/<Net>/<file>``.
+
+        :param root: folder of the per-network folders (default: the repository's ``weights/``).
+        :param file: file name (default ``<stem>.caffemodel``, ``<stem>_FRU.caffemodel`` if ``defended``).
+        """
+        name = file or f"{self.file_stem}{'_FRU' if defended else ''}.caffemodel"
+        return (WEIGHTS_DIR if root is None else Path(root)) / self.name / name
 
     def target(self, layer: str) -> FruTarget:
         for t in self.targets:
@@ -206,7 +232,8 @@ PRESETS: Dict[str, NetPreset] = {
         # Offline stand-in (defense/networks/fashionnet.py): one grey channel, 28x28, no resize;
         # mean = Fashion-MNIST train pixel mean (72.94); default FRU rule N = C/2, D = N on its convs.
         NetPreset("FashionNet", "fashionnet", "explicit", _FASHIONNET_TARGETS, input_size=28, channels=1,
-                  mean_bgr=FASHION_MNIST_MEAN, resize="none", resize_to=28, eval_batch=100, num_classes=10),
+                  mean_bgr=FASHION_MNIST_MEAN, resize="none", resize_to=28, eval_batch=100, num_classes=10,
+                  class_names=FASHION_MNIST_CLASSES),
     ]
 }
 

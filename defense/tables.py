@@ -34,19 +34,25 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .conditions import Condition, Predictions, draw_choices, predict_conditions
+from attacks.metrics import bootstrap_ci
+from attacks.perturbation_io import load_any, load_perturbations
+
 from .core import ToolkitError, run_cli, set_mode, write_text
 from .data import Subset
-from .paper import TABLE_TITLES, TABLES, TableCase, table_nets, table_cases
+from .data.imagenet import ImageNetIndex
+from .evaluate.compare import add_restoration, metric_row, metric_rows
+from .evaluate.conditions import Condition, Predictions, draw_choices, predict_conditions
+from .evaluate.resources import (PUBLISHED_PERTURBATIONS, ModelPair, fetch_missing, load_classifier,
+                                 missing_published, model_pair, published_path, require_weights)
+from .paper import TABLE_TITLES, TABLES, Published, Run, TableCase, table_cases, table_nets
 from .presets import NetPreset, get_preset
-from .resources import (PUBLISHED_PERTURBATIONS, ModelPair, fetch_missing, load_classifier, load_file,
-                        missing_published, model_pair, published_path, require_weights)
 
 log = logging.getLogger(__name__)
 
 INDEX_ENV = "FRU_IMAGENET_VAL_INDEX"
 DEFAULT_OUT = Path("results") / "tables"
 MODELS = ("baseline", "fru")
+RUN_METRICS = ("perturbed_top1", "perturbed_top5", "fooling_rate")
 
 
 # ---------------------------------------------------------------- protocol -> arrays
@@ -89,10 +95,6 @@ def case_conditions(case: TableCase, arrays: Mapping[str, np.ndarray], n_protoco
 
 
 # ---------------------------------------------------------------- metrics
-def _ratio(num: float, den: Optional[float]) -> Optional[float]:
-    return None if not den else float(num / den)
-
-
 def summarize_case(case: TableCase, conditions: Sequence[Condition], labels: np.ndarray,
                    preds: Mapping[str, Mapping[str, Predictions]], published_denominator: Optional[float],
                    ci_seed: int = 0) -> Dict[str, dict]:
@@ -100,39 +102,23 @@ def summarize_case(case: TableCase, conditions: Sequence[Condition], labels: np.
 
     A case with several runs reports the mean over its runs (S.Fool: conv3 and fc6 files).
     """
-    from attacks.metrics import bootstrap_ci, fooling_rate
-    measured = float(np.mean(preds["baseline"]["clean"].top1 == labels)) if "baseline" in preds else None
-    out: Dict[str, dict] = {}
-    for model, by_cond in preds.items():
-        clean = by_cond["clean"]
-        clean_hit = clean.top1 == labels
-        runs = {}
-        pert_hits = []
-        for cond in conditions:
-            p = by_cond[cond.name]
-            hit = p.top1 == labels
-            pert_hits.append(hit)
-            runs[cond.name] = {"perturbed_top1": float(hit.mean()), "perturbed_top5": float(p.top5.mean()),
-                               "fooling_rate": fooling_rate(clean.top1, p.top1), "files": list(cond.files)}
-        pert_hit = np.mean(pert_hits, axis=0)
-        clean_top1, pert_top1 = float(clean_hit.mean()), float(pert_hit.mean())
-        result = {
-            "clean_top1": clean_top1,
-            "clean_top5": float(clean.top5.mean()),
-            "perturbed_top1": pert_top1,
-            "perturbed_top5": float(np.mean([r["perturbed_top5"] for r in runs.values()])),
-            "fooling_rate": float(np.mean([r["fooling_rate"] for r in runs.values()])),
-            "restoration_accuracy": _ratio(clean_top1 + pert_top1, 2 * published_denominator if published_denominator else None),
-            "restoration_accuracy_measured_denominator": _ratio(clean_top1 + pert_top1, 2 * measured if measured else None),
-            "published_restoration_accuracy": case.published.baseline if model == "baseline" else case.published.fru,
-        }
+    names = [c.name for c in conditions]
+    rows = metric_rows(labels, preds, names, top5=True, fooling_ci=False)
+    add_restoration(rows, published_denominator)
+    add_restoration(rows, rows["baseline"]["clean_top1"] if "baseline" in rows else None,
+                    key="restoration_accuracy_measured_denominator")
+    for model, row in rows.items():
+        row["published_restoration_accuracy"] = case.published.baseline if model == "baseline" else case.published.fru
         if published_denominator:
-            per_image = (clean_hit.astype(np.float64) + pert_hit) / (2 * published_denominator)
-            result["restoration_accuracy_ci95"] = list(bootstrap_ci(per_image, seed=ci_seed))
-        if len(runs) > 1:
-            result["runs"] = runs
-        out[model] = result
-    return out
+            pert_hit = np.mean([preds[model][c].top1 == labels for c in names], axis=0)
+            per_image = ((preds[model]["clean"].top1 == labels).astype(np.float64) + pert_hit) / (2 * published_denominator)
+            row["restoration_accuracy_ci95"] = list(bootstrap_ci(per_image, seed=ci_seed))
+        if len(names) > 1:
+            row["runs"] = {}
+            for c in conditions:  # each run on its own
+                run = metric_row(labels, preds[model]["clean"], [preds[model][c.name]], top5=True, fooling_ci=False)
+                row["runs"][c.name] = {**{k: run[k] for k in RUN_METRICS}, "files": list(c.files)}
+    return rows
 
 
 # ---------------------------------------------------------------- report
@@ -190,7 +176,6 @@ class TableOptions:
 def _own_case(table: str, net: str, cases: Sequence[TableCase], names: Tuple[str, ...],
               paths: Sequence[Path]) -> TableCase:
     """The table's protocol (images, seed, draw) with the toolkit's own perturbations."""
-    from .paper import Published, Run
     published = cases[0].published if len(cases) == 1 else Published(None, None, "not comparable")
     return TableCase(table, net, "own", f"own perturbations ({len(names)})", (Run(names, "toolkit"),),
                     cases[0].per_class, cases[0].seed, published,
@@ -200,11 +185,10 @@ def _own_case(table: str, net: str, cases: Sequence[TableCase], names: Tuple[str
 def _perturbation_arrays(cases: Sequence[TableCase], options: TableOptions, table: str, net: str,
                          shape: tuple) -> Tuple[List[TableCase], Dict[str, np.ndarray]]:
     if options.own:
-        from .evaluate import load_perturbation_files
         for path in options.own:
             if not Path(path).is_file():
                 raise ToolkitError(f"{path}: perturbation file not found; check --own")
-        stack = load_perturbation_files(options.own)
+        stack = load_perturbations(options.own)
         bad = [tuple(v.shape) for v in stack if tuple(v.shape) != shape]
         if bad:
             raise ToolkitError(f"--own: perturbation shape {bad[0]} does not fit the {net} input {shape}")
@@ -219,12 +203,11 @@ def _perturbation_arrays(cases: Sequence[TableCase], options: TableOptions, tabl
                            f"({len(missing)} missing); fetch it with 'python -m defense.tables {table} --net {net} "
                            f"--perturbations {options.perturbations} --fetch'")
     fmt = {f: run.fmt for c in cases for run in c.runs for f in run.files}
-    return list(cases), {f: load_file(published_path(f, options.perturbations), fmt[f], expect=shape) for f in names}
+    return list(cases), {f: load_any(published_path(f, options.perturbations), fmt[f], expect=shape) for f in names}
 
 
 def run_table(table: str, net: str, options: TableOptions) -> dict:
     """Evaluate one table for one network; write JSON + markdown under ``options.out``; return the report."""
-    from .imagenet import ImageNetIndex
     preset: NetPreset = get_preset(net)
     cases = list(table_cases(table, preset.name))
     pair: ModelPair = model_pair(preset.name, options.manifest, options.weights_dir, options.defense)

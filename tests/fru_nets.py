@@ -6,8 +6,8 @@ from typing import Dict, Tuple
 import numpy as np
 
 from defense.core import Blobs, L, P, caffe, caffe_pb2, param_shapes, set_net_blobs
-from defense.generate import build_net
-from defense.surgery import random_blobs
+from defense.core import load_net
+from defense.generate.surgery import random_blobs
 
 
 def tiny_net(bn: bool = False, lrn: bool = False) -> "caffe_pb2.NetParameter":
@@ -36,7 +36,7 @@ def tiny_net(bn: bool = False, lrn: bool = False) -> "caffe_pb2.NetParameter":
 
 
 def random_weights(param: "caffe_pb2.NetParameter", seed: int = 0) -> Blobs:
-    net = build_net(None, param)
+    net = load_net(param)
     types = {name: net.layer_dict[name].type for name in net.params}
     return random_blobs(param_shapes(net), types, np.random.default_rng(seed))
 
@@ -47,7 +47,7 @@ def logits_blob(param: "caffe_pb2.NetParameter") -> str:
 
 def forward(param: "caffe_pb2.NetParameter", blobs: Blobs, seed: int = 0, blob: str = "") -> np.ndarray:
     """One forward pass on a fixed random input; returns a copy of the logits (or ``blob``)."""
-    net = build_net(None, param)
+    net = load_net(param)
     set_net_blobs(net, blobs)
     rng = np.random.default_rng(seed)
     data = net.blobs["data"]
@@ -73,4 +73,4 @@ def perturb_frus(blobs: Blobs, base: Blobs, skip: Tuple[str, ...] = (), seed: in
 
 
 def shapes_of(param: "caffe_pb2.NetParameter") -> Dict[str, list]:
-    return param_shapes(build_net(None, param))
+    return param_shapes(load_net(param))

@@ -10,7 +10,7 @@ import numpy as np
 
 from defense.core import caffe, load_net, param_shapes, read_net_param, set_net_blobs, write_net_param
 from defense.presets import get_preset
-from defense.surgery import random_blobs
+from defense.generate.surgery import random_blobs
 
 NETS = ("FashionNet", "CaffeNet", "VGG_F", "GoogLeNet", "VGG16", "ResNet152")
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,11 +50,10 @@ def forward_backward(net: "caffe.Net", x: np.ndarray) -> Tuple[Dict[str, np.ndar
 
 def generated_fru_dir(name: str, out: Path, batch: int, seed: int = 0) -> Path:
     """``python -m defense.generate`` output (train net, solver, init.caffemodel) for a preset,
-    on random baseline weights (FashionNet: its shipped weights)."""
+    on its baseline weights where present (FashionNet's are shipped), else on random ones."""
     preset = get_preset(name)
-    if name == "FashionNet":
-        weights = ROOT / "weights" / "FashionNet" / "fashionnet.caffemodel"
-    else:
+    weights = preset.weights()
+    if not weights.is_file():
         weights = out / "base.caffemodel"
         random_net(preset.deploy, 1, seed).save(str(weights))
     cmd = [sys.executable, "-m", "defense.generate", "--preset", name, "--weights", str(weights),

@@ -10,7 +10,7 @@ from defense.core import caffe, cuda_device_count, gpu_available, load_blobs
 from defense.data import ArraySource
 from defense.presets import get_preset
 from defense.train import SolverWrapper, TrainOptions, train
-from gpu_nets import NETS, ROOT, blob_names_changed, forward_backward, generated_fru_dir, random_input, random_net
+from gpu_nets import NETS, blob_names_changed, forward_backward, generated_fru_dir, random_input, random_net
 
 GPU = gpu_available()
 pytestmark = [pytest.mark.gpu,
@@ -84,8 +84,7 @@ def test_universal_attacks_on_gpu_match_cpu(attack, on_gpu):
     from attacks import SPGD, UAP, CaffeClassifier
 
     preset = get_preset("FashionNet")
-    clf = CaffeClassifier.from_files(preset.deploy, ROOT / "weights" / "FashionNet" / "fashionnet.caffemodel",
-                                     preset=preset.name, batch_size=50)
+    clf = CaffeClassifier.from_files(preset.deploy, preset.weights(), preset=preset.name, batch_size=50)
     x = np.random.default_rng(0).uniform(0, 255, (200,) + clf.input_shape).astype(np.float32)
     out = {}
     for device in ("cpu", "gpu"):

@@ -9,67 +9,30 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
-import numpy as np
-
-from defense.core import ToolkitError, load_net, param_shapes, read_caffemodel
+from defense.core import Shapes, ToolkitError, check_weights_fit, load_net, param_shapes, read_caffemodel
+from defense.core import caffemodel_shapes as core_caffemodel_shapes
 
 from .download import check_size_and_hash, fetch_file
 from .manifest import WeightEntry
 
 log = logging.getLogger(__name__)
 
-Shapes = Dict[str, List[tuple]]
-
-
-def _blob_shape(blob) -> tuple:
-    if blob.HasField("shape"):
-        return tuple(int(d) for d in blob.shape.dim)
-    return (blob.num, blob.channels, blob.height, blob.width)  # legacy 4-D blob
-
 
 def caffemodel_shapes(path: Path, label: str) -> Shapes:
-    """``{layer: [blob shapes]}`` of a caffemodel, read without converting its data."""
+    """``{layer: [blob shapes]}`` of a download (``defense.core.caffemodel_shapes``)."""
     try:
-        net = read_caffemodel(path)
+        model = read_caffemodel(path)
     except ToolkitError:
         raise ToolkitError(f"{label}: the download is not a valid caffemodel (truncated or corrupt)") from None
-    shapes: Shapes = {}
-    for layer in list(net.layer) + list(net.layers):
-        if not layer.blobs:
-            continue
-        layer_shapes = []
-        for blob in layer.blobs:
-            shape = _blob_shape(blob)
-            stored = len(blob.double_data) or len(blob.data)
-            if stored != int(np.prod(shape)):
-                raise ToolkitError(f"{label}: layer '{layer.name}' of the download holds {stored} values "
-                                   f"for shape {shape} (corrupt file)")
-            layer_shapes.append(shape)
-        shapes[layer.name] = layer_shapes
-    return shapes
-
-
-def _same_shape(stored: tuple, wanted: tuple) -> bool:
-    """Equal, or a legacy 4-D blob whose leading 1s pad the wanted shape (Caffe accepts both)."""
-    if stored == wanted:
-        return True
-    return len(stored) == 4 and len(wanted) < 4 and stored == (1,) * (4 - len(wanted)) + tuple(wanted)
+    return core_caffemodel_shapes(model, label)
 
 
 def check_fits(stored: Shapes, wanted: Shapes, label: str, prototxt: Path) -> None:
     """Every parameter layer of the prototxt must be in the caffemodel with the same blob shapes."""
-    missing = [name for name in wanted if name not in stored]
-    if missing:
-        more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
-        raise ToolkitError(f"{label}: the download lacks layer(s) {', '.join(missing[:3])}{more} that "
-                           f"{prototxt} needs; it is not the caffemodel of this prototxt")
-    for name, want in wanted.items():
-        got = stored[name]
-        if len(got) != len(want) or not all(_same_shape(g, w) for g, w in zip(got, want)):
-            raise ToolkitError(f"{label}: layer '{name}' of the download has blob shapes {got} but "
-                               f"{prototxt} needs {want}; it is not the caffemodel of this prototxt")
+    check_weights_fit(label, wanted, prototxt, require_all=True, subject="the download",
+                      fix="it is not the caffemodel of this prototxt", stored=stored)
 
 
 def prototxt_shapes(prototxt: Path) -> Shapes:

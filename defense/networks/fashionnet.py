@@ -12,7 +12,7 @@ from typing import Tuple
 import numpy as np
 
 from ..core import Blobs, L, caffe_pb2
-from ..netspec_helpers import (NetSpec, Top, conv_relu, fc, fc_relu_dropout, input_layer, lrn,
+from .netspec_helpers import (NetSpec, Top, conv_relu, fc, fc_relu_dropout, input_layer, lrn,
                                max_pool, net_param, softmax)
 from ..presets import NetPreset
 

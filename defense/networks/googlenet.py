@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Dict, Tuple
 
 from ..core import caffe_pb2
-from ..netspec_helpers import (NetSpec, ave_pool, conv_relu, dropout, fc, inception,
+from .netspec_helpers import (NetSpec, ave_pool, conv_relu, dropout, fc, inception,
                                input_layer, lrn, max_pool, net_param, softmax)
 from ..presets import NetPreset
 

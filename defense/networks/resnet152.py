@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Tuple
 
 from ..core import caffe_pb2
-from ..netspec_helpers import (NetSpec, bn_scale, conv, fc, global_ave_pool, input_layer,
+from .netspec_helpers import (NetSpec, bn_scale, conv, fc, global_ave_pool, input_layer,
                                max_pool, net_param, preact_bottleneck, relu, softmax)
 from ..presets import NetPreset
 

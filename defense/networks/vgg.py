@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Sequence, Tuple
 
 from ..core import caffe_pb2
-from ..netspec_helpers import (NetSpec, conv_relu, fc, fc_relu_dropout, input_layer, lrn,
+from .netspec_helpers import (NetSpec, conv_relu, fc, fc_relu_dropout, input_layer, lrn,
                                max_pool, net_param, softmax)
 from ..presets import NetPreset
 

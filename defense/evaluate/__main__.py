@@ -1,0 +1,89 @@
+"""``python -m defense.evaluate``: a baseline and its FRU-defended version (and image-domain peers)
+under universal perturbations: clean/perturbed top-1, fooling rate, restoration accuracy ->
+JSON, markdown and a bar chart (see ``defense.evaluate.compare`` for the protocol).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from attacks.classifier import CaffeClassifier
+from attacks.perturbation_io import load_perturbations
+
+from ..core import ToolkitError, run_cli, set_mode
+from ..data import DATA_SOURCES, open_source
+from ..presets import get_preset
+from .compare import Model, evaluate
+from .peers import PEERS, make_peer
+from .report import markdown_table, write_reports
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m defense.evaluate",
+        description="Baseline vs FRU-defended network (and optional image-domain peer defences) under universal "
+                    "perturbations: clean/perturbed top-1, fooling rate, restoration accuracy -> JSON, markdown, PNG.")
+    p.add_argument("--net", required=True, help="preset name, e.g. FashionNet")
+    p.add_argument("--perturbations", nargs="+", type=Path, required=True, metavar="FILE",
+                   help="perturbation files (.h5 toolkit files or .npy arrays), pixel units; one is drawn per image")
+    p.add_argument("--baseline-prototxt", type=Path, help="default: the preset's deploy file")
+    p.add_argument("--baseline-weights", type=Path, help="default: weights/<Net>/<stem>.caffemodel")
+    p.add_argument("--defended-prototxt", type=Path, help="default: the preset's deploy_*_FRU file")
+    p.add_argument("--defended-weights", type=Path, help="default: weights/<Net>/<stem>_FRU.caffemodel")
+    p.add_argument("--no-defended", action="store_true", help="evaluate the baseline (and peers) only")
+    p.add_argument("--peers", default="", help=f"comma-separated image-domain defences on the baseline: {', '.join(PEERS)}")
+    p.add_argument("--data", default="fashion-mnist", choices=sorted(DATA_SOURCES), help="data source")
+    p.add_argument("--split", default="test", help="data split (default test)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate a seeded random subset of this many images")
+    p.add_argument("--published-denominator", action="store_true",
+                   help="use the preset's published baseline top-1 as restoration denominator")
+    p.add_argument("--clip", action="store_true", help="clip perturbed images to [0,255]")
+    p.add_argument("--seed", type=int, default=0, help="seed of the perturbation draw (default 0, as published)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the preset's eval batch")
+    p.add_argument("--gpu", type=int, default=None, metavar="N", help="run on GPU N (default: CPU)")
+    p.add_argument("--out", type=Path, default=Path("results"), help="output folder (default results/)")
+    p.add_argument("--stem", default="evaluation", help="output file stem (default evaluation)")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    preset = get_preset(args.net)
+    set_mode(args.gpu, args.seed)
+    batch = int(args.batch_size or preset.eval_batch)
+    source = open_source(args.data, args.split, preset)
+    if args.limit:
+        source = source.sample(args.limit, np.random.default_rng(args.seed))
+    perturbations = load_perturbations(args.perturbations)
+    base = CaffeClassifier.from_files(args.baseline_prototxt or preset.deploy,
+                                      args.baseline_weights or preset.weights(),
+                                      preset.mean_bgr, batch_size=batch)
+    models = [Model("baseline", base)]
+    if not args.no_defended:
+        models.append(Model("FRU", CaffeClassifier.from_files(args.defended_prototxt or preset.deploy_fru,
+                                                              args.defended_weights or preset.weights(defended=True),
+                                                              preset.mean_bgr, batch_size=batch)))
+    for name in filter(None, (s.strip() for s in args.peers.split(","))):
+        peer = make_peer(name)
+        models.append(Model(f"baseline+{peer.describe()}", base, peer))
+    denominator = preset.baseline_top1 if args.published_denominator else None
+    if args.published_denominator and denominator is None:
+        raise ToolkitError(f"{preset.name} has no published baseline top-1; drop --published-denominator")
+    result = evaluate(models, source, perturbations, seed=args.seed, baseline_top1=denominator, batch_size=batch,
+                      clip=args.clip)
+    result.update(network=preset.name, perturbation_files=[str(p) for p in args.perturbations],
+                  command="python -m defense.evaluate " + " ".join(sys.argv[1:] if argv is None else argv))
+    for path in write_reports(result, args.out, args.stem):
+        print(path)
+    print(markdown_table(result), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,76 @@
+"""The reproduction's stage graph (``STAGES``, each naming its upstream stages and the config
+fields its key covers) and ``reproduce()``, which runs or resumes them and writes the report.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Optional, Tuple
+
+from ..data import DataSource
+from .attack_stages import stage_adaptive, stage_test_attacks, stage_train_attacks
+from .config import ReproConfig
+from .report import ship, write_report
+from .runner import Context, Stage, run_parallel, run_stage, save_json
+from .stages import (stage_baseline, stage_evaluate, stage_generate, stage_masking, stage_peers, stage_ranking,
+                     stage_secondary, stage_train_fru)
+
+
+# Fields that place a perturbation set's training subset (train_subsets allocates them in order).
+_SUBSET_FIELDS = ("seed", "uap_images", "train_uaps", "test_uaps", "l2_uaps", "stronger", "stronger_uaps", "unseen",
+                  "unseen_per_attack", "gduap_prior")
+_UAP_FIELDS = ("xi", "uap_passes", "uap_delta", "uap_classes", "uap_batch")
+_ATTACK_FIELDS = ("spgd_epochs", "gduap_iters", "svuap_layer", "svuap_q", "svuap_images", "svuap_iters")
+# In priority order: on two workers the FRU training -> secondary chain, the longest, goes first.
+STAGES: Tuple[Stage, ...] = (
+    Stage("baseline", stage_baseline, ("seed", "baseline_epochs", "baseline_train_images", "baseline_test_images")),
+    Stage("train_attacks", stage_train_attacks, _SUBSET_FIELDS + _UAP_FIELDS + _ATTACK_FIELDS + (
+        "synthetic", "synthetic_rule", "train_extra", "train_extra_per_attack"), ("baseline",)),
+    Stage("generate", stage_generate, ("seed", "fru_batch"), ("baseline",)),
+    Stage("train_fru", stage_train_fru, ("seed", "fru_iters", "fru_lr", "fru_clean_fraction"),
+          ("train_attacks", "generate")),
+    Stage("secondary", stage_secondary, _SUBSET_FIELDS + _UAP_FIELDS + (
+        "adaptive_train_uaps", "adaptive_test_uaps", "secondary_iters", "secondary_lr", "fru_clean_fraction"),
+        ("train_attacks", "train_fru")),
+    Stage("adaptive", stage_adaptive, _SUBSET_FIELDS + _UAP_FIELDS + ("adaptive_train_uaps", "adaptive_test_uaps"),
+          ("train_fru",)),
+    Stage("ranking", stage_ranking, ("seed", "fru_iters", "fru_lr", "fru_clean_fraction"),
+          ("train_attacks", "generate")),
+    Stage("test_attacks", stage_test_attacks, _SUBSET_FIELDS + _UAP_FIELDS + _ATTACK_FIELDS + (
+        "xi_l2", "unseen_min_fooling", "unseen_xi_steps"), ("baseline",)),
+    Stage("masking", stage_masking, ("test_images", "eval_seed"), ("baseline", "test_attacks")),
+    Stage("peers", stage_peers, ("seed", "fru_iters", "fru_batch", "advft_solver", "advft_lr", "fru_clean_fraction"),
+          ("train_attacks", "baseline")),
+    Stage("evaluate", stage_evaluate, ("test_images", "eval_seed", "peers"),
+          ("test_attacks", "train_fru", "ranking", "adaptive", "secondary", "peers")),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
+
+
+def reproduce(cfg: ReproConfig, out: Path, force: bool = False, progress: bool = True,
+              ship_to: Optional[Path] = None, train_source: Optional[DataSource] = None,
+              test_source: Optional[DataSource] = None, jobs: int = 1, gpu: Optional[int] = None) -> dict:
+    """Run (or resume) every stage, then write summary.json, results.md and the figures.
+
+    :param jobs: worker processes for independent stages (1: every stage in this process, in
+        order; also when custom data sources are given).
+    """
+    started, load_start = time.perf_counter(), os.getloadavg()
+    parallel = jobs > 1 and train_source is None and test_source is None
+    ctx = Context(cfg, Path(out), force=force, progress=progress, gpu=gpu, jobs=jobs if parallel else 1,
+                  train_source=train_source, test_source=test_source)
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    save_json(ctx.out / "config.json", dataclasses.asdict(cfg))
+    if parallel:
+        run_parallel(ctx, STAGES, jobs)
+    else:
+        for stage in STAGES:
+            run_stage(ctx, stage)
+    summary = write_report(ctx, started, load_start)
+    if ship_to is not None:
+        # paths relative to where they were shipped (the repository), never the machine's
+        summary["shipped"] = [Path(p).relative_to(ship_to).as_posix() for p in ship(ctx, ship_to)]
+        save_json(ctx.out / "summary.json", summary)
+    return summary

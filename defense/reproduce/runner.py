@@ -1,0 +1,218 @@
+"""The stage runner: the run's context, one stage run or skipped by its key, stages side by side.
+
+Each stage owns a folder under ``--out`` and records in it a key (a hash of the config fields it
+reads and of its upstream stages' keys). A stage whose record matches is skipped, so a re-run
+resumes; a changed field reruns that stage and everything downstream; ``--force`` redoes all.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from tqdm import tqdm
+
+from attacks.classifier import CaffeClassifier
+from attacks.perturbation_io import load_any
+
+from ..core import ToolkitError, set_mode, write_text
+from ..data import DataSource, FashionMnist
+from ..presets import NetPreset, get_preset
+from .config import NET, ReproConfig, stage_of
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- run context
+@dataclass
+class Context:
+    """What every stage needs: options, folders, data, and lazily built classifiers."""
+
+    cfg: ReproConfig
+    out: Path
+    force: bool = False
+    progress: bool = True
+    gpu: Optional[int] = None
+    jobs: int = 1
+    train_source: Optional[DataSource] = None
+    test_source: Optional[DataSource] = None
+    keys: Dict[str, str] = field(default_factory=dict)
+    records: Dict[str, dict] = field(default_factory=dict)
+    _classifiers: Dict[str, CaffeClassifier] = field(default_factory=dict)
+
+    @property
+    def preset(self) -> NetPreset:
+        return get_preset(NET)
+
+    def folder(self, stage: str) -> Path:
+        return self.out / stage
+
+    def train_data(self) -> DataSource:
+        if self.train_source is None:
+            self.train_source = FashionMnist("train")
+        return self.train_source
+
+    def test_data(self) -> DataSource:
+        if self.test_source is None:
+            self.test_source = FashionMnist("test")
+        return self.test_source
+
+    # files shared between stages
+    @property
+    def baseline_weights(self) -> Path:
+        return self.folder("baseline") / "fashionnet.caffemodel"
+
+    @property
+    def baseline_deploy(self) -> Path:
+        return self.folder("baseline") / "deploy.prototxt"
+
+    @property
+    def fru_deploy(self) -> Path:
+        return self.folder("generate") / "top" / "deploy_FRU.prototxt"
+
+    def weights(self, model: str) -> Path:
+        return {"baseline": self.baseline_weights,
+                "fru": self.folder("train_fru") / "fashionnet_FRU.caffemodel",
+                "fru_bottom": self.folder("ranking") / "fashionnet_FRU_bottom.caffemodel",
+                "fru_secondary": self.folder("secondary") / "fashionnet_FRU_secondary.caffemodel",
+                "adv_finetune": self.folder("peers") / "fashionnet_adv_finetune.caffemodel"}[model]
+
+    def classifier(self, model: str) -> CaffeClassifier:
+        """A CaffeClassifier for a trained model (baseline deploy or FRU deploy)."""
+        if model not in self._classifiers:
+            deploy = self.fru_deploy if model.startswith("fru") else self.baseline_deploy
+            self._classifiers[model] = CaffeClassifier.from_files(deploy, self.weights(model), self.preset.mean_bgr,
+                                                                  batch_size=self.cfg.eval_batch)
+        return self._classifiers[model]
+
+    def perturbations(self, set_name: str) -> List[np.ndarray]:
+        stage = stage_of(set_name)
+        folder = self.folder(stage) / set_name
+        files = sorted(folder.glob("*.npy"), key=lambda p: p.stem)
+        if not files:
+            raise ToolkitError(f"{folder}: no perturbations; run the '{stage}' stage")
+        return [load_any(p, "npy") for p in files]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[Context], dict]
+    fields: Tuple[str, ...]
+    upstream: Tuple[str, ...] = ()
+
+
+def stage_key(ctx: Context, stage: Stage) -> str:
+    payload = {"fields": {f: getattr(ctx.cfg, f) for f in stage.fields},
+               "upstream": {u: ctx.keys[u] for u in stage.upstream}, "stage": stage.name}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_stage(ctx: Context, stage: Stage) -> dict:
+    """Run ``stage`` unless its record matches; wipe its folder when its inputs changed."""
+    key = stage_key(ctx, stage)
+    ctx.keys[stage.name] = key
+    folder = ctx.folder(stage.name)
+    record_path = folder / "stage.json"
+    if not ctx.force and record_path.is_file():
+        record = json.loads(record_path.read_text())
+        if record.get("key") == key:
+            log.info("stage %s: up to date (%s), skipped", stage.name, record_path)
+            record["resumed"] = True
+            ctx.records[stage.name] = record
+            return record
+    key_file = folder / ".key"
+    stale = folder.exists() and (ctx.force or not key_file.is_file() or key_file.read_text() != key)
+    if stale:
+        log.info("stage %s: inputs changed%s, redoing it", stage.name, " (--force)" if ctx.force else "")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text(key_file, key)
+    log.info("stage %s: running", stage.name)
+    start, started_at = time.perf_counter(), time.time()
+    result = stage.run(ctx)
+    record = {"key": key, "seconds": round(time.perf_counter() - start, 1), "result": result,
+              "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "started_at": started_at, "ended_at": time.time(),
+              "loadavg": list(os.getloadavg())}
+    write_text(record_path, json.dumps(record, indent=2, default=_json_default) + "\n")
+    record["resumed"] = False
+    ctx.records[stage.name] = record
+    log.info("stage %s: %.1f s", stage.name, record["seconds"])
+    return record
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def save_json(path: Path, data) -> Path:
+    return write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def ready_stages(stages: Sequence[Stage], done: set, running: set) -> List[Stage]:
+    """Stages whose upstream stages are all done, in ``stages`` order (the critical path first)."""
+    return [s for s in stages if s.name not in done | running and all(u in done for u in s.upstream)]
+
+
+def _stage_worker(cfg: ReproConfig, out: Path, force: bool, gpu: Optional[int], jobs: int, keys: Dict[str, str],
+                  stage: Stage, log_level: int) -> dict:
+    """One stage in a worker process (fresh interpreter: its own Caffe, data and classifiers)."""
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    set_mode(gpu, cfg.seed)
+    ctx = Context(cfg, out, force=force, progress=False, gpu=gpu, jobs=jobs, keys=dict(keys))
+    return run_stage(ctx, stage)
+
+
+def run_parallel(ctx: Context, stages: Sequence[Stage], jobs: int) -> None:
+    """Run independent stages side by side in ``jobs`` worker processes.
+
+    On a small CPU, Caffe's convolutions of 28x28 images hardly use a second BLAS thread, so
+    two stages on one core each (FRU training beside the bottom-ranked training, the secondary
+    defence beside adversarial fine-tuning) take about the time of one. Workers run one BLAS
+    thread each (``OPENBLAS_NUM_THREADS=1``), so the numbers do not depend on the number of
+    cores (floating-point sums depend on the thread count, and SGD amplifies such
+    differences: results are bit-identical for the same ``--jobs`` on the same kind of CPU).
+    Progress shows as one bar of stages.
+    """
+    for stage in stages:  # a worker needs the keys of its upstream stages
+        ctx.keys[stage.name] = stage_key(ctx, stage)
+    saved = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    os.environ.update({k: "1" for k in saved})
+    done: set = set()
+    running: Dict[object, str] = {}
+    try:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool, \
+                tqdm(total=len(stages), desc="stages", unit="stage", disable=not ctx.progress) as bar:
+            while len(done) < len(stages):
+                for stage in ready_stages(stages, done, set(running.values()))[:jobs - len(running)]:
+                    log.info("stage %s: starting in a worker", stage.name)
+                    running[pool.submit(_stage_worker, ctx.cfg, ctx.out, ctx.force, ctx.gpu, jobs, dict(ctx.keys),
+                                        stage, logging.getLogger().level)] = stage.name
+                bar.set_postfix(running=",".join(sorted(running.values())))
+                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for future in finished:
+                    name = running.pop(future)
+                    ctx.records[name] = future.result()
+                    done.add(name)
+                    bar.update(1)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -1,0 +1,283 @@
+"""The Python-driven Caffe solver: solver files checked in Python, the ``SolverWrapper`` loop.
+
+Follows py-faster-rcnn's ``SolverWrapper``: Python feeds every mini-batch into the train net's
+``Input`` blobs (``defense.train.batches``), calls ``solver.step(1)`` and owns the snapshots.
+Frozen layers (``lr_mult: 0`` in the train prototxt) are checked bit-identical at the end of
+training.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import signal
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+from google.protobuf import text_format
+
+from ..core import (ToolkitError, caffe, caffe_pb2, check_weights_fit, param_shapes, read_binary_proto,
+                    read_caffemodel, read_net_param, validate_net_param)
+from ..data import DataSource
+from .batches import EpochSampler, TrainOptions, mixed_batch, stack_perturbations, subtract_mean
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: the last iteration, its snapshot files and the loss curve."""
+
+    iterations: int
+    caffemodel: Path
+    solverstate: Path
+    losses: List[float] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- solver files
+def read_solver_param(path: os.PathLike | str) -> "caffe_pb2.SolverParameter":
+    """Parse a solver prototxt and inline its (validated) train net, so Caffe cannot abort on it.
+
+    A relative ``net:`` path is looked up beside the solver file when it does not exist from
+    the working directory. Test nets are dropped: evaluation is done by ``defense.evaluate``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError(f"{path}: solver prototxt not found; generate it with 'python -m defense.generate'")
+    try:
+        param = text_format.Parse(path.read_text(), caffe_pb2.SolverParameter())
+    except (text_format.ParseError, UnicodeDecodeError) as exc:
+        msg = str(exc).splitlines()[0]
+        raise ToolkitError(f"{path}: not a valid Caffe solver prototxt ({msg}); fix or regenerate it") from None
+    if param.HasField("net_param") or param.HasField("train_net_param"):
+        net = param.net_param if param.HasField("net_param") else param.train_net_param
+        net_source: os.PathLike | str = f"{path} (inline net)"
+    else:
+        name = param.net or param.train_net
+        if not name:
+            raise ToolkitError(f"{path}: solver names no train net ('net:'); regenerate it")
+        net_source = Path(name) if Path(name).is_file() else path.parent / name
+        net = read_net_param(net_source)
+    validate_net_param(net, net_source)
+    _check_solver_fields(param, path)
+    out = caffe_pb2.SolverParameter()
+    out.CopyFrom(param)
+    for name in ("net", "train_net", "train_net_param", "test_net", "test_net_param", "test_iter",
+                 "test_interval", "test_state", "snapshot_prefix"):
+        out.ClearField(name)
+    out.net_param.CopyFrom(net)
+    out.test_initialization = False
+    return out
+
+
+SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
+LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
+
+
+def _check_solver_fields(param: "caffe_pb2.SolverParameter", path: Path) -> None:
+    """The solver fields on which Caffe would abort (or divide by zero) mid-run."""
+    if param.type not in SOLVER_TYPES:
+        raise ToolkitError(f"{path}: unknown solver type '{param.type}'; use one of {', '.join(SOLVER_TYPES)}")
+    if param.lr_policy not in LR_POLICIES:
+        raise ToolkitError(f"{path}: lr_policy '{param.lr_policy}' is not one of {', '.join(LR_POLICIES)}; set it")
+    if param.lr_policy in ("step", "sigmoid") and param.stepsize <= 0:
+        raise ToolkitError(f"{path}: lr_policy '{param.lr_policy}' needs a positive stepsize")
+    if param.iter_size != 1:
+        raise ToolkitError(f"{path}: iter_size must be 1 (each iteration gets a fresh batch from Python), "
+                           f"got {param.iter_size}; use a larger batch in the train net instead")
+
+
+def check_solverstate(path: os.PathLike | str) -> Path:
+    """Validate a ``.solverstate`` (and the caffemodel it points to) before Caffe reads it."""
+    path = Path(path)
+    state = read_binary_proto(path, caffe_pb2.SolverState(), "solverstate",
+                              "pass a '<prefix>_iter_<N>.solverstate' snapshot", "use an earlier snapshot")
+    if state.learned_net:
+        learned = Path(state.learned_net)
+        if not learned.is_file():
+            raise ToolkitError(f"{path}: its weights {learned} are missing; keep the .caffemodel beside the .solverstate")
+        read_caffemodel(learned)
+    return path
+
+
+def frozen_layers(net: "caffe_pb2.NetParameter") -> List[str]:
+    """Layers whose parameters the solver must never change.
+
+    ``lr_mult: 0`` on every blob, or a BatchNorm that uses its stored statistics (a BatchNorm
+    in training mode rewrites its statistics whatever its ``lr_mult``).
+    """
+    frozen = []
+    for layer in net.layer:
+        if layer.type == "BatchNorm":
+            if layer.batch_norm_param.use_global_stats:
+                frozen.append(layer.name)
+        elif layer.param and all(p.lr_mult == 0 for p in layer.param):
+            frozen.append(layer.name)
+    return frozen
+
+
+def _digests(net: "caffe.Net", names: Sequence[str]) -> Dict[str, str]:
+    return {name: hashlib.sha256(b"".join(b.data.tobytes() for b in net.params[name])).hexdigest()
+            for name in names if name in net.params}
+
+
+@contextlib.contextmanager
+def _sigint_flag() -> Iterator[Dict[str, bool]]:
+    """Turn Ctrl-C into a flag the loop checks between iterations (so it can snapshot first)."""
+    flag = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["stop"]:  # second Ctrl-C: give up at once
+            raise KeyboardInterrupt
+        flag["stop"] = True
+        log.warning("Ctrl-C: finishing this iteration, then writing a snapshot")
+
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+# ---------------------------------------------------------------- the solver wrapper
+class SolverWrapper:
+    """A Caffe solver fed from Python, owning its snapshots (py-faster-rcnn's pattern).
+
+    :param solver: solver prototxt (its train net must read Input blobs ``data`` and ``label``).
+    :param snapshot_dir: where ``<prefix>_iter_<N>.caffemodel/.solverstate`` go.
+    :param weights: initial weights (e.g. the generator's ``init.caffemodel``), copied by name.
+    :param resume: a ``.solverstate`` to continue from (iteration, momentum and weights).
+    :param mean: per-channel mean (pixel units) subtracted after the perturbation is added.
+    """
+
+    def __init__(self, solver: os.PathLike | str, snapshot_dir: os.PathLike | str, mean: Sequence[float],
+                 weights: os.PathLike | str | None = None, resume: os.PathLike | str | None = None,
+                 options: TrainOptions = TrainOptions(), prefix: Optional[str] = None):
+        self.options, self.mean = options, tuple(float(m) for m in mean)
+        param = read_solver_param(solver)
+        self.max_iter = int(options.max_iter or param.max_iter)
+        if self.max_iter < 1:
+            raise ToolkitError(f"{solver}: max_iter is not set; give it in the solver or with --max-iter")
+        self.snapshot_every = int(param.snapshot if options.snapshot_every is None else options.snapshot_every)
+        self.snapshot_dir = Path(snapshot_dir)
+        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        self.prefix = str((self.snapshot_dir / (prefix or Path(solver).stem)).resolve())
+        param.snapshot_prefix = self.prefix
+        param.snapshot = 0  # the Python loop snapshots, not Caffe
+        param.display = 0
+        param.max_iter = self.max_iter
+        param.snapshot_format = caffe_pb2.SolverParameter.BINARYPROTO
+        if resume is not None:
+            check_solverstate(resume)
+        with tempfile.TemporaryDirectory() as tmp:
+            if weights is not None:
+                read_caffemodel(weights)
+            solver_file = Path(tmp) / "solver.prototxt"
+            solver_file.write_text(text_format.MessageToString(param))
+            self.solver = caffe.get_solver(str(solver_file))
+        net = self.solver.net
+        for blob in (options.data_blob, options.label_blob, options.loss_blob):
+            if blob not in net.blobs:
+                raise ToolkitError(f"{solver}: train net has no blob '{blob}'; it needs Inputs "
+                                   f"'{options.data_blob}', '{options.label_blob}' and a loss '{options.loss_blob}'")
+        self.num_classes = self._loss_classes(net)
+        if weights is not None:
+            check_weights_fit(weights, param_shapes(net), solver)
+            net.copy_from(str(weights))
+        if resume is not None:
+            self.solver.restore(str(resume))
+            log.info("resumed from %s at iteration %d", resume, self.solver.iter)
+        self.frozen = frozen_layers(param.net_param)
+        self._frozen_digests = _digests(net, self.frozen)
+        free = [n for n in net.params if n not in self.frozen]
+        log.info("%d frozen layers; %d layers that change (%d parameters, BatchNorm statistics included)",
+                 len(self._frozen_digests), len(free), sum(b.data.size for n in free for b in net.params[n]))
+
+    @property
+    def iter(self) -> int:
+        return int(self.solver.iter)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.solver.net.blobs[self.options.data_blob].data.shape[0])
+
+    def _loss_classes(self, net: "caffe.Net") -> int:
+        """Classes of the scores the loss reads (Caffe's CPU loss does not check label range)."""
+        for name in net._layer_names:
+            if self.options.loss_blob in net.top_names[name]:
+                scores = net.bottom_names[name][0]
+                return int(np.prod(net.blobs[scores].data.shape[1:]))
+        raise ToolkitError(f"the train net has no layer that writes '{self.options.loss_blob}'")
+
+    def step(self, x: np.ndarray, y: np.ndarray) -> float:
+        """One solver iteration on pixel-unit images ``x`` and labels ``y``; returns the loss."""
+        y = np.asarray(y)
+        if y.size and (y.min() < 0 or y.max() >= self.num_classes):
+            # an out-of-range label makes Caffe's SoftmaxWithLoss read past its scores
+            raise ToolkitError(f"labels must lie in [0, {self.num_classes}) for this net, got "
+                               f"{int(y.min())}..{int(y.max())}; the data source does not match the network")
+        net = self.solver.net
+        net.blobs[self.options.data_blob].data[...] = subtract_mean(x, self.mean)
+        net.blobs[self.options.label_blob].data[...] = y.reshape(net.blobs[self.options.label_blob].data.shape)
+        self.solver.step(1)
+        return float(net.blobs[self.options.loss_blob].data)
+
+    def snapshot(self) -> Tuple[Path, Path]:
+        """Write ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate`` for the current iteration."""
+        self.solver.snapshot()
+        stem = f"{self.prefix}_iter_{self.iter}"
+        log.info("snapshot %s.caffemodel", stem)
+        return Path(stem + ".caffemodel"), Path(stem + ".solverstate")
+
+    def check_frozen(self) -> None:
+        """Raise if any frozen layer's blobs changed (a train prototxt without lr_mult 0, say)."""
+        now = _digests(self.solver.net, self.frozen)
+        changed = [name for name, digest in self._frozen_digests.items() if now[name] != digest]
+        if changed:
+            raise ToolkitError(f"frozen layers changed during training: {', '.join(changed)}; "
+                               "their train prototxt needs lr_mult 0 (BatchNorm: use_global_stats)")
+
+    def run(self, source: DataSource, perturbations: Sequence[np.ndarray], rank: int = 0,
+            world: int = 1) -> TrainResult:
+        """Step until ``max_iter``; snapshot every ``snapshot_every`` and on Ctrl-C."""
+        from tqdm import tqdm
+
+        perts = stack_perturbations(perturbations, source.image_shape)
+        if self.options.clean_fraction < 1.0 and not len(perts):
+            raise ValueError("training with perturbed images needs at least one perturbation")
+        sampler = EpochSampler(len(source), self.options.seed)
+        batch = self.batch_size
+        losses: List[float] = []
+        files: Optional[Tuple[Path, Path]] = None
+        bar = tqdm(total=self.max_iter, initial=self.iter, desc="train", unit="it",
+                   disable=not self.options.progress or rank != 0)
+        with _sigint_flag() as flag, bar:
+            while self.iter < self.max_iter:
+                x, y, _ = mixed_batch(source, perts, sampler, batch, self.iter, self.options, rank, world)
+                losses.append(self.step(x, y))
+                if not np.isfinite(losses[-1]):
+                    raise ToolkitError(f"training diverged (loss {losses[-1]}) at iteration {self.iter}; "
+                                       "lower the learning rate")
+                bar.update(1)
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+                files = None
+                if rank == 0 and self.snapshot_every and self.iter % self.snapshot_every == 0:
+                    files = self.snapshot()
+                if flag["stop"]:
+                    if rank == 0:
+                        files = files or self.snapshot()
+                        log.warning("interrupted at iteration %d; resume with --resume %s", self.iter, files[1])
+                    raise KeyboardInterrupt
+        if rank == 0 and files is None:
+            files = self.snapshot()
+        self.check_frozen()
+        caffemodel, state = files if files else (Path(), Path())
+        return TrainResult(self.iter, caffemodel, state, losses)

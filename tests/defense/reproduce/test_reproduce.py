@@ -1,0 +1,266 @@
+"""The Fashion-MNIST reproduction (defense.reproduce): a --quick run end to end, resuming,
+per-stage invalidation, the ranking helpers and the target checks."""
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from defense.reproduce.config import (L2_PER_LINF, METRICS, NET, REQUIRED_MODELS, ReproConfig, attack_sets,
+                                      eval_cases, stage_of, train_subsets)
+from defense.reproduce.pipeline import STAGE_NAMES, STAGES
+from defense.reproduce.report import check_targets, finish_order, ship, stages_wall_seconds
+from defense.reproduce.runner import Context, ready_stages
+from defense.reproduce.stages import (_bottom_ranked, evaluation_images, fru_targets, masked_restoration,
+                                      training_perturbations)
+from defense.paper import demo_defaults
+from defense.presets import get_preset, fru_names
+from defense.generate.ranking import permutation_from_matrix, rank_channels
+
+QUICK = ReproConfig.quick()
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "defense.reproduce", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, root):
+    out = tmp_path_factory.mktemp("repro") / "fashion"
+    res = _cli("--quick", "--quiet", "--out", str(out), "--jobs", "2", cwd=root)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return out, json.loads((out / "summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_quick_run_reports_every_case_model_and_metric(quick_run):
+    out, summary = quick_run
+    assert list(summary["cases"]) == [c.key for c in eval_cases(QUICK)]
+    assert list(summary["cases"]) == ["same-norm", "cross-norm", "stronger-x2", "unseen-spgd", "unseen-gduap",
+                                      "unseen-svuap", "adaptive", "adaptive-secondary"]
+    for key, case in summary["cases"].items():
+        base_clean = case["models"]["baseline"]["clean_top1"]
+        assert case["images"] == QUICK.test_images
+        for model in REQUIRED_MODELS + ("fru_secondary", "fru_bottom"):
+            row = case["models"][model]
+            assert set(METRICS) <= set(row), (key, model)
+            for metric in ("clean_top1", "perturbed_top1", "fooling_rate"):
+                assert 0.0 <= row[metric] <= 1.0
+            # restoration = (clean + perturbed) / (2 x baseline clean): above 1 where a model (the
+            # quick run's weak baseline too) is right on more perturbed than clean images
+            assert row["restoration"] == pytest.approx((row["clean_top1"] + row["perturbed_top1"]) / (2 * base_clean),
+                                                       abs=1e-12)
+            assert 0.0 <= row["restoration"] <= 1.0 / base_clean
+    assert summary["config"] == json.loads((out / "config.json").read_text())
+    assert summary["xi_l2"] == pytest.approx(QUICK.xi * L2_PER_LINF, abs=0.01)
+    assert set(summary["timings"]) == set(STAGE_NAMES)
+    assert {t["target"] for t in summary["targets"]} >= {"baseline test top-1 >= 0.90",
+                                                         "same-norm: FRU restoration >= 0.95"}
+    for name in ("results.md", "restoration.png", "feature_map.png", "config.json"):
+        assert (out / name).stat().st_size > 100, name
+    assert "| same-norm: fresh l_inf UAPs" in (out / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_quick_run_writes_models_and_bounded_perturbations(quick_run):
+    out, summary = quick_run
+    for path in (out / "baseline" / "fashionnet.caffemodel", out / "train_fru" / "fashionnet_FRU.caffemodel",
+                 out / "ranking" / "fashionnet_FRU_bottom.caffemodel",
+                 out / "secondary" / "fashionnet_FRU_secondary.caffemodel",
+                 out / "peers" / "fashionnet_adv_finetune.caffemodel"):
+        assert path.stat().st_size > 100_000, path
+    for s in attack_sets(QUICK):
+        files = sorted((out / stage_of(s.name) / s.name).glob("*.npy"))
+        assert len(files) == s.count, s.name
+        for f in files:
+            v = np.load(f, allow_pickle=False)
+            assert v.shape == (1, 28, 28) and v.dtype == np.float32
+            norm = np.abs(v).max() if s.norm == "inf" else np.sqrt((v.astype(np.float64) ** 2).sum())
+            assert norm <= s.xi * (1 + 1e-5), (s.name, norm)
+    assert len(list((out / "train_attacks" / "synthetic").glob("*.npy"))) == QUICK.synthetic
+    masking = summary["ranking"]["masking"]
+    assert set(masking) == {"conv1", "conv2", "conv3"}
+    assert all(0.0 <= r["top_half_masked"] <= 1.0 / summary["ranking"]["clean_top1"] for r in masking.values())
+
+
+@pytest.mark.slow
+def test_masking_every_channel_gives_back_clean_accuracy(quick_run):
+    out, _ = quick_run
+    ctx = Context(QUICK, out, progress=False)
+    x, y = evaluation_images(ctx)
+    x, y = x[:50], y[:50]
+    perts = np.stack(ctx.perturbations("same-norm"))
+    which = np.zeros(len(y), dtype=np.int64)
+    clean = float(np.mean(ctx.classifier("baseline").labels(x) == y))
+    for target in fru_targets(ctx):
+        channels = np.arange(2 * target.n)
+        assert masked_restoration(ctx, target, channels, x, y, perts, which, clean) == pytest.approx(1.0, abs=1e-12)
+    perturbed = float(np.mean(ctx.classifier("baseline").labels(x, perturbation=perts[0]) == y))
+    none = masked_restoration(ctx, fru_targets(ctx)[0], np.arange(0), x, y, perts, which, clean)
+    assert none == pytest.approx((clean + perturbed) / (2 * clean), abs=1e-12)
+
+
+@pytest.mark.slow
+def test_rerun_resumes_and_a_changed_field_redoes_only_downstream_stages(quick_run, root):
+    out, first = quick_run
+    assert first["machine"]["jobs"] == 2  # the fixture ran stages side by side in two workers
+    starts = {name: json.loads((out / name / "stage.json").read_text()) for name in STAGE_NAMES}
+    for stage in STAGES:  # no stage started before its upstream stages ended
+        for up in stage.upstream:
+            assert starts[stage.name]["started_at"] >= starts[up]["ended_at"], (stage.name, up)
+    res = _cli("--quick", "--quiet", "--out", str(out), "--jobs", "1", cwd=root)
+    assert res.returncode == 0, res.stderr[-2000:]
+    again = json.loads((out / "summary.json").read_text())
+    assert all(t["resumed"] for t in again["timings"].values())
+    assert again["cases"] == first["cases"]
+    res = _cli("--quick", "--quiet", "--out", str(out), "--set", "test_images=150", cwd=root)
+    assert res.returncode == 0, res.stderr[-2000:]
+    changed = json.loads((out / "summary.json").read_text())
+    redone = {name for name, t in changed["timings"].items() if not t["resumed"]}
+    assert redone == {"masking", "evaluate"}
+    assert changed["cases"]["same-norm"]["images"] == 150
+
+
+def test_bottom_ranked_weights_reverse_each_targets_ranking():
+    preset = get_preset("FashionNet")
+    rng = np.random.default_rng(0)
+    base = {t.layer: [rng.normal(size=(2 * t.n, 4, 3, 3)).astype(np.float32)] for t in preset.targets}
+    out = _bottom_ranked({"keep": [np.ones(1)]}, base, preset.targets)
+    assert "keep" in out
+    for t in preset.targets:
+        names = fru_names(t)
+        perm = permutation_from_matrix(out[names.imap][0])
+        np.testing.assert_array_equal(perm, rank_channels(base[t.layer][0])[::-1])
+        np.testing.assert_array_equal(permutation_from_matrix(out[names.remap][0])[perm], np.arange(2 * t.n))
+
+
+def test_training_subsets_are_disjoint_and_cover_every_image_attack():
+    cfg = ReproConfig()
+    subsets = train_subsets(cfg, 60000)
+    needed = [(s.name, k) for s in attack_sets(cfg) if s.uses_images for k in range(s.count)]
+    assert sorted(subsets) == sorted(needed + [("calibration", 0)])
+    everything = np.concatenate(list(subsets.values()))
+    assert everything.size == (len(needed) + 1) * cfg.uap_images == np.unique(everything).size
+    with pytest.raises(ValueError, match="need more than the 1000 training images"):
+        train_subsets(cfg, 1000)
+
+
+def test_train_extra_joins_the_training_set_moves_no_other_subset_and_is_reported_as_seen(tmp_path):
+    cfg = ReproConfig()
+    seen = ReproConfig(train_extra=("spgd",))
+    base, extra = train_subsets(cfg, 60000), train_subsets(seen, 60000)
+    assert set(extra) - set(base) == {("train-spgd", k) for k in range(seen.train_extra_per_attack)}
+    assert all(np.array_equal(base[k], extra[k]) for k in base)  # calibration included
+    everything = np.concatenate(list(extra.values()))
+    assert np.unique(everything).size == everything.size
+    cases = {c.key: c for c in eval_cases(seen)}
+    assert cases["unseen-spgd"].group == "seen" and "SEEN" in cases["unseen-spgd"].title
+    assert cases["unseen-gduap"].group == "unseen"
+    ctx = Context(seen, tmp_path)
+    for name, count in (("train", 2), ("synthetic", 1), ("train-spgd", 3)):
+        folder = tmp_path / stage_of(name) / name
+        folder.mkdir(parents=True)
+        for k in range(count):
+            np.save(folder / f"{k:02d}.npy", np.full((1, 28, 28), len(name) + k, np.float32))
+    got = [float(p.flat[0]) for p in training_perturbations(ctx)]
+    assert got == [5, 6, 9, 10, 11, 12]
+    with pytest.raises(ValueError, match="unknown train_extra attack 'pgd'"):
+        ReproConfig(train_extra=("pgd",))
+
+
+def test_targets_are_checked_against_the_issue_thresholds():
+    def row(clean, pert, rest, fr):
+        return {"clean_top1": clean, "perturbed_top1": pert, "restoration": rest, "fooling_rate": fr}
+    models = {"baseline": row(0.9, 0.3, 0.667, 0.6), "fru": row(0.895, 0.85, 0.969, 0.1),
+              "median": row(0.88, 0.5, 0.77, 0.4), "jpeg": row(0.9, 0.4, 0.72, 0.5), "bits": row(0.9, 0.3, 0.67, 0.6)}
+    summary = {"baseline": {"test_top1": 0.9023, "test_images": 10000},
+               "cases": {"same-norm": {"group": "same-norm", "models": models},
+                         "unseen-spgd": {"group": "unseen", "models": dict(models, fru=row(0.895, 0.6, 0.83, 0.3))},
+                         # in the FRU training set (train_extra): no unseen-attack target is claimed for it
+                         "unseen-gduap": {"group": "seen", "models": dict(models, fru=row(0.895, 0.8, 0.94, 0.1))}},
+               "ranking": {"masking": {"conv1": {"top_half_masked": 0.9, "bottom_half_masked": 0.8}}}}
+    met = {t["target"]: t["met"] for t in check_targets(summary)}
+    assert met == {"baseline test top-1 >= 0.90": True, "same-norm: baseline fooling rate >= 0.5": True,
+                   "same-norm: baseline restoration <= 0.75": True, "same-norm: FRU restoration >= 0.95": True,
+                   "FRU clean top-1 within 0.01 of the baseline's": True,
+                   "unseen-spgd: FRU restoration >= 0.85": False, "unseen-spgd: FRU - baseline restoration >= 0.15": True,
+                   "ranking: masking top half beats bottom half (conv1)": True,
+                   "same-norm: FRU restoration above every image-domain peer": True,
+                   "unseen-spgd: FRU restoration above every image-domain peer": True}
+
+
+def test_unknown_config_key_is_an_error(root):
+    res = _cli("--quick", "--out", "unused", "--set", "fru_iterations=5", cwd=root)
+    assert res.returncode == 2
+    assert "error: unknown config key 'fru_iterations'; valid: seed," in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_config_values_are_validated():
+    with pytest.raises(ValueError, match="cannot read 'abc' as int"):
+        ReproConfig().with_overrides(["fru_iters=abc"])
+    with pytest.raises(ValueError, match="fru_iters must be a positive integer, got 0"):
+        ReproConfig().with_overrides(["fru_iters=0"])
+    with pytest.raises(ValueError, match="unknown unseen attack 'nag'"):
+        ReproConfig(unseen=("spgd", "nag"))
+    with pytest.raises(ValueError, match="--set takes key=value"):
+        ReproConfig().with_overrides(["fru_iters"])
+    cfg = ReproConfig().with_overrides(["stronger=1.5,3", "test_images=none", "xi=40"])
+    assert (cfg.stronger, cfg.test_images, cfg.xi) == ((1.5, 3.0), None, 40.0)
+
+
+@pytest.mark.slow
+def test_ship_copies_models_with_records_naming_where_they_lie(quick_run, tmp_path):
+    out, _ = quick_run
+    ctx = Context(QUICK, out, progress=False)
+    written = ship(ctx, tmp_path)
+    demo = demo_defaults(NET)
+    for rel, src in ((demo.baseline[1], ctx.baseline_weights), (demo.fru[1], ctx.weights("fru"))):
+        assert (tmp_path / rel).read_bytes() == src.read_bytes()
+        record = json.loads((tmp_path / rel).with_suffix(".json").read_text())
+        source = json.loads(src.with_suffix(".json").read_text())
+        assert record == ({**source, "weights": rel} if "weights" in source else source)
+    assert tmp_path / demo.baseline[1] in written and len(written) == len(set(written))
+
+
+def test_ready_stages_wait_for_upstream_and_keep_the_stage_order():
+    names = lambda stages: [s.name for s in stages]  # noqa: E731
+    assert names(ready_stages(STAGES, set(), set())) == ["baseline"]
+    assert names(ready_stages(STAGES, {"baseline"}, set())) == ["train_attacks", "generate", "test_attacks"]
+    done = {"baseline", "train_attacks", "generate"}
+    assert names(ready_stages(STAGES, done, {"test_attacks"})) == ["train_fru", "ranking", "peers"]
+    done |= {"train_fru", "test_attacks"}
+    # the secondary defence (on the longest chain) comes before the rest
+    assert names(ready_stages(STAGES, done, {"ranking"})) == ["secondary", "adaptive", "masking", "peers"]
+    done |= {"ranking", "masking", "peers", "secondary"}
+    assert names(ready_stages(STAGES, done, set())) == ["adaptive"]
+    done |= {"adaptive"}
+    assert names(ready_stages(STAGES, done, set())) == ["evaluate"]
+    assert names(ready_stages(STAGES, done, {"evaluate"})) == []
+
+
+def test_stages_wall_time_spans_overlapping_stages():
+    records = [{"seconds": 10.0, "started_at": 100.0, "ended_at": 110.0},
+               {"seconds": 8.0, "started_at": 101.0, "ended_at": 109.0},
+               {"seconds": 5.0, "started_at": 110.0, "ended_at": 115.0}]
+    assert stages_wall_seconds(records) == 15.0
+    assert stages_wall_seconds([{"seconds": 10.0}, {"seconds": 5.0}]) == 15.0  # records of older runs
+
+
+def test_committed_results_carry_no_machine_paths(root):
+    """Results and shipped records name files relative to the repository, never a machine's folders."""
+    committed = sorted((root / "results").rglob("*.json")) + sorted((root / "weights").rglob("*.json"))
+    assert committed
+    for path in committed:
+        strings = re.findall(r'"((?:[^"\\]|\\.)*)"', path.read_text())
+        absolute = [s for s in strings if s.startswith("/") or re.match(r"^[A-Za-z]:\\", s)]
+        assert not absolute, (path, absolute[:3])
+
+
+def test_timings_follow_the_order_the_stages_ended():
+    records = {"b": {"ended_at": 20.0}, "a": {"ended_at": 10.0}, "c": {"ended_at": 30.0}}
+    assert [name for name, _ in finish_order(records)] == ["a", "b", "c"]
+    assert [name for name, _ in finish_order({"b": {}, "a": {"ended_at": 1.0}})] == ["b", "a"]  # older records

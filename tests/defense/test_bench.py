@@ -1,0 +1,48 @@
+"""defense.bench: MAC counting, the side-by-side timing record, and the memory guard."""
+import pytest
+
+from defense import bench
+from defense.core import load_net
+from defense.networks import fashionnet
+from defense.presets import get_preset
+
+
+def test_net_macs_counts_conv_and_fc_multiply_accumulates():
+    net = load_net(bench.with_batch(fashionnet.build(get_preset("FashionNet")), 1))
+    expected = 0
+    for name in net.params:
+        layer = net.layer_dict[name]
+        if layer.type in ("Convolution", "InnerProduct"):
+            top = net.blobs[net.top_names[name][0]].data
+            w = net.params[name][0].data
+            expected += top.size * w[0].size  # each output value: one dot product over a filter
+    assert bench.net_macs(net) == expected > 0
+
+
+def test_bench_one_times_every_layout_and_reports_mac_ratios():
+    res = bench.bench_one("FashionNet", batch=2, reps=1)
+    rows = res["layouts"]
+    assert list(rows) == ["baseline", "fru_explicit", "fru_fast"]
+    assert rows["fru_explicit"]["time_ratio_vs_published"] == 1.0 == rows["fru_explicit"]["mac_ratio_vs_published"]
+    assert rows["baseline"]["macs_per_image"] < rows["fru_fast"]["macs_per_image"] < rows["fru_explicit"]["macs_per_image"]
+    assert all(r["ms_per_image"] > 0 for r in rows.values())
+    # the permutation convs' share, counted independently by name
+    net = load_net(bench.with_batch(bench.layouts("FashionNet")["fru_explicit"][0], 1))
+    perm = [n for n in net.params if n.endswith(("_imap", "_remap"))]
+    assert len(perm) == 6
+    expected = 1 - bench.net_macs(net, perm) / bench.net_macs(net)
+    assert res["permutation_free_mac_ratio"] == pytest.approx(expected, rel=1e-12)
+    assert rows["fru_fast"]["mac_ratio_vs_published"] > expected > rows["baseline"]["mac_ratio_vs_published"]
+
+
+def test_paired_ratio_is_the_median_of_per_repetition_ratios():
+    # a slow second repetition doubles both times: the pairs still say 0.5
+    assert bench.paired_ratio([1.0, 2.0, 0.6], [2.0, 4.0, 1.0]) == pytest.approx(0.5)
+    assert bench.paired_ratio([3.0], [2.0]) == pytest.approx(1.5)
+
+
+def test_bench_one_skips_a_batch_that_would_not_fit_in_memory(monkeypatch):
+    monkeypatch.setattr(bench, "available_bytes", lambda: 10 * 2**20)
+    res = bench.bench_one("FashionNet", batch=4096, reps=1)
+    assert "layouts" not in res and "use a smaller --batch" in res["skipped"]
+    assert bench.net_bytes(fashionnet.build(get_preset("FashionNet")), 2) > 0
