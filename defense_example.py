@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 
 from defense.core import run_cli, set_mode
 from defense.evaluate.demo import LABELS_ENV, DemoOptions, run_demo, save_figure
+from defense.generate.onnx_graph import RUNTIMES
 from defense.paper import DEMO, DEMO_ATTACKS
 from defense.evaluate.resources import PUBLISHED_PERTURBATIONS
 
@@ -49,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "class indices when absent)")
     ap.add_argument("--manifest", type=Path, help="weights manifest (default: weights/manifest.json)")
     ap.add_argument("--gpu", type=int, default=None, help="GPU id (default: CPU)")
+    ap.add_argument("--runtime", choices=RUNTIMES, default="caffe",
+                    help="caffe (default), or onnx: the nets exported to ONNX and run in onnxruntime (CPU)")
     ap.add_argument("--out", type=Path, help="write the figure to this PNG")
     return ap
 
@@ -60,7 +63,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result = run_demo(DemoOptions(net=args.dnn, input=args.input, load=args.load, load_baseline=args.load_baseline,
                                   attack=args.attack, defense=args.defense, perturbation=args.perturbation,
                                   perturbations_dir=args.perturbations, fetch=args.fetch, labels=args.labels,
-                                  manifest=args.manifest))
+                                  manifest=args.manifest, runtime=args.runtime))
     for model, pred in result.predictions.items():
         top = pred.perturbed[0]
         print(f"{model}: top 1 prediction on the perturbed image: {top[1]}, confidence score: {top[2]:.4f}")

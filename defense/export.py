@@ -1,7 +1,13 @@
-"""``python -m defense.export``: write the fast deploy layout of an FRU model (no permutation,
-Slice or Concat) and check it computes the same outputs; see ``defense.generate.export``.
+"""``python -m defense.export``: export a deploy net for use outside the published layout.
+
+- ``--format fast`` (default): the fast deploy layout of an FRU model (no permutation, Slice or
+  Concat), checked to compute the same outputs; see ``defense.generate.export``;
+- ``--format onnx``: any baseline or FRU deploy net as an ONNX graph (onnxruntime, TensorRT,
+  OpenVINO, converters to PyTorch), checked against Caffe on a random batch; see
+  ``defense.generate.onnx_graph``.
 
   python -m defense.export --prototxt deploy_FRU.prototxt --weights fru.caffemodel --out DIR
+  python -m defense.export --format onnx --prototxt P --weights W --out model.onnx
 """
 from __future__ import annotations
 
@@ -11,17 +17,20 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .core import run_cli, set_mode
-from .generate import export as export_lib
 from .generate.export import export_fast
+from .generate.onnx_graph import export_onnx
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m defense.export", description=export_lib.__doc__,
+    ap = argparse.ArgumentParser(prog="python -m defense.export", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--prototxt", type=Path, required=True, help="FRU deploy prototxt (explicit or folded layout)")
+    ap.add_argument("--format", choices=("fast", "onnx"), default="fast", help="fast (default) or onnx")
+    ap.add_argument("--prototxt", type=Path, required=True,
+                    help="deploy prototxt (fast: an FRU net, explicit or folded layout; onnx: any)")
     ap.add_argument("--weights", type=Path, required=True, help="its caffemodel")
-    ap.add_argument("--out", type=Path, required=True, help="folder for deploy_fast.prototxt and fast.caffemodel")
-    ap.add_argument("--no-check", action="store_true", help="skip the forward pass comparing both layouts")
+    ap.add_argument("--out", type=Path, required=True,
+                    help="fast: folder for deploy_fast.prototxt and fast.caffemodel; onnx: the .onnx file")
+    ap.add_argument("--no-check", action="store_true", help="skip the forward pass comparing the two")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random check input (0)")
     ap.add_argument("--gpu", type=int, default=None, help="GPU id for the check (default: CPU)")
     return ap
@@ -31,7 +40,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def _main(argv):
         args = build_parser().parse_args(argv)
         set_mode(args.gpu, args.seed)
-        summary = export_fast(args.prototxt, args.weights, args.out, not args.no_check, args.seed)
+        export = export_onnx if args.format == "onnx" else export_fast
+        summary = export(args.prototxt, args.weights, args.out, not args.no_check, args.seed)
         for key, value in summary.items():
             print(f"{key}: {value}")
         return 0

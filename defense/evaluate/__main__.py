@@ -12,11 +12,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from attacks.classifier import CaffeClassifier
 from attacks.perturbation_io import load_perturbations
 
 from ..core import ToolkitError, run_cli, set_mode
 from ..data import DATA_SOURCES, open_source
+from ..generate.onnx_graph import RUNTIMES, classifier_for
 from ..presets import get_preset
 from .compare import Model, evaluate
 from .peers import PEERS, make_peer
@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the perturbation draw (default 0, as published)")
     p.add_argument("--batch-size", type=int, default=None, help="default: the preset's eval batch")
     p.add_argument("--gpu", type=int, default=None, metavar="N", help="run on GPU N (default: CPU)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="caffe",
+                   help="caffe (default), or onnx: the same nets exported to ONNX and run in onnxruntime (CPU)")
     p.add_argument("--out", type=Path, default=Path("results"), help="output folder (default results/)")
     p.add_argument("--stem", default="evaluation", help="output file stem (default evaluation)")
     return p
@@ -61,14 +63,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.limit:
         source = source.sample(args.limit, np.random.default_rng(args.seed))
     perturbations = load_perturbations(args.perturbations)
-    base = CaffeClassifier.from_files(args.baseline_prototxt or preset.deploy,
-                                      args.baseline_weights or preset.weights(),
-                                      preset.mean_bgr, batch_size=batch)
+    base = classifier_for(args.baseline_prototxt or preset.deploy, args.baseline_weights or preset.weights(),
+                          preset.mean_bgr, args.runtime, batch_size=batch)
     models = [Model("baseline", base)]
     if not args.no_defended:
-        models.append(Model("FRU", CaffeClassifier.from_files(args.defended_prototxt or preset.deploy_fru,
-                                                              args.defended_weights or preset.weights(defended=True),
-                                                              preset.mean_bgr, batch_size=batch)))
+        models.append(Model("FRU", classifier_for(args.defended_prototxt or preset.deploy_fru,
+                                                  args.defended_weights or preset.weights(defended=True),
+                                                  preset.mean_bgr, args.runtime, batch_size=batch)))
     for name in filter(None, (s.strip() for s in args.peers.split(","))):
         peer = make_peer(name)
         models.append(Model(f"baseline+{peer.describe()}", base, peer))
@@ -78,7 +79,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result = evaluate(models, source, perturbations, seed=args.seed, baseline_top1=denominator, batch_size=batch,
                       clip=args.clip)
     result.update(network=preset.name, perturbation_files=[str(p) for p in args.perturbations],
-                  command="python -m defense.evaluate " + " ".join(sys.argv[1:] if argv is None else argv))
+                  runtime=args.runtime, command="python -m defense.evaluate " + " ".join(sys.argv[1:] if argv is None else argv))
     for path in write_reports(result, args.out, args.stem):
         print(path)
     print(markdown_table(result), end="")

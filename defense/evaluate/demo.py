@@ -43,6 +43,7 @@ class DemoOptions:
     :param load: caffemodel of the net ``defense`` selects (FRU if True, baseline if False).
     :param load_baseline: baseline caffemodel shown beside the defended net.
     :param perturbation: a perturbation file replacing the attack's default file.
+    :param runtime: ``caffe``, or ``onnx`` (the nets exported to ONNX, run in onnxruntime).
     """
 
     net: str = "ResNet152"
@@ -57,6 +58,7 @@ class DemoOptions:
     labels: Optional[Path] = None
     manifest: Optional[Path] = None
     clip: bool = True
+    runtime: str = "caffe"
 
 
 @dataclass
@@ -199,7 +201,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
                         files={"perturbation": v_file})
     batch = np.stack([image, perturbed]).astype(np.float32)
     for label, files, weights in nets:
-        clf = load_classifier(files, preset, batch_size=2, weights=weights)
+        clf = load_classifier(files, preset, batch_size=2, weights=weights, runtime=options.runtime)
         probs = clf.predict(batch)
         result.predictions[label] = Prediction(_top5(probs[0], names), _top5(probs[1], names))
         result.files[label] = str(weights)

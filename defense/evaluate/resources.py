@@ -23,6 +23,7 @@ from attacks.published import fetch_published
 from weights.manifest import load_manifest, select
 
 from ..core import ToolkitError, caffemodel_shapes, load_net, param_shapes, weights_misfit
+from ..generate.onnx_graph import classifier_for
 from ..paper import demo_defaults
 from ..presets import REPO_ROOT, NetPreset, get_preset
 
@@ -97,10 +98,10 @@ def has_all_layers(weights: Path, prototxt: Path) -> bool:
 
 
 def load_classifier(files: NetFiles, preset: NetPreset, batch_size: Optional[int] = None,
-                    weights: Optional[Path] = None) -> CaffeClassifier:
-    """A ``CaffeClassifier`` over ``files`` (or ``weights`` instead of ``files.weights``)."""
-    return CaffeClassifier.from_files(files.prototxt, Path(weights or files.weights), preset.mean_bgr,
-                                      batch_size=int(batch_size or preset.eval_batch))
+                    weights: Optional[Path] = None, runtime: str = "caffe") -> CaffeClassifier:
+    """A classifier over ``files`` (or ``weights`` instead of ``files.weights``) in ``runtime``."""
+    return classifier_for(files.prototxt, Path(weights or files.weights), preset.mean_bgr, runtime,
+                          batch_size=int(batch_size or preset.eval_batch))
 
 
 # ---------------------------------------------------------------- published perturbations

@@ -18,6 +18,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from attacks.classifier import CaffeClassifier
+
 from ..core import ToolkitError, caffe, caffe_pb2, load_net, read_net_param, write_bytes
 
 OPSET = 17
@@ -83,14 +85,11 @@ def _pool_attrs(p, in_shape, out_shape):
     return k, s, pad, end
 
 
-def _layer_params(prototxt: os.PathLike | str) -> Dict[str, "caffe_pb2.LayerParameter"]:
-    return {layer.name: layer for layer in read_net_param(prototxt).layer}
-
-
-def net_to_onnx(net: "caffe.Net", params: Dict[str, "caffe_pb2.LayerParameter"], name: str = "caffe",
-                extra_outputs: Sequence[str] = ()):
-    """The ONNX model of a loaded net (batch dimension dynamic); ``extra_outputs``: more blobs to
-    expose as graph outputs (their final values), e.g. the logits before a Softmax."""
+def onnx_model(net: "caffe.Net", param: "caffe_pb2.NetParameter", extra_outputs: Sequence[str] = ()):
+    """The ONNX model of a loaded net (batch dimension dynamic). ``param`` is the net's
+    definition (its layer parameters); ``extra_outputs``: more blobs to expose as graph outputs
+    after the net's own (their final values), e.g. the logits before a Softmax."""
+    params = {layer.name: layer for layer in param.layer}
     g = _Graph()
     helper = g.helper
     shapes = {b: tuple(net.blobs[b].data.shape) for b in net.blobs}
@@ -208,22 +207,62 @@ def net_to_onnx(net: "caffe.Net", params: Dict[str, "caffe_pb2.LayerParameter"],
             g.value[blob] = value
     outputs = [helper.make_tensor_value_info(g.value[b], g.onnx.TensorProto.FLOAT, ["N"] + list(shapes[b][1:]))
                for b in list(net.outputs) + [b for b in extra_outputs if b not in net.outputs]]
-    graph = helper.make_graph(g.nodes, name, inputs, outputs, g.inits)
+    graph = helper.make_graph(g.nodes, param.name or "caffe", inputs, outputs, g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="fru-toolkit")
     model.ir_version = 8  # what onnxruntime 1.14 and newer read
     g.onnx.checker.check_model(model)
     return model
 
 
-def export_onnx(prototxt: os.PathLike | str, weights: os.PathLike | str, out: os.PathLike | str) -> Path:
-    """Write ``out`` (.onnx) for a deploy prototxt and its caffemodel."""
+def logits_blobs(net: "caffe.Net") -> List[str]:
+    """The bottoms of the net's Softmax layers: compared too, since probabilities saturate."""
+    return [net.bottom_names[name][0] for name, layer in zip(net._layer_names, net.layers) if layer.type == "Softmax"]
+
+
+def compare_with_caffe(net: "caffe.Net", model, batch: int = 2, seed: int = 0) -> float:
+    """Max |onnx - caffe| / max |caffe| over the outputs of ``model`` (built with the logits as extra
+    outputs) for one random pixel-scale batch: the export's check, and what the tests assert.
+
+    Probabilities are compared through their logits: random weights give logits near 1,000, where
+    a 1e-6 relative logit difference becomes 1e-4 in a saturated softmax."""
+    softmax_tops = {net.top_names[name][0] for name, layer in zip(net._layer_names, net.layers)
+                    if layer.type == "Softmax"}
+    names = list(net.outputs) + [b for b in logits_blobs(net) if b not in net.outputs]
+    session = onnx_session(model)
+    if len(session.get_outputs()) != len(names):
+        raise ValueError("compare_with_caffe needs the model built with the logits as extra outputs")
+    shape = (batch,) + tuple(net.blobs[net.inputs[0]].data.shape[1:])
+    x = (np.random.default_rng(seed).standard_normal(shape) * 50).astype(np.float32)
+    got = session.run(None, {session.get_inputs()[0].name: x})
+    net.blobs[net.inputs[0]].reshape(*shape)
+    net.reshape()
+    net.blobs[net.inputs[0]].data[...] = x
+    net.forward()
+    worst = 0.0
+    for blob, value in zip(names, got):
+        if blob in softmax_tops:
+            continue
+        ref = net.blobs[blob].data
+        worst = max(worst, float(np.abs(value - ref).max() / max(np.abs(ref).max(), 1e-12)))
+    return worst
+
+
+def export_onnx(prototxt: os.PathLike | str, weights: os.PathLike | str, out: os.PathLike | str,
+                check: bool = True, seed: int = 0) -> Dict[str, object]:
+    """Write ``out`` (.onnx) for a deploy prototxt and its caffemodel; returns a summary (with the
+    largest relative difference to Caffe on a random batch when ``check``)."""
     net = load_net(prototxt, weights)
-    model = net_to_onnx(net, _layer_params(prototxt), read_net_param(prototxt).name or Path(prototxt).stem)
-    return write_bytes(out, model.SerializeToString())
+    model = onnx_model(net, read_net_param(prototxt), logits_blobs(net))
+    path = write_bytes(out, model.SerializeToString())
+    summary: Dict[str, object] = {"onnx": str(path), "opset": OPSET, "nodes": len(model.graph.node)}
+    if check:
+        summary["max_rel_diff"] = compare_with_caffe(net, model, seed=seed)
+    return summary
 
 
-def onnx_session(path: os.PathLike | str, threads: int = 0):
-    """An onnxruntime CPU session (``threads`` 0: onnxruntime's default)."""
+def onnx_session(model, threads: int = 0):
+    """An onnxruntime CPU session for a model (ModelProto, serialized bytes or a path);
+    ``threads`` 0: onnxruntime's default."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -232,4 +271,47 @@ def onnx_session(path: os.PathLike | str, threads: int = 0):
     if threads:
         options.intra_op_num_threads = int(threads)
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = model.SerializeToString() if hasattr(model, "SerializeToString") else (
+        model if isinstance(model, bytes) else str(model))
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+class OnnxClassifier(CaffeClassifier):
+    """A ``CaffeClassifier`` whose forward passes run in onnxruntime: same preprocessing, batching
+    and metrics, the graph exported from the Caffe net; forward to the logits only, no gradients."""
+
+    def __init__(self, clf: CaffeClassifier, param: "caffe_pb2.NetParameter", threads: int = 0):
+        super().__init__(clf.net, clf.mean, clf.input_blob, clf.logits_blob, clip=clf.clip, scale=clf.scale,
+                         batch_size=clf.batch_size)
+        extra = [] if clf.logits_blob in clf.net.outputs else [clf.logits_blob]
+        self.session = onnx_session(onnx_model(clf.net, param, extra), threads)
+        outputs = list(clf.net.outputs) + extra
+        self._onnx_input = self.session.get_inputs()[0].name
+        self._onnx_logits = self.session.get_outputs()[outputs.index(clf.logits_blob)].name
+
+    @classmethod
+    def from_files(cls, prototxt, weights, mean=None, preset=None, threads: int = 0, **kw) -> "OnnxClassifier":
+        return cls(CaffeClassifier.from_files(prototxt, weights, mean, preset, **kw), read_net_param(prototxt), threads)
+
+    def forward_batch(self, x: np.ndarray, blobs: Sequence[str] = ()) -> Dict[str, np.ndarray]:
+        if list(blobs) not in ([], [self.logits_blob]):
+            raise ToolkitError("the ONNX runtime computes the logits only; use the Caffe runtime for other blobs")
+        x = self._check_x(x)
+        out = self.session.run([self._onnx_logits], {self._onnx_input: self.preprocess(x).astype(np.float32)})[0]
+        return {self.logits_blob: out}
+
+    def backward_batch(self, blob_diffs) -> np.ndarray:
+        raise ToolkitError("gradients need the Caffe runtime (attacks run on Caffe)")
+
+
+RUNTIMES = ("caffe", "onnx")
+
+
+def classifier_for(prototxt: os.PathLike | str, weights: os.PathLike | str, mean, runtime: str = "caffe",
+                   **kw) -> CaffeClassifier:
+    """The one place that picks a runtime: Caffe, or the same net exported to onnxruntime."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got '{runtime}'")
+    if runtime == "onnx":
+        return OnnxClassifier.from_files(prototxt, weights, mean, **kw)
+    return CaffeClassifier.from_files(prototxt, weights, mean, **kw)

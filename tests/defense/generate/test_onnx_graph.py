@@ -9,7 +9,7 @@ from defense.core import L, P, ToolkitError, caffe, write_net_param
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from defense.generate.onnx_graph import net_to_onnx, onnx_session  # noqa: E402
+from defense.generate.onnx_graph import onnx_model, onnx_session  # noqa: E402
 
 RNG = np.random.default_rng(0)
 
@@ -56,8 +56,8 @@ def _random(net):
             blobs[2].data[...] = 3.0  # the moving-average factor Caffe divides by
 
 
-def _outputs_match(net, params, blobs, tmp_path, batch=2):
-    model = net_to_onnx(net, params, extra_outputs=blobs)
+def _outputs_match(net, param, blobs, tmp_path, batch=2):
+    model = onnx_model(net, param, extra_outputs=blobs)
     path = tmp_path / "m.onnx"
     path.write_bytes(model.SerializeToString())
     session = onnx_session(path)
@@ -82,9 +82,8 @@ def test_every_layer_type_matches_caffe(tmp_path):
     net = caffe.Net(str(path), caffe.TEST)
     _random(net)
     assert net.blobs["ave"].data.shape[2:] == (4, 4) and net.blobs["max"].data.shape[2:] == (4, 4)
-    layers = {layer.name: layer for layer in param.layer}
     blobs = ["ave", "max", "norm", "sum", "prod", "emax", "cat", "logits", "prob"]
-    _outputs_match(net, layers, blobs, tmp_path, batch=3)  # another batch than the prototxt's
+    _outputs_match(net, param, blobs, tmp_path, batch=3)  # another batch than the prototxt's
 
 
 def test_unsupported_layer_is_one_clear_error(tmp_path):
@@ -94,4 +93,90 @@ def test_unsupported_layer_is_one_clear_error(tmp_path):
     param = n.to_proto()
     net = caffe.Net(str(write_net_param(tmp_path / "n.prototxt", param)), caffe.TEST)
     with pytest.raises(ToolkitError, match="layer 'tanh' has type 'TanH', which the ONNX export does not handle"):
-        net_to_onnx(net, {layer.name: layer for layer in param.layer})
+        onnx_model(net, param)
+
+
+# ---------------------------------------------------------------- the six networks, every layout
+def _layouts(name: str, seed: int = 0):
+    """{layout: (NetParameter, blobs)}: baseline, explicit and (where the net allows it) folded FRUs
+    (non-identity FRU convs, permutations as generated) and the fast layout, on random weights."""
+    from defense.core import load_net, param_shapes
+    from defense.generate.export import blob_channels, fast_layout, find_fru_blocks
+    from defense.generate.fru import insert_frus
+    from defense.generate.surgery import init_fru_blobs, random_blobs
+    from defense.networks import build_baseline
+    from defense.presets import get_preset
+
+    preset = get_preset(name)
+    base = build_baseline(name)
+    net = load_net(base)
+    base_blobs = random_blobs(param_shapes(net), {n: net.layer_dict[n].type for n in net.params},
+                              np.random.default_rng(seed))
+    out = {"baseline": (base, base_blobs)}
+    rng = np.random.default_rng(seed + 1)
+    for mode in ("explicit", "folded"):
+        try:
+            fru = insert_frus(base, preset.targets, mode, name)
+        except ToolkitError:  # a permutation cannot be folded across LRN: no folded layout exists
+            assert mode != preset.mode
+            continue
+        blobs, _ = init_fru_blobs(base, base_blobs, preset.targets, mode, seed, source=name)
+        channels = blob_channels(load_net(fru))
+        for block in find_fru_blocks(fru, blobs, channels):  # the identity start would hide the FRU convs
+            for layer in block.chain:
+                if layer in blobs and blobs[layer][0].ndim == 4:
+                    blobs[layer] = [b + (0.05 * rng.standard_normal(b.shape)).astype(np.float32) for b in blobs[layer]]
+        out[f"fru_{mode}"] = (fru, blobs)
+        if mode == preset.mode:
+            fast, fast_blobs, _ = fast_layout(fru, blobs, channels, name)
+            out["fru_fast"] = (fast, fast_blobs)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["FashionNet", "CaffeNet", "VGG_F", "GoogLeNet", "VGG16", "ResNet152"])
+def test_every_layout_of_the_six_networks_matches_caffe(name):
+    from defense.core import load_net, set_net_blobs
+    from defense.generate.onnx_graph import compare_with_caffe, logits_blobs
+
+    layouts = _layouts(name)
+    folded = {"fru_folded"} if name in ("VGG16", "ResNet152") else set()  # the others have LRN after a target
+    assert set(layouts) == {"baseline", "fru_explicit", "fru_fast"} | folded
+    for layout, (param, blobs) in layouts.items():
+        net = load_net(param)
+        set_net_blobs(net, blobs)
+        err = compare_with_caffe(net, onnx_model(net, param, logits_blobs(net)), batch=2)
+        assert err < 1e-4, f"{name} {layout}: ONNX differs from Caffe by {err:.2e}"
+
+
+@pytest.mark.slow
+def test_shipped_fashionnet_top1_is_identical_image_for_image():
+    """The shipped FashionNet baseline and FRU nets on the 10,000 Fashion-MNIST test images:
+    the same top-1 label from onnxruntime as from Caffe, image for image."""
+    from defense.data import FashionMnist
+    from defense.generate.onnx_graph import classifier_for
+    from defense.presets import get_preset
+
+    preset = get_preset("FashionNet")
+    x, truth = FashionMnist("test").take(np.arange(10000))
+    for prototxt, weights in ((preset.deploy, preset.weights()), (preset.deploy_fru, preset.weights(defended=True))):
+        labels = [classifier_for(prototxt, weights, preset.mean_bgr, runtime, batch_size=500).labels(x)
+                  for runtime in ("caffe", "onnx")]
+        assert labels[0].shape == (10000,) and (labels[0] == labels[1]).all(), prototxt.name
+        assert 0.85 < float((labels[0] == truth).mean()) < 0.95
+
+
+def test_export_command_writes_a_checked_onnx_file(tmp_path, root):
+    from defense.export import main
+    from defense.presets import get_preset
+
+    preset = get_preset("FashionNet")
+    out = tmp_path / "fru.onnx"
+    assert main(["--format", "onnx", "--prototxt", str(preset.deploy_fru), "--weights",
+                 str(preset.weights(defended=True)), "--out", str(out)]) == 0
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model)
+    assert [o.name for o in model.graph.output] == ["prob", "fc5"]
+    assert main(["--format", "onnx", "--prototxt", str(preset.deploy_fru), "--weights",
+                 str(tmp_path / "missing.caffemodel"), "--out", str(tmp_path / "x.onnx")]) == 2
+    assert not (tmp_path / "x.onnx").exists()
