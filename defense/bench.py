@@ -14,6 +14,7 @@ BatchNorm, the baseline with BatchNorm folded is timed too.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -30,6 +31,7 @@ from tqdm import tqdm
 from .core import caffe, caffe_pb2, load_net, param_shapes, run_cli, set_mode, set_net_blobs, write_text
 from .generate.export import blob_channels, fast_layout, find_fru_blocks, fold_batchnorm
 from .generate.fru import insert_frus
+from .generate.onnx_graph import onnx_model, onnx_session
 from .generate.surgery import init_fru_blobs, random_blobs
 from .networks import build_baseline
 from .presets import get_preset
@@ -38,6 +40,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_NETS = ("CaffeNet", "VGG_F", "GoogLeNet", "VGG16", "ResNet152")
 DEFAULT_OUT = Path("results") / "bench_deploy.json"
+ONNXRUNTIME = "onnxruntime"
+RUNTIMES = ("caffe", ONNXRUNTIME)
 
 
 def net_macs(net: "caffe.Net", only: Optional[Sequence[str]] = None) -> int:
@@ -115,14 +119,24 @@ def net_bytes(param: "caffe_pb2.NetParameter", batch: int) -> int:
                 + sum(p.data.size for ps in net.params.values() for p in ps))
 
 
-def bench_one(name: str, batch: int, reps: int, seed: int = 0) -> Dict[str, object]:
-    """One net at one batch size, all layouts side by side; skipped (with the reason) when the
-    layouts would not fit in memory together (ResNet152 at batch 16 needs about 20 GiB)."""
-    nets = {}
+def bench_one(name: str, batch: int, reps: int, seed: int = 0, runtimes: Sequence[str] = ("caffe",),
+              only: Optional[Sequence[str]] = None) -> Dict[str, object]:
+    """One net at one batch size, all layouts (or those in ``only``, the published one always
+    included as the reference) in every runtime, side by side; skipped (with the reason) when they
+    would not fit in memory together (ResNet152 at batch 16 needs about 20 GiB)."""
+    nets: Dict[str, "caffe.Net"] = {}
+    runs: Dict[str, Callable[[], object]] = {}  # "layout" (Caffe) or "layout@onnxruntime" -> one forward pass
     rng = np.random.default_rng(seed)
     x = None
     all_layouts = layouts(name, seed)
-    need, have = sum(net_bytes(param, batch) for param, _ in all_layouts.values()), available_bytes()
+    published = [k for k in all_layouts if k.startswith("fru_") and k != "fru_fast"][0]
+    if only:
+        unknown = sorted(set(only) - set(all_layouts))
+        if unknown:
+            raise ValueError(f"--layouts: {name} has no layout {unknown[0]}; it has {', '.join(all_layouts)}")
+        all_layouts = {k: v for k, v in all_layouts.items() if k in only or k == published}
+    need = len(runtimes) * sum(net_bytes(param, batch) for param, _ in all_layouts.values())
+    have = available_bytes()
     if have is not None and need > 0.8 * have:
         return {"net": name, "batch": batch, "skipped": f"the {len(all_layouts)} layouts side by side need about "
                 f"{need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB available; use a smaller --batch"}
@@ -133,26 +147,35 @@ def bench_one(name: str, batch: int, reps: int, seed: int = 0) -> Dict[str, obje
             x = (rng.standard_normal(net.blobs["data"].data.shape) * 50).astype(np.float32)
         net.blobs["data"].data[...] = x
         net.forward()  # warm-up
-        nets[layout] = net
-    times: Dict[str, List[float]] = {k: [] for k in nets}
-    order = list(nets)
+        nets[layout], runs[layout] = net, net.forward
+        if ONNXRUNTIME in runtimes:
+            session = onnx_session(onnx_model(net, param))
+            feed = {session.get_inputs()[0].name: x}
+            session.run(None, feed)  # warm-up
+            runs[f"{layout}@{ONNXRUNTIME}"] = functools.partial(session.run, None, feed)
+    times: Dict[str, List[float]] = {k: [] for k in runs}
+    order = list(runs)
     for rep in tqdm(range(reps), desc=f"{name} batch {batch}", leave=False):
         for layout in order[rep % len(order):] + order[:rep % len(order)]:  # no layout always runs first
             start = time.perf_counter()
-            nets[layout].forward()
+            runs[layout]()
             times[layout].append((time.perf_counter() - start) / batch)
-    published = [k for k in nets if k.startswith("fru_") and k != "fru_fast"][0]
-    macs = {k: net_macs(net) // batch for k, net in nets.items()}
+    macs = {k: net_macs(nets[k.split("@")[0]]) // batch for k in runs}
     med = {k: statistics.median(v) for k, v in times.items()}
     best = {k: min(v) for k, v in times.items()}
     rows = {k: {"ms_per_image": 1e3 * med[k], "ms_per_image_min": 1e3 * best[k], "macs_per_image": macs[k],
                 "time_ratio_vs_published": paired_ratio(times[k], times[published]),
                 "time_ratio_vs_published_min": best[k] / best[published],
-                "mac_ratio_vs_published": macs[k] / macs[published]} for k in nets}
-    fast = rows["fru_fast"]
-    return {"net": name, "batch": batch, "reps": reps, "published_layout": published, "layouts": rows,
-            "fast_time_over_mac_ratio": fast["time_ratio_vs_published"] / fast["mac_ratio_vs_published"],
-            "permutation_free_mac_ratio": permutation_free_mac_ratio(*all_layouts[published], nets[published])}
+                "mac_ratio_vs_published": macs[k] / macs[published]} for k in runs}
+    for k in all_layouts:  # the same layout in onnxruntime against Caffe, pair by pair
+        if f"{k}@{ONNXRUNTIME}" in rows:
+            rows[f"{k}@{ONNXRUNTIME}"]["speedup_vs_caffe"] = 1.0 / paired_ratio(times[f"{k}@{ONNXRUNTIME}"], times[k])
+    out = {"net": name, "batch": batch, "reps": reps, "published_layout": published, "layouts": rows,
+           "permutation_free_mac_ratio": permutation_free_mac_ratio(*all_layouts[published], nets[published])}
+    if "fru_fast" in rows:
+        fast = rows["fru_fast"]
+        out["fast_time_over_mac_ratio"] = fast["time_ratio_vs_published"] / fast["mac_ratio_vs_published"]
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--reps", type=int, default=5, help="timed repetitions per layout (5)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random weights and input (0)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results ({DEFAULT_OUT})")
+    ap.add_argument("--layouts", help="comma-separated layouts to time (default all: baseline, [baseline_bn_folded,] "
+                                      "the published fru_explicit or fru_folded, fru_fast); the published one always")
+    ap.add_argument("--runtime", default="caffe",
+                    help="comma-separated: caffe, onnxruntime (each layout exported to ONNX, timed beside Caffe's)")
     ap.add_argument("--gpu", type=int, default=None, help="GPU id (default: CPU)")
     return ap
 
@@ -176,11 +203,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not batches or min(batches) < 1:
             raise ValueError(f"--batch must list positive integers, got '{args.batch}'")
         nets = [get_preset(n.strip()).name for n in args.nets.split(",") if n.strip()]
+        runtimes = [r.strip() for r in args.runtime.split(",") if r.strip()]
+        if "caffe" not in runtimes or any(r not in RUNTIMES for r in runtimes):
+            raise ValueError(f"--runtime lists {', '.join(RUNTIMES)} and includes caffe, got '{args.runtime}'")
         set_mode(args.gpu, args.seed)
         results = []
         for name in nets:
             for batch in batches:
-                res = bench_one(name, batch, args.reps, args.seed)
+                only = [k.strip() for k in args.layouts.split(",") if k.strip()] if args.layouts else None
+                res = bench_one(name, batch, args.reps, args.seed, runtimes, only)
                 results.append(res)
                 if "skipped" in res:
                     print(f"{name} batch {batch}: skipped: {res['skipped']}")
@@ -190,12 +221,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 for layout, row in res["layouts"].items():
                     print(f"  {layout:20s} {row['ms_per_image']:9.2f} ms  x{row['time_ratio_vs_published']:.3f}"
                           f"  (min x{row['time_ratio_vs_published_min']:.3f};"
-                          f"  MACs x{row['mac_ratio_vs_published']:.3f}, {row['macs_per_image'] / 1e9:.3f} G)")
-                print(f"  fast time ratio / MAC ratio: {res['fast_time_over_mac_ratio']:.3f}; MAC ratio of any layout"
-                      f" without the permutation convs: >= {res['permutation_free_mac_ratio']:.3f}")
+                          f"  MACs x{row['mac_ratio_vs_published']:.3f}, {row['macs_per_image'] / 1e9:.3f} G)"
+                          + (f"  {row['speedup_vs_caffe']:.2f}x faster than Caffe" if "speedup_vs_caffe" in row else ""))
+                if "fast_time_over_mac_ratio" in res:
+                    print(f"  fast time ratio / MAC ratio: {res['fast_time_over_mac_ratio']:.3f}; MAC ratio of any layout"
+                          f" without the permutation convs: >= {res['permutation_free_mac_ratio']:.3f}")
         meta = {"device": "cpu" if args.gpu is None else f"gpu{args.gpu}", "machine": platform.machine(),
                 "processor": platform.processor(), "cpu_count": os.cpu_count(), "seed": args.seed,
-                "reps": args.reps, "statistic": "median (and min) of interleaved repetitions",
+                "reps": args.reps, "runtimes": runtimes, "statistic": "median (and min) of interleaved repetitions",
                 "threads_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                            "MKL_NUM_THREADS") if k in os.environ}}
         write_text(args.out, json.dumps({"meta": meta, "results": results}, indent=2) + "\n")

@@ -46,3 +46,17 @@ def test_bench_one_skips_a_batch_that_would_not_fit_in_memory(monkeypatch):
     res = bench.bench_one("FashionNet", batch=4096, reps=1)
     assert "layouts" not in res and "use a smaller --batch" in res["skipped"]
     assert bench.net_bytes(fashionnet.build(get_preset("FashionNet")), 2) > 0
+
+
+def test_onnxruntime_is_timed_beside_caffe_for_the_chosen_layouts(tmp_path):
+    pytest.importorskip("onnxruntime")
+    res = bench.bench_one("FashionNet", batch=2, reps=2, runtimes=("caffe", bench.ONNXRUNTIME), only=["fru_fast"])
+    rows = res["layouts"]
+    assert list(rows) == ["fru_explicit", "fru_explicit@onnxruntime", "fru_fast", "fru_fast@onnxruntime"]
+    assert "speedup_vs_caffe" not in rows["fru_fast"] and rows["fru_fast@onnxruntime"]["speedup_vs_caffe"] > 0
+    assert rows["fru_fast@onnxruntime"]["macs_per_image"] == rows["fru_fast"]["macs_per_image"]
+    assert "baseline" not in rows and res["fast_time_over_mac_ratio"] > 0
+    with pytest.raises(ValueError, match="FashionNet has no layout fru_folded"):
+        bench.bench_one("FashionNet", batch=1, reps=1, only=["fru_folded"])
+    assert bench.main(["--nets", "FashionNet", "--runtime", "caffe,tensorrt", "--out", str(tmp_path / "b.json")]) == 2
+    assert not (tmp_path / "b.json").exists()
