@@ -66,7 +66,6 @@ def bench_deploy(batches: Sequence[int] = (1, 64)) -> Dict[str, dict]:
                 out[f"{name}/{layout}/batch{batch}"] = {"ms_per_batch": round(seconds * 1e3, 3),
                                                         "images_per_s": round(batch / seconds, 1)}
                 print(f"  deploy {name:10s} {layout:8s} batch {batch:3d}: {batch / seconds:9.1f} img/s", flush=True)
-                del net
     return out
 
 

@@ -9,11 +9,13 @@ checked with ``onnx.checker``. Caffe's semantics are kept exactly where ONNX dif
   the overhang, as Caffe does (an explicit Pad node, then pads excluded from the count);
 - BatchNorm divides its stored statistics by the moving-average factor in blob 2;
 - InnerProduct flattens from its axis (Flatten + Gemm with the weights transposed).
+
+``OnnxClassifier`` runs such a graph in onnxruntime behind the ``CaffeClassifier`` interface, and
+``classifier_for`` is the one switch between the two runtimes (demo, evaluation).
 """
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
