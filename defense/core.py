@@ -339,14 +339,52 @@ def load_net(net: os.PathLike | str | "caffe_pb2.NetParameter", weights: os.Path
         param = _copy(param)
         param.force_backward = True
     validate_net_param(param, source)
+    phase = caffe.TEST if phase is None else phase
+    text = net_param_text(param)
+    check_net_builds(text, phase, source)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "net.prototxt"
-        path.write_text(net_param_text(param))
-        loaded = caffe.Net(str(path), caffe.TEST if phase is None else phase)
+        path.write_text(text)
+        loaded = caffe.Net(str(path), phase)
     if weights is not None:
         check_weights_fit(weights, param_shapes(loaded), source)
         loaded.copy_from(str(weights))
     return loaded
+
+
+_BUILT: set = set()
+"""(sha256 of a net's text, phase) that a child process built without a Caffe abort."""
+
+_BUILD_CHECK = "import sys, caffe; caffe.Net(sys.argv[1], int(sys.argv[2]))"
+
+
+def check_net_builds(text: str, phase: int, source: os.PathLike | str = "<net>") -> None:
+    """Build the net once in a short-lived child process before this process does.
+
+    Only Caffe knows all the definitions it rejects (a kernel larger than its input, num_output 0,
+    a duplicate top, no kernel_size, ...), and it rejects them by aborting the process: in the child,
+    that becomes one ToolkitError quoting Caffe's reason and naming the layer. Each net is checked
+    once per process."""
+    import hashlib
+    import subprocess
+
+    key = (hashlib.sha256(text.encode()).hexdigest(), int(phase))
+    if key in _BUILT:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "net.prototxt"
+        path.write_text(text)
+        env = dict(os.environ, GLOG_minloglevel="0", GLOG_logtostderr="1")  # INFO names the layer being set up
+        res = subprocess.run([sys.executable, "-c", _BUILD_CHECK, str(path), str(int(phase))],
+                             capture_output=True, text=True, env=env)
+    if res.returncode != 0:
+        lines = res.stderr.splitlines()
+        fatal = [ln.split("] ", 1)[1] for ln in lines if ln.startswith("F") and "] " in ln]
+        layers = [ln.rsplit(" ", 1)[-1] for ln in lines if "] Creating layer " in ln or "] Setting up " in ln]
+        reason = fatal[-1] if fatal else (lines[-1] if lines else f"exit status {res.returncode}")
+        where = f" at layer '{layers[-1]}'" if layers else ""
+        raise ToolkitError(f"{source}: Caffe cannot build this net{where}: {reason}")
+    _BUILT.add(key)
 
 
 def _copy(param: "caffe_pb2.NetParameter") -> "caffe_pb2.NetParameter":

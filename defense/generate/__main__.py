@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from ..core import ToolkitError, read_net_param, run_cli, set_mode
+from ..core import ToolkitError, caffe, check_net_builds, net_param_text, read_net_param, run_cli, set_mode
 from ..networks import build_baseline
 from ..presets import PRESETS, get_preset
 from .build import load_base_blobs, targets_for, write_all, write_outputs
@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> List[Path]:
     else:
         source = str(args.prototxt)
         base = normalize(read_net_param(args.prototxt), source)
+        check_net_builds(net_param_text(base), caffe.TEST, source)  # before reading channels off it
     if args.layers:
         layers = [x.strip() for x in args.layers.split(",") if x.strip()]
         targets = targets_for(base, layers, preset, args.ratio, args.depth, args.depth_ratio, source)
