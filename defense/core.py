@@ -289,6 +289,24 @@ def check_weights_fit(weights: os.PathLike | str, wanted: Shapes, prototxt: os.P
                        f"{prototxt} needs {wanted[name]}; {fix}")
 
 
+def check_finite_params(net: "caffe.Net", weights: os.PathLike | str) -> None:
+    """Refuse weights holding NaN or infinity, which no trained net has and which turn every
+    activation downstream into NaN (and, before the max-pooling patch, corrupted the heap)."""
+    for name, blobs in net.params.items():
+        for i, blob in enumerate(blobs):
+            if not np.isfinite(blob.data).all():
+                raise ToolkitError(f"{weights}: layer '{name}' blob {i} holds NaN or infinite values; "
+                                   "use a caffemodel that training did not break")
+
+
+def copy_weights(net: "caffe.Net", weights: os.PathLike | str, prototxt: os.PathLike | str,
+                 require_all: bool = False) -> None:
+    """The one way a caffemodel goes into a live net: fit checked first, values checked after."""
+    check_weights_fit(weights, param_shapes(net), prototxt, require_all=require_all)
+    net.copy_from(str(weights))
+    check_finite_params(net, weights)
+
+
 # ---------------------------------------------------------------- solver
 def solver_param(net: "str | caffe_pb2.NetParameter | None" = None, *, solver_type: str = "SGD",
                  solver_mode: Optional[str] = None, **fields) -> "caffe_pb2.SolverParameter":
@@ -347,8 +365,7 @@ def load_net(net: os.PathLike | str | "caffe_pb2.NetParameter", weights: os.Path
         path.write_text(text)
         loaded = caffe.Net(str(path), phase)
     if weights is not None:
-        check_weights_fit(weights, param_shapes(loaded), source)
-        loaded.copy_from(str(weights))
+        copy_weights(loaded, weights, source)
     return loaded
 
 

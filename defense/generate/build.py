@@ -10,7 +10,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from google.protobuf import text_format
 
-from ..core import (Blobs, ToolkitError, atomic_path, caffe_pb2, check_weights_fit, load_net, net_blobs, param_shapes,
+from ..core import (Blobs, ToolkitError, atomic_path, caffe_pb2, copy_weights, load_net, net_blobs,
                     set_net_blobs, write_net_param, write_text)
 from ..networks import BUILDERS, build_baseline, write_baselines
 from ..presets import PRESETS, PROTOTXT_DIR, FruTarget, NetPreset, default_target
@@ -30,8 +30,7 @@ def load_base_blobs(base: "caffe_pb2.NetParameter", weights: os.PathLike | str,
     """The baseline weights, checked against the baseline prototxt (every parameter layer present,
     every shape right) before Caffe reads them."""
     net = load_net(base, source=source)
-    check_weights_fit(weights, param_shapes(net), source, require_all=True)
-    net.copy_from(str(weights))
+    copy_weights(net, weights, source, require_all=True)
     return net_blobs(net)
 
 

@@ -21,7 +21,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from google.protobuf import text_format
 
-from ..core import (ToolkitError, caffe, caffe_pb2, check_weights_fit, param_shapes, read_binary_proto,
+from ..core import (ToolkitError, caffe, caffe_pb2, check_finite_params, copy_weights, read_binary_proto,
                     read_caffemodel, read_net_param, validate_net_param)
 from ..data import DataSource
 from .batches import EpochSampler, TrainOptions, mixed_batch, stack_perturbations, subtract_mean
@@ -190,10 +190,10 @@ class SolverWrapper:
                                    f"'{options.data_blob}', '{options.label_blob}' and a loss '{options.loss_blob}'")
         self.num_classes = self._loss_classes(net)
         if weights is not None:
-            check_weights_fit(weights, param_shapes(net), solver)
-            net.copy_from(str(weights))
+            copy_weights(net, weights, solver)
         if resume is not None:
             self.solver.restore(str(resume))
+            check_finite_params(net, resume)
             log.info("resumed from %s at iteration %d", resume, self.solver.iter)
         self.frozen = frozen_layers(param.net_param)
         self._frozen_digests = _digests(net, self.frozen)

@@ -50,3 +50,25 @@ def test_a_net_caffe_rejects_is_one_line_and_exit_2(case, command, tmp_path, roo
     assert lines[0].startswith(f"error: {prototxt}: Caffe cannot build this net at layer '{layer}': "), lines[0]
     assert reason in lines[0]
     assert not out.exists() and prototxt.read_text() == text
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_weights_holding_nan_or_inf_are_refused_naming_the_layer(value, tmp_path, root):
+    import numpy as np
+
+    from defense.core import load_blobs, save_blobs
+    from defense.presets import get_preset
+
+    preset = get_preset("FashionNet")
+    blobs = load_blobs(preset.weights())
+    blobs["conv2"][0].flat[5] = value
+    bad = save_blobs(tmp_path / "bad.caffemodel", blobs)
+    before = bad.read_bytes()
+    out = tmp_path / "m.onnx"
+    res = _run(["-m", "defense.export", "--format", "onnx", "--prototxt", str(preset.deploy), "--weights", str(bad),
+                "--out", str(out)], root)
+    assert res.returncode == 2
+    assert res.stderr.strip() == (f"error: {bad}: layer 'conv2' blob 0 holds NaN or infinite values; "
+                                  "use a caffemodel that training did not break")
+    assert not out.exists() and bad.read_bytes() == before
+    assert np.isfinite(load_blobs(preset.weights())["conv2"][0]).all()
