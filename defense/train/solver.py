@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import signal
 import tempfile
@@ -87,6 +88,10 @@ def _check_solver_fields(param: "caffe_pb2.SolverParameter", path: Path) -> None
         raise ToolkitError(f"{path}: lr_policy '{param.lr_policy}' is not one of {', '.join(LR_POLICIES)}; set it")
     if param.lr_policy in ("step", "sigmoid") and param.stepsize <= 0:
         raise ToolkitError(f"{path}: lr_policy '{param.lr_policy}' needs a positive stepsize")
+    for key in ("base_lr", "momentum", "weight_decay", "gamma", "power"):
+        value = getattr(param, key)
+        if not (math.isfinite(value) and value >= 0):
+            raise ToolkitError(f"{path}: {key} must be a finite number >= 0, got {value}")
     if param.iter_size != 1:
         raise ToolkitError(f"{path}: iter_size must be 1 (each iteration gets a fresh batch from Python), "
                            f"got {param.iter_size}; use a larger batch in the train net instead")
@@ -257,6 +262,7 @@ class SolverWrapper:
         batch = self.batch_size
         losses: List[float] = []
         files: Optional[Tuple[Path, Path]] = None
+        last_good: Optional[Path] = None  # the newest snapshot, written before any divergence
         bar = tqdm(total=self.max_iter, initial=self.iter, desc="train", unit="it",
                    disable=not self.options.progress or rank != 0)
         with _sigint_flag() as flag, bar:
@@ -264,13 +270,15 @@ class SolverWrapper:
                 x, y, _ = mixed_batch(source, perts, sampler, batch, self.iter, self.options, rank, world)
                 losses.append(self.step(x, y))
                 if not np.isfinite(losses[-1]):
-                    raise ToolkitError(f"training diverged (loss {losses[-1]}) at iteration {self.iter}; "
+                    kept = f"the last good snapshot is {last_good}" if last_good else "no snapshot was written"
+                    raise ToolkitError(f"training diverged (loss {losses[-1]}) at iteration {self.iter}; {kept}; "
                                        "lower the learning rate")
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
                 files = None
                 if rank == 0 and self.snapshot_every and self.iter % self.snapshot_every == 0:
                     files = self.snapshot()
+                    last_good = files[1]
                 if flag["stop"]:
                     if rank == 0:
                         files = files or self.snapshot()

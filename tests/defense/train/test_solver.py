@@ -198,6 +198,9 @@ def test_solver_without_net(tmp_path):
     ('net: "train.prototxt"\nlr_policy: "step"\n', r"s.prototxt: lr_policy 'step' needs a positive stepsize"),
     ('net: "train.prototxt"\nlr_policy: "fixed"\ntype: "Sgd"\n', r"s.prototxt: unknown solver type 'Sgd'"),
     ('net: "train.prototxt"\nlr_policy: "fixed"\niter_size: 2\n', r"s.prototxt: iter_size must be 1"),
+    ('net: "train.prototxt"\nlr_policy: "fixed"\nbase_lr: nan\n', r"s.prototxt: base_lr must be a finite number >= 0, got nan"),
+    ('net: "train.prototxt"\nlr_policy: "fixed"\nbase_lr: inf\n', r"s.prototxt: base_lr must be a finite number >= 0, got inf"),
+    ('net: "train.prototxt"\nlr_policy: "fixed"\nbase_lr: 0.1\nmomentum: -0.9\n', r"s.prototxt: momentum must be a finite"),
 ])
 def test_solver_fields_caffe_would_abort_on(tmp_path, text, message):
     (tmp_path / "train.prototxt").write_text(net_param_text(tiny_train_net()))
@@ -263,3 +266,22 @@ def test_labels_outside_the_net_classes_are_refused(tmp_path, capsys):
                           "--out", str(tmp_path / "fru.caffemodel"), "--quiet"])
     assert code == 2
     assert "labels must lie in [0, 3) for this net" in capsys.readouterr().err
+
+
+def test_a_diverging_run_stops_with_one_line_naming_its_last_good_snapshot(setup, monkeypatch):
+    """The loss turns NaN at iteration 4 (as an overflowing learning rate makes it): the run stops
+    there, writes no snapshot of the broken weights, and names the last good one."""
+    tmp, init, source, perts = setup
+    step = SolverWrapper.step
+
+    def diverging(self, x, y):
+        loss = step(self, x, y)
+        return float("nan") if self.iter >= 4 else loss
+
+    monkeypatch.setattr(SolverWrapper, "step", diverging)
+    with pytest.raises(ToolkitError) as err:
+        run(tmp, init, source, perts, snapshot_every=1)
+    good = tmp / "snaps" / "fru_iter_3.solverstate"
+    assert str(err.value) == (f"training diverged (loss nan) at iteration 4; the last good snapshot is {good}; "
+                              "lower the learning rate")
+    assert good.is_file() and not (tmp / "snaps" / "fru_iter_4.caffemodel").exists()
