@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from defense.core import run_cli, set_mode
+from defense.core import parse_args, run_cli, set_mode
 from defense.evaluate.demo import LABELS_ENV, DemoOptions, run_demo, save_figure
 from defense.generate.onnx_graph import RUNTIMES
 from defense.paper import DEMO, DEMO_ATTACKS
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     set_mode(args.gpu, seed=1000)
     result = run_demo(DemoOptions(net=args.dnn, input=args.input, load=args.load, load_baseline=args.load_baseline,

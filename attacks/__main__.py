@@ -16,7 +16,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from defense.core import ToolkitError, run_cli, set_mode, write_text
+from defense.core import ToolkitError, parse_args, run_cli, set_mode, write_text
 
 from .classifier import CaffeClassifier
 from .data import load_images, split_holdout
@@ -272,7 +272,7 @@ def run_convert(args) -> Dict[str, object]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, format="%(message)s")
     if args.command == "fetch":
         from .published import fetch_published

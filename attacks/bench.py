@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from defense.core import run_cli, set_mode, write_text
+from defense.core import parse_args, run_cli, set_mode, write_text
 
 from .classifier import CaffeClassifier
 from .data import load_images
@@ -101,7 +101,7 @@ def run(args) -> dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     r = run(args)
     print(f"UAP benchmark on {r['net']}: {r['n_images']} images, l_{r['norm']} xi={r['xi']}, "
           f"stop at fooling rate {1 - r['delta']:.2f} or {r['max_passes']} passes, seeds {r['seeds']}, {r['device']}, "

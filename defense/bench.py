@@ -28,7 +28,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .core import caffe, caffe_pb2, load_net, param_shapes, run_cli, set_mode, set_net_blobs, write_text
+from .core import (caffe, caffe_pb2, load_net, param_shapes, parse_args, run_cli, set_mode, set_net_blobs,
+                   write_text)
 from .generate.export import blob_channels, fast_layout, find_fru_blocks, fold_batchnorm
 from .generate.fru import insert_frus
 from .generate.onnx_graph import onnx_model, onnx_session
@@ -201,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     def _main(argv):
-        args = build_parser().parse_args(argv)
+        args = parse_args(build_parser(), argv)
         if args.reps < 1:
             raise ValueError(f"--reps must be a positive integer, got {args.reps}")
         batches = [int(b) for b in args.batch.split(",") if b.strip()]

@@ -504,6 +504,22 @@ def gpu_available() -> bool:
 
 
 # ---------------------------------------------------------------- entry points
+def parse_args(parser, argv: Optional[Sequence[str]] = None):
+    """``parser.parse_args(argv)``, then the checks every command shares: ``--out`` may not name
+    one of the command's inputs (it would be overwritten, or read half-written)."""
+    args = parser.parse_args(argv)
+    out = getattr(args, "out", None)
+    if isinstance(out, (str, os.PathLike)):
+        target = Path(out).resolve()
+        for name, value in vars(args).items():
+            for item in value if isinstance(value, (list, tuple)) else [value]:
+                path = item if isinstance(item, Path) else Path(item) if isinstance(item, str) and os.path.isfile(item) else None
+                if name != "out" and path is not None and path.resolve() == target:
+                    raise ToolkitError(f"--out {out} is also the input --{name.replace('_', '-')}; "
+                                       "write the output elsewhere")
+    return args
+
+
 def run_cli(fn: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None) -> int:
     """Run an entry point: ToolkitError and ValueError become one line on stderr, exit code 2."""
     try:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .core import run_cli, set_mode
+from .core import parse_args, run_cli, set_mode
 from .generate.export import export_fast
 from .generate.onnx_graph import export_onnx
 
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     def _main(argv):
-        args = build_parser().parse_args(argv)
+        args = parse_args(build_parser(), argv)
         set_mode(args.gpu, args.seed)
         export = export_onnx if args.format == "onnx" else export_fast
         summary = export(args.prototxt, args.weights, args.out, not args.no_check, args.seed)

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .core import ToolkitError, run_cli
+from .core import ToolkitError, parse_args, run_cli
 from .data import imagenet as index_lib
 from .data.imagenet import (ImageNetIndex, build_train_index, build_val_index, load_synsets, verify_images,
                             write_index)
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "check":
         source = ImageNetIndex(args.index, get_preset(args.dnn))

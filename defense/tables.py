@@ -37,7 +37,7 @@ import numpy as np
 from attacks.metrics import bootstrap_ci
 from attacks.perturbation_io import load_any, load_perturbations
 
-from .core import ToolkitError, run_cli, set_mode, write_text
+from .core import ToolkitError, parse_args, run_cli, set_mode, write_text
 from .data import Subset
 from .data.imagenet import ImageNetIndex
 from .evaluate.compare import add_restoration, metric_row, metric_rows
@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     nets = table_nets(args.table)
     net = args.net or (nets[0] if len(nets) == 1 else None)

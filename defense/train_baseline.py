@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .core import run_cli, set_mode
+from .core import parse_args, run_cli, set_mode
 from .train.baseline import DEFAULT_OUTPUT, BaselineOptions, train_fashionnet
 
 
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     options = BaselineOptions(epochs=args.epochs, batch_size=args.batch_size, base_lr=args.lr, seed=args.seed)
     set_mode(args.gpu, args.seed)

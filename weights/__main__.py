@@ -14,7 +14,7 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from defense.core import run_cli
+from defense.core import parse_args, run_cli
 
 from .download import MIRROR_ENV
 from .fetch import fetch_weights, status
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     entries = load_manifest(args.manifest)
     if args.command == "list":

@@ -14,7 +14,7 @@ import numpy as np
 
 from attacks.perturbation_io import load_perturbations
 
-from ..core import ToolkitError, run_cli, set_mode
+from ..core import ToolkitError, parse_args, run_cli, set_mode
 from ..data import DATA_SOURCES, open_source
 from ..generate.onnx_graph import RUNTIMES, classifier_for
 from ..presets import get_preset
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     preset = get_preset(args.net)
     set_mode(args.gpu, args.seed)

@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from ..core import ToolkitError, caffe, check_net_builds, net_param_text, read_net_param, run_cli, set_mode
+from ..core import (ToolkitError, caffe, check_net_builds, net_param_text, parse_args, read_net_param, run_cli,
+                    set_mode)
 from ..networks import build_baseline
 from ..presets import PRESETS, get_preset
 from .build import load_base_blobs, targets_for, write_all, write_outputs
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> List[Path]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     def _main(argv):
-        args = build_parser().parse_args(argv)
+        args = parse_args(build_parser(), argv)
         args.argv = argv
         set_mode(None, args.seed)
         for path in run(args):

@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from ..core import run_cli
+from ..core import parse_args, run_cli
 from . import BUILDERS, write_baselines
 
 
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     for path in write_baselines(args.out, None if args.all else args.net):
         print(path)
     return 0

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..core import ToolkitError, run_cli, set_mode
+from ..core import ToolkitError, parse_args, run_cli, set_mode
 from ..presets import REPO_ROOT
 from .config import DEFAULT_OUT, ReproConfig
 from .pipeline import reproduce
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = (ReproConfig.quick() if args.quick else ReproConfig()).with_overrides(args.overrides)
     set_mode(args.gpu, cfg.seed)

@@ -17,7 +17,7 @@ import numpy as np
 from attacks.perturbation_io import load_perturbations
 from attacks.synthetic import synthesize
 
-from ..core import ToolkitError, check_gpus, run_cli, set_mode
+from ..core import ToolkitError, check_gpus, parse_args, run_cli, set_mode
 from ..data import DATA_SOURCES, open_source
 from ..presets import get_preset
 from .batches import TrainOptions
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     preset = get_preset(args.net)
     solver = args.solver or (args.dir / "solver.prototxt" if args.dir else None)
