@@ -16,7 +16,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from defense.core import ToolkitError, parse_args, run_cli, set_mode, write_text
+from defense.core import ToolkitError, parse_args, positive_int, run_cli, seed_int, set_mode, write_text
 
 from .classifier import CaffeClassifier
 from .data import load_images, split_holdout
@@ -40,14 +40,14 @@ def _net_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--clip", action="store_true", help="clip perturbed images to [0,255] (default: no clipping, "
                    "as the published evaluation scripts)")
     g.add_argument("--gpu", type=int, default=None, help="GPU id (default: CPU)")
-    g.add_argument("--batch-size", type=int, default=32, help="images per forward/backward pass")
+    g.add_argument("--batch-size", type=positive_int, default=32, help="images per forward/backward pass")
 
 
 def _out_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="perturbation file to write (.h5)")
     p.add_argument("--report", help="JSON report (default: --out with .json)")
     p.add_argument("--network", help="network name recorded in the file (default: preset or prototxt name)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (recorded)")
+    p.add_argument("--seed", type=seed_int, default=0, help="random seed (recorded)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     _attack_args(p, data_required=True)
     d = attack_defaults("uap")
     p.add_argument("--delta", type=float, help=f"stop at fooling rate 1-delta (default {d['delta']})")
-    p.add_argument("--max-passes", type=int, help=f"passes over the data (default {d['max_passes']})")
+    p.add_argument("--max-passes", type=positive_int, help=f"passes over the data (default {d['max_passes']})")
     p.add_argument("--overshoot", type=float, help=f"DeepFool overshoot (default {d['overshoot']})")
     p.add_argument("--max-iter-df", type=int, help=f"DeepFool iterations (default {d['max_iter_df']})")
     p.add_argument("--num-classes", type=int, help=f"DeepFool's top-k classes (default {d['num_classes']})")
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     _attack_args(p, data_required=True)
     d = attack_defaults("spgd")
     p.add_argument("--step-size", type=float, help="pixel units per step (default xi/10)")
-    p.add_argument("--epochs", type=int, help=f"passes over the data (default {d['epochs']})")
+    p.add_argument("--epochs", type=positive_int, help=f"passes over the data (default {d['epochs']})")
     p.add_argument("--loss-clip", type=float, help="cross-entropy clip (default: none)")
     p.add_argument("--delta", type=float, help=f"stop early at fooling rate 1-delta (default {d['delta']}: never)")
 
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--layers", nargs="+", help="blobs to excite (default: every conv output)")
         d = attack_defaults(name)
         p.add_argument("--lr", type=float, help="Adam step, pixel units (default xi/100)")
-        p.add_argument("--max-iter", type=int, help=f"iterations (default {d['max_iter']})")
+        p.add_argument("--max-iter", type=positive_int, help=f"iterations (default {d['max_iter']})")
         if name == "gduap":
             p.add_argument("--prior", choices=["none", "range", "data"], help=f"default {d['prior']}")
             p.add_argument("--saturation", type=float,
@@ -106,14 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--p", type=float, help="power-method input norm (default: inf / 2)")
     p.add_argument("--q", type=float, help=f"output norm of the singular vector (default {d['q']})")
     p.add_argument("--n-images", type=int, help=f"images of the power method (default {d['n_images']})")
-    p.add_argument("--max-iter", type=int, help=f"power iterations (default {d['max_iter']})")
+    p.add_argument("--max-iter", type=positive_int, help=f"power iterations (default {d['max_iter']})")
     p.add_argument("--fd-step", type=float, help=f"finite-difference step, l_2 pixel units (default {d['fd_step']})")
 
     p = sub.add_parser("synthetic", help="synthetic perturbations mixed from a set of UAP files")
     p.add_argument("--inputs", nargs="+", required=True, help="perturbation files (toolkit format, or --input-format)")
     p.add_argument("--input-format", default="toolkit", choices=["toolkit", *PUBLISHED_LOADERS],
                    help="format of --inputs (default: toolkit)")
-    p.add_argument("--count", type=int, default=100, help="how many to make (default 100)")
+    p.add_argument("--count", type=positive_int, default=100, help="how many to make (default 100)")
     p.add_argument("--threshold", default="min", help="l_2 norm to reach: a number, 'min' or 'max' of the set")
     p.add_argument("--rule", default="convex", choices=list(RULES))
     p.add_argument("--max-steps", type=int, default=1000)

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from defense.core import parse_args, run_cli, set_mode, write_text
+from defense.core import parse_args, positive_int, run_cli, seed_int, set_mode, write_text
 
 from .classifier import CaffeClassifier
 from .data import load_images
@@ -43,11 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--norm", default="inf", choices=["inf", "2"])
     p.add_argument("--xi", type=float, default=40.0, help="ball radius, pixel units (default 40 for the tiny net)")
     p.add_argument("--delta", type=float, default=0.2)
-    p.add_argument("--max-passes", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=128,
+    p.add_argument("--max-passes", type=positive_int, default=4)
+    p.add_argument("--batch-size", type=positive_int, default=128,
                    help="DeepFool batch of the batched run (default 128: the toy net's activations are small; "
                         "use 16-32 for ImageNet-sized nets)")
-    p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="first seed (default 0)")
     p.add_argument("--seeds", type=int, default=3,
                    help="runs per mode with seeds seed, seed+1, ...; fooling rates are averaged, times summed (default 3)")
     p.add_argument("--gpu", type=int, default=None)

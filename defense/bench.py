@@ -28,8 +28,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .core import (caffe, caffe_pb2, load_net, param_shapes, parse_args, run_cli, set_mode, set_net_blobs,
-                   write_text)
+from .core import (caffe, caffe_pb2, load_net, param_shapes, parse_args, positive_int, run_cli, seed_int, set_mode,
+                   set_net_blobs, write_text)
 from .generate.export import blob_channels, fast_layout, find_fru_blocks, fold_batchnorm
 from .generate.fru import insert_frus
 from .generate.onnx_graph import onnx_model, onnx_session
@@ -189,8 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nets", default=",".join(DEFAULT_NETS), help="comma-separated presets (all five)")
     ap.add_argument("--batch", default="1,16", help="comma-separated batch sizes (1,16)")
-    ap.add_argument("--reps", type=int, default=5, help="timed repetitions per layout (5)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the random weights and input (0)")
+    ap.add_argument("--reps", type=positive_int, default=5, help="timed repetitions per layout (5)")
+    ap.add_argument("--seed", type=seed_int, default=0, help="seed of the random weights and input (0)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results ({DEFAULT_OUT})")
     ap.add_argument("--layouts", help="comma-separated layouts to time (default all: baseline, [baseline_bn_folded,] "
                                       "the published fru_explicit or fru_folded, fru_fast); the published one always")

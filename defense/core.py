@@ -6,8 +6,10 @@ same folder, then rename) so an interrupted run never leaves a half-written outp
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gzip
+import io
 import os
 import struct
 import sys
@@ -504,10 +506,44 @@ def gpu_available() -> bool:
 
 
 # ---------------------------------------------------------------- entry points
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a batch size, a count, a limit)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got '{text}'")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a seed numpy and Caffe both accept, 0 <= seed < 2**32."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 4294967295, got '{text}'")
+    return value
+
+
 def parse_args(parser, argv: Optional[Sequence[str]] = None):
-    """``parser.parse_args(argv)``, then the checks every command shares: ``--out`` may not name
-    one of the command's inputs (it would be overwritten, or read half-written)."""
-    args = parser.parse_args(argv)
+    """``parser.parse_args(argv)`` with argparse's errors as one line (its usage text dropped),
+    then the checks every command shares: ``--out`` may not name one of the command's inputs
+    (it would be overwritten, or read half-written)."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            args = parser.parse_args(argv)
+    except SystemExit as exc:
+        lines = [line for line in captured.getvalue().splitlines() if line.strip()]
+        if exc.code == 2 and lines:
+            print(lines[-1], file=sys.stderr)
+        else:
+            sys.stderr.write(captured.getvalue())
+        raise
+    sys.stderr.write(captured.getvalue())
     out = getattr(args, "out", None)
     if isinstance(out, (str, os.PathLike)):
         target = Path(out).resolve()

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .core import parse_args, run_cli, set_mode
+from .core import parse_args, run_cli, seed_int, set_mode
 from .generate.export import export_fast
 from .generate.onnx_graph import export_onnx
 
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", type=Path, required=True,
                     help="fast: folder for deploy_fast.prototxt and fast.caffemodel; onnx: the .onnx file")
     ap.add_argument("--no-check", action="store_true", help="skip the forward pass comparing the two")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the random check input (0)")
+    ap.add_argument("--seed", type=seed_int, default=0, help="seed of the random check input (0)")
     ap.add_argument("--gpu", type=int, default=None, help="GPU id for the check (default: CPU)")
     return ap
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .core import ToolkitError, parse_args, run_cli
+from .core import ToolkitError, parse_args, positive_int, run_cli, seed_int
 from .data import imagenet as index_lib
 from .data.imagenet import (ImageNetIndex, build_train_index, build_val_index, load_synsets, verify_images,
                             write_index)
@@ -29,9 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--labels", help="val only: Caffe's val.txt or ILSVRC2012_validation_ground_truth.txt")
     prep.add_argument("--synsets", help="meta.mat, synsets.txt / synset_words.txt, '<id> <wnid>' text, or a "
                                         "labels JSON; needed for train and for the devkit ground truth")
-    prep.add_argument("--per-class", type=int, default=None,
+    prep.add_argument("--per-class", type=positive_int, default=None,
                       help="images per class (val: first N names in sorted order; train: N drawn at random)")
-    prep.add_argument("--seed", type=int, default=0, help="train only: seed of the per-class draw (default 0)")
+    prep.add_argument("--seed", type=seed_int, default=0, help="train only: seed of the per-class draw (default 0)")
     prep.add_argument("--allow-missing", action="store_true", help="val only: skip listed images that are absent")
     prep.add_argument("--verify", action="store_true", help="decode every indexed image once (slow)")
     prep.add_argument("--out", required=True, help="index file to write (JSON lines)")

@@ -37,7 +37,7 @@ import numpy as np
 from attacks.metrics import bootstrap_ci
 from attacks.perturbation_io import load_any, load_perturbations
 
-from .core import ToolkitError, parse_args, run_cli, set_mode, write_text
+from .core import ToolkitError, parse_args, positive_int, run_cli, set_mode, write_text
 from .data import Subset
 from .data.imagenet import ImageNetIndex
 from .evaluate.compare import add_restoration, metric_row, metric_rows
@@ -294,9 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--fetch", action="store_true", help="download missing published perturbation files first")
     ap.add_argument("--own", type=Path, nargs="+", default=(),
                     help="the toolkit's own perturbation files (.h5 or .npy) instead of the published ones")
-    ap.add_argument("--limit", type=int, help="evaluate only N images, spread over the protocol's images (quick run)")
+    ap.add_argument("--limit", type=positive_int, help="evaluate only N images, spread over the protocol's images (quick run)")
     ap.add_argument("--batch", type=int, help="batch size (default: the preset's, as in the published scripts)")
-    ap.add_argument("--workers", type=int, default=4, help="image decoding threads (default: 4)")
+    ap.add_argument("--workers", type=positive_int, default=4, help="image decoding threads (default: 4)")
     ap.add_argument("--gpu", type=int, default=None, help="GPU id (default: CPU)")
     ap.add_argument("--clip", action="store_true", help="clip perturbed images to [0, 255] (the published tables do not)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: %(default)s)")

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .core import parse_args, run_cli, set_mode
+from .core import parse_args, positive_int, run_cli, seed_int, set_mode
 from .train.baseline import DEFAULT_OUTPUT, BaselineOptions, train_fashionnet
 
 
@@ -24,9 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
                                             "write its caffemodel plus a JSON summary beside it.")
     p.add_argument("--out", type=Path, default=DEFAULT_OUTPUT, help=f"caffemodel to write (default {DEFAULT_OUTPUT})")
     p.add_argument("--epochs", type=float, default=d.epochs, help=f"passes over the 60,000 images (default {d.epochs})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"mini-batch size (default {d.batch_size})")
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help=f"mini-batch size (default {d.batch_size})")
     p.add_argument("--lr", type=float, default=d.base_lr, help=f"base learning rate (default {d.base_lr})")
-    p.add_argument("--seed", type=int, default=d.seed, help=f"seed of the init, data order and Caffe (default {d.seed})")
+    p.add_argument("--seed", type=seed_int, default=d.seed, help=f"seed of the init, data order and Caffe (default {d.seed})")
     p.add_argument("--gpu", type=int, default=None, metavar="N", help="train on GPU N (default: CPU)")
     return p
 

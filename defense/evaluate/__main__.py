@@ -14,7 +14,7 @@ import numpy as np
 
 from attacks.perturbation_io import load_perturbations
 
-from ..core import ToolkitError, parse_args, run_cli, set_mode
+from ..core import ToolkitError, parse_args, positive_int, run_cli, seed_int, set_mode
 from ..data import DATA_SOURCES, open_source
 from ..generate.onnx_graph import RUNTIMES, classifier_for
 from ..presets import get_preset
@@ -39,12 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peers", default="", help=f"comma-separated image-domain defences on the baseline: {', '.join(PEERS)}")
     p.add_argument("--data", default="fashion-mnist", choices=sorted(DATA_SOURCES), help="data source")
     p.add_argument("--split", default="test", help="data split (default test)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate a seeded random subset of this many images")
+    p.add_argument("--limit", type=positive_int, default=None, help="evaluate a seeded random subset of this many images")
     p.add_argument("--published-denominator", action="store_true",
                    help="use the preset's published baseline top-1 as restoration denominator")
     p.add_argument("--clip", action="store_true", help="clip perturbed images to [0,255]")
-    p.add_argument("--seed", type=int, default=0, help="seed of the perturbation draw (default 0, as published)")
-    p.add_argument("--batch-size", type=int, default=None, help="default: the preset's eval batch")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the perturbation draw (default 0, as published)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="default: the preset's eval batch")
     p.add_argument("--gpu", type=int, default=None, metavar="N", help="run on GPU N (default: CPU)")
     p.add_argument("--runtime", choices=RUNTIMES, default="caffe",
                    help="caffe (default), or onnx: the same nets exported to ONNX and run in onnxruntime (CPU)")

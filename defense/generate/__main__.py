@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from ..core import (ToolkitError, caffe, check_net_builds, net_param_text, parse_args, read_net_param, run_cli,
-                    set_mode)
+                    seed_int, set_mode)
 from ..networks import build_baseline
 from ..presets import PRESETS, get_preset
 from .build import load_base_blobs, targets_for, write_all, write_outputs
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", type=Path, help="output folder (with --all: root instead of prototxt/)")
     ap.add_argument("--norm", choices=NORMS, default="l1", help="filter norm used for ranking (l1)")
     ap.add_argument("--batch", type=int, default=32, help="batch size of the train net (32)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the FRU MSRA initialisation and the solver (0)")
+    ap.add_argument("--seed", type=seed_int, default=0, help="seed of the FRU MSRA initialisation and the solver (0)")
     return ap
 
 

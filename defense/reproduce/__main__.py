@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..core import ToolkitError, parse_args, run_cli, set_mode
+from ..core import ToolkitError, parse_args, positive_int, run_cli, set_mode
 from ..presets import REPO_ROOT
 from .config import DEFAULT_OUT, ReproConfig
 from .pipeline import reproduce
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not copy the demo files to weights/FashionNet/ and attacks/samples/FashionNet/ "
                         "(never copied with --quick)")
     p.add_argument("--gpu", type=int, default=None, metavar="N", help="run on GPU N (default: CPU)")
-    p.add_argument("--jobs", type=int, default=None, metavar="J",
+    p.add_argument("--jobs", type=positive_int, default=None, metavar="J",
                    help="stages run side by side in J worker processes (default: 2 on a CPU with 2 or more "
                         "cores, 1 on a GPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -17,7 +17,7 @@ import numpy as np
 from attacks.perturbation_io import load_perturbations
 from attacks.synthetic import synthesize
 
-from ..core import ToolkitError, check_gpus, parse_args, run_cli, set_mode
+from ..core import ToolkitError, check_gpus, parse_args, positive_int, run_cli, seed_int, set_mode
 from ..data import DATA_SOURCES, open_source
 from ..presets import get_preset
 from .batches import TrainOptions
@@ -43,12 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fashion-mnist: data split (default train); imagenet: the training index "
                         "(python -m defense.imagenet prepare train ...)")
     p.add_argument("--out", type=Path, required=True, help="final caffemodel (snapshots go to <out stem>_snapshots/)")
-    p.add_argument("--max-iter", type=int, help="last iteration (default: the solver's max_iter)")
+    p.add_argument("--max-iter", type=positive_int, help="last iteration (default: the solver's max_iter)")
     p.add_argument("--snapshot-every", type=int, help="snapshot period (default: the solver's snapshot)")
     p.add_argument("--clean-fraction", type=float, default=0.5, help="clean share of each mini-batch (0.5)")
     p.add_argument("--clip", action="store_true", help="clip perturbed images to [0,255] (published: no)")
     p.add_argument("--resume", type=Path, metavar="SOLVERSTATE", help="continue from a snapshot's .solverstate")
-    p.add_argument("--seed", type=int, default=0, help="seed of data order, perturbation draw and Caffe (0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of data order, perturbation draw and Caffe (0)")
     dev = p.add_mutually_exclusive_group()
     dev.add_argument("--gpu", type=int, metavar="N", help="train on GPU N (default: CPU)")
     dev.add_argument("--gpus", metavar="0,1", help="train on several GPUs with NCCL (one process per GPU)")
