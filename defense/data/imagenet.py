@@ -255,9 +255,10 @@ class ImageNetIndex(DataSource):
         self.root = Path(root or self.meta["root"])
         self.paths = [self.root / p for p, _ in items]
         self.labels = np.array([lab for _, lab in items], dtype=np.int64)
-        if self.labels.max() >= preset.num_classes:
-            raise ToolkitError(f"{index}: label {self.labels.max()} is out of range for {preset.name}'s "
-                               f"{preset.num_classes} classes")
+        bad = self.labels[(self.labels < 0) | (self.labels >= preset.num_classes)]
+        if bad.size:
+            raise ToolkitError(f"{index}: label {bad[0]} is out of range for {preset.name}'s "
+                               f"{preset.num_classes} classes (0 to {preset.num_classes - 1})")
         self.preset, self.resample, self.workers = preset, resample, int(workers)
         self.name = f"imagenet-{self.meta.get('split', 'index')}"
 

@@ -211,3 +211,13 @@ def test_prepare_cli_errors(fake, tmp_path, capsys):
     bad.write_text("not json\n")
     with pytest.raises(ToolkitError, match=r"index\.jsonl: not an index written by 'python -m defense\.imagenet prepare'"):
         ImageNetIndex(bad, get_preset("CaffeNet"))
+
+
+@pytest.mark.parametrize("label", [-1, 1000])
+def test_index_label_outside_the_nets_classes_is_refused(tmp_path, label):
+    from defense.data.imagenet import write_index
+
+    index = write_index(tmp_path / "i.jsonl", [("a.JPEG", 3), ("b.JPEG", label)], tmp_path, {"split": "val"})
+    with pytest.raises(ToolkitError) as err:
+        ImageNetIndex(index, get_preset("CaffeNet"))
+    assert str(err.value) == f"{index}: label {label} is out of range for CaffeNet's 1000 classes (0 to 999)"
