@@ -226,12 +226,17 @@ def read_index(path: os.PathLike | str) -> Tuple[dict, List[Item]]:
     path = Path(path)
     if not path.is_file():
         raise ToolkitError(f"{path}: ImageNet index not found; make it with 'python -m defense.imagenet prepare'")
+    rebuild = "rebuild it with 'python -m defense.imagenet prepare'"
     try:
         lines = path.read_text().splitlines()
         meta = json.loads(lines[0])["meta"]
         items = [(r["path"], int(r["label"])) for r in map(json.loads, lines[1:]) if r]
-    except (json.JSONDecodeError, KeyError, IndexError, TypeError, ValueError):
-        raise ToolkitError(f"{path}: not an index written by 'python -m defense.imagenet prepare'; rebuild it") from None
+    except (json.JSONDecodeError, KeyError, IndexError, TypeError, ValueError, UnicodeDecodeError):
+        raise ToolkitError(f"{path}: not an index written by 'python -m defense.imagenet prepare'; {rebuild}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("root"), str):
+        raise ToolkitError(f"{path}: the meta line needs key 'root' (the image folder, a string); {rebuild}")
+    if not all(isinstance(p, str) for p, _ in items):
+        raise ToolkitError(f"{path}: every 'path' must be a string; {rebuild}")
     return meta, items
 
 

@@ -221,3 +221,16 @@ def test_index_label_outside_the_nets_classes_is_refused(tmp_path, label):
     with pytest.raises(ToolkitError) as err:
         ImageNetIndex(index, get_preset("CaffeNet"))
     assert str(err.value) == f"{index}: label {label} is out of range for CaffeNet's 1000 classes (0 to 999)"
+
+
+@pytest.mark.parametrize("meta,message", [
+    ({"split": "val"}, "the meta line needs key 'root' (the image folder, a string)"),
+    ({"root": 3}, "the meta line needs key 'root' (the image folder, a string)"),
+    ([1, 2], "the meta line needs key 'root' (the image folder, a string)"),
+])
+def test_index_meta_of_the_wrong_type_is_one_line_naming_the_key(tmp_path, meta, message):
+    index = tmp_path / "i.jsonl"
+    index.write_text(json.dumps({"meta": meta}) + "\n" + json.dumps({"path": "a.JPEG", "label": 1}) + "\n")
+    with pytest.raises(ToolkitError) as err:
+        ImageNetIndex(index, get_preset("CaffeNet"))
+    assert str(err.value) == f"{index}: {message}; rebuild it with 'python -m defense.imagenet prepare'"
