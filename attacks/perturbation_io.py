@@ -82,21 +82,39 @@ def load_perturbation(path: os.PathLike | str) -> Tuple[np.ndarray, Perturbation
     for fld in dataclasses.fields(PerturbationMeta):
         if fld.name not in attrs:
             continue
-        value = attrs[fld.name]
-        if isinstance(value, bytes):
-            value = value.decode()
-        if fld.name in ("attack_params", "extra"):
-            value = json.loads(value)
-        elif fld.name == "seed":
-            value = None if isinstance(value, str) and value == "null" else int(value)
-        elif fld.name == "input_size":
-            value = tuple(int(a) for a in value)
-        elif fld.name == "added_before_mean":
-            value = bool(value)
-        elif isinstance(value, np.generic):
-            value = value.item()
-        kw[fld.name] = value
+        try:
+            kw[fld.name] = _meta_value(fld.name, attrs[fld.name])
+        except (TypeError, ValueError, UnicodeDecodeError):  # json.JSONDecodeError is a ValueError
+            raise ToolkitError(f"{path}: attribute '{fld.name}' has the wrong type ({attrs[fld.name]!r}); "
+                               "rewrite the file with 'python -m attacks convert'") from None
     return v, PerturbationMeta(**kw)  # type: ignore[arg-type]
+
+
+def _meta_value(name: str, value):
+    """One HDF5 attribute as its ``PerturbationMeta`` field's type (TypeError/ValueError if it is not)."""
+    if isinstance(value, bytes):
+        value = value.decode()
+    if name in ("attack_params", "extra"):
+        value = json.loads(value)
+        if not isinstance(value, dict):
+            raise TypeError(name)
+        return value
+    if name == "seed":
+        return None if isinstance(value, str) and value == "null" else int(value)
+    if name == "input_size":
+        size = tuple(int(a) for a in value)
+        if len(size) != 2:
+            raise ValueError(name)
+        return size
+    if name == "added_before_mean":
+        return bool(value)
+    if isinstance(value, np.generic):
+        value = value.item()
+    if name in ("xi", "fooling_rate"):
+        return float(value)
+    if not isinstance(value, str):
+        raise TypeError(name)
+    return value
 
 
 def _check_canonical(v: np.ndarray, source: str) -> None:

@@ -319,3 +319,24 @@ def test_detect_format_and_load_any(tmp_path):
         load_any(npy, expect=(3, 4, 4))
     with pytest.raises(ValueError, match="perturbation format must be one of"):
         load_any(npy, "png")
+
+
+@pytest.mark.parametrize("key,value", [
+    ("input_size", np.int64(224)),          # a number where a pair belongs (was: 'numpy.int64' object is not iterable)
+    ("input_size", np.array([224, 224, 3])),
+    ("attack_params", "[1, 2]"),            # JSON, but not an object
+    ("extra", "{not json"),
+    ("xi", "ten"),
+    ("network", np.int64(3)),
+])
+def test_metadata_of_the_wrong_type_is_one_line_naming_the_attribute(tmp_path, key, value):
+    path = save_perturbation(tmp_path / "v.h5", np.zeros((3, 8, 8), np.float32), PerturbationMeta(attack="uap"))
+    with h5py.File(path, "a") as f:
+        f.attrs[key] = value
+    with pytest.raises(ToolkitError) as err:
+        load_perturbation(path)
+    assert str(err.value).startswith(f"{path}: attribute '{key}' has the wrong type (")
+    assert str(err.value).endswith("); rewrite the file with 'python -m attacks convert'")
+    v, meta = load_perturbation(save_perturbation(tmp_path / "ok.h5", np.ones((3, 8, 8), np.float32),
+                                                  PerturbationMeta(attack="uap", input_size=(8, 8), xi=10.0)))
+    assert meta.input_size == (8, 8) and meta.xi == 10.0 and meta.attack == "uap" and v.shape == (3, 8, 8)
