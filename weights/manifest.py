@@ -47,10 +47,23 @@ class WeightEntry:
         return "gdrive" if self.remote.gdrive_id else "none"
 
 
+_TYPES = {"name": (str,), "net": (str,), "kind": (str,), "dest": (str,), "prototxt": (str,),
+          "url": (str, type(None)), "gdrive_id": (str, type(None)), "size": (int, type(None)),
+          "sha256": (str, type(None)), "defense": (str, type(None)), "file": (str, type(None)),
+          "note": (str, type(None))}
+"""The JSON type of each entry field (null where the field may be unknown)."""
+
+
 def _entry(raw: dict, root: Path, where: Path) -> WeightEntry:
+    if not isinstance(raw, dict):
+        raise ToolkitError(f"{where}: every entry must be an object, got {raw!r}")
     missing = [k for k in _FIELDS if k not in raw]
     if missing:
         raise ToolkitError(f"{where}: entry {raw.get('name', '?')!r} lacks field(s) {', '.join(missing)}")
+    for key, types in _TYPES.items():
+        if key in raw and (not isinstance(raw[key], types) or isinstance(raw[key], bool)):
+            kind = " or ".join("null" if t is type(None) else {str: "a string", int: "an integer"}[t] for t in types)
+            raise ToolkitError(f"{where}: entry {raw.get('name', '?')!r} key '{key}' must be {kind}, got {raw[key]!r}")
     name = str(raw["name"])
     if raw["kind"] not in KINDS:
         raise ToolkitError(f"{where}: entry {name!r} has kind {raw['kind']!r}; use one of {', '.join(KINDS)}")

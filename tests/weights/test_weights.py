@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import pytest
 
-from defense.core import caffe, L, run_cli, write_net_param
+from defense.core import L, ToolkitError, caffe, run_cli, write_net_param
 from defense.presets import get_preset
 from weights.__main__ import main
 from weights.manifest import load_manifest, select
@@ -408,3 +408,27 @@ def test_google_drive_refusal_is_one_line(tmp_path, served, monkeypatch, capsys)
                    "downloaded this file recently.); download https://drive.google.com/uc?id=1AbC by hand to "
                    f"{_dest(tmp_path)} or use --base-url with a mirror\n")
     assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("dest", 3, "must be a string, got 3"),
+    ("size", "12 MB", "must be an integer or null, got '12 MB'"),
+    ("url", ["http://x"], "must be a string or null, got ['http://x']"),
+    ("sha256", True, "must be a string or null, got True"),
+])
+def test_manifest_key_of_the_wrong_type_is_one_line_naming_it(tmp_path, key, value, expected):
+    entry = {"name": "N-baseline", "net": "CaffeNet", "kind": "baseline", "defense": None, "url": None,
+             "gdrive_id": None, "size": None, "sha256": None, "dest": "CaffeNet/caffenet.caffemodel",
+             "prototxt": "prototxt/CaffeNet/deploy_caffenet.prototxt"}
+    assert len(load_manifest(_write_manifest(tmp_path / "ok.json", [entry]))) == 1
+    path = _write_manifest(tmp_path / "m.json", [dict(entry, **{key: value})])
+    with pytest.raises(ToolkitError) as err:
+        load_manifest(path)
+    assert str(err.value) == f"{path}: entry 'N-baseline' key '{key}' {expected}"
+    with pytest.raises(ToolkitError, match="every entry must be an object, got 7"):
+        load_manifest(_write_manifest(tmp_path / "n.json", [7]))
+
+
+def _write_manifest(path, entries):
+    path.write_text(json.dumps({"entries": entries}))
+    return path
