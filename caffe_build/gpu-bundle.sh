@@ -30,12 +30,14 @@ owner() {  # the package of a library; dpkg records /lib/... or /usr/lib/... (me
   local real; real=$(readlink -f "$1")
   { dpkg -S "$real" || dpkg -S "${real#/usr}"; } 2>/dev/null | head -n 1 | cut -d: -f1
 }
-pkgs=$(ldd "$BUILD/build/lib/libcaffe.so.1.0.0" "$BUILD/src/python/caffe/_caffe.so" | awk '/=> \//{print $3}' \
-  | sort -u | while read -r lib; do owner "$lib"; done | sort -u | grep -v -x -e libc6 -e libgcc-s1 -e libstdc++6 || true)
-missing=$(ldd "$BUILD/build/lib/libcaffe.so.1.0.0" | awk '/=> \//{print $3}' | grep -v -e /cuda/ -e libc.so -e libm.so \
-  -e libgcc_s -e libstdc++ -e libpthread -e libresolv -e libdl.so -e librt.so \
-  | while read -r lib; do [ -n "$(owner "$lib")" ] || echo "$lib"; done)
-[ -z "$missing" ] || { say "no Debian package owns: $missing"; exit 1; }
+pkgs="" missing=""
+for lib in $(ldd "$BUILD/build/lib/libcaffe.so.1.0.0" "$BUILD/src/python/caffe/_caffe.so" | awk '/=> \//{print $3}' | sort -u); do
+  case "$lib" in "$BUILD"/*|*/cuda/*) continue ;; esac  # Caffe itself travels as is; CUDA's are found there
+  pkg=$(owner "$lib")
+  if [ -n "$pkg" ]; then pkgs="$pkgs $pkg"; else missing="$missing $lib"; fi
+done
+[ -z "$missing" ] || { say "no Debian package owns:$missing"; exit 1; }
+pkgs=$(printf '%s\n' $pkgs | grep -v -x -e libc6 -e libgcc-s1 -e libstdc++6)
 pkgs="$pkgs python3.11-minimal libpython3.11-minimal libpython3.11-stdlib libpython3.11 libffi8 libssl3
   libbz2-1.0 liblzma5 libuuid1 libexpat1 zlib1g libcrypt1 libtinfo6 libsqlite3-0"
 # the archive's current versions (security updates included); same sonames as those installed
