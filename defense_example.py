@@ -1,12 +1,16 @@
 """Single-image demo with the published command line (Borkar, Heide, Karam, CVPR 2020):
 
-  python defense_example.py --input IMG --dnn ResNet152 --load WEIGHTS --attack UAP --defense True
+  python defense_example.py --dnn ResNet152 --attack UAP --defense True
+  python defense_example.py --input IMG --dnn CaffeNet --load WEIGHTS --attack FFF --defense True
   python defense_example.py --dnn FashionNet --attack UAP --defense True --out demo.png   # offline
 
 Adds a universal perturbation to the image (clipped to [0, 255], as published), prints the
-top-1 and top-5 of the undefended baseline and of the FRU-defended net, and with --out writes
-a figure. Defaults per network (image, perturbation files, FashionNet's files) are in
-defense/paper.py (DEMO); ImageNet weights come from 'python -m weights fetch <Net>'.
+top-1 and top-5 of the undefended baseline and of the FRU-defended net, and writes a figure.
+For the ImageNet nets, what is missing is downloaded, verified and cached first: the authors'
+demo image, the published perturbation file and the released FRU caffemodel (Google Drive;
+it also holds the baseline's layers). --offline (or FRU_OFFLINE=1) never downloads;
+FRU_WEIGHTS_MIRROR serves all three from a mirror; FRU_DOWNLOAD_DIR says where they go.
+Defaults per network are in defense/paper.py (DEMO).
 """
 from __future__ import annotations
 
@@ -20,7 +24,6 @@ from defense.core import parse_args, run_cli, set_mode
 from defense.evaluate.demo import LABELS_ENV, DemoOptions, run_demo, save_figure
 from defense.generate.onnx_graph import RUNTIMES
 from defense.paper import DEMO, DEMO_ATTACKS
-from defense.evaluate.resources import PUBLISHED_PERTURBATIONS
 
 
 def _bool(text: str) -> bool:
@@ -43,16 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--defense", type=_bool, default=True, metavar="{True,False}",
                     help="True: baseline and FRU defence; False: baseline only (default: True)")
     ap.add_argument("--perturbation", type=Path, help="perturbation file replacing the attack's default file")
-    ap.add_argument("--perturbations", type=Path, default=PUBLISHED_PERTURBATIONS,
-                    help="local copy of the published Attack_samples/ folder (default: %(default)s)")
-    ap.add_argument("--fetch", action="store_true", help="download the published perturbation file if missing")
+    ap.add_argument("--perturbations", type=Path, default=None,
+                    help="local copy of the published Attack_samples/ folder; a missing file is downloaded into it "
+                         "(default: $FRU_DOWNLOAD_DIR/Attack_samples, else the repository's)")
+    ap.add_argument("--offline", action="store_true",
+                    help="never download (also FRU_OFFLINE=1): a missing file is an error naming its address")
     ap.add_argument("--labels", type=Path, help=f"ImageNet labels JSON (default: ${LABELS_ENV} or ./imagenet_labels.json; "
                                                 "class indices when absent)")
     ap.add_argument("--manifest", type=Path, help="weights manifest (default: weights/manifest.json)")
     ap.add_argument("--gpu", type=int, default=None, help="GPU id (default: CPU)")
     ap.add_argument("--runtime", choices=RUNTIMES, default="caffe",
                     help="caffe (default), or onnx: the nets exported to ONNX and run in onnxruntime (CPU)")
-    ap.add_argument("--out", type=Path, help="write the figure to this PNG")
+    ap.add_argument("--out", type=Path, help="the figure's PNG (default: results/demo/<dnn>_<attack>.png)")
     return ap
 
 
@@ -62,14 +67,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     set_mode(args.gpu, seed=1000)
     result = run_demo(DemoOptions(net=args.dnn, input=args.input, load=args.load, load_baseline=args.load_baseline,
                                   attack=args.attack, defense=args.defense, perturbation=args.perturbation,
-                                  perturbations_dir=args.perturbations, fetch=args.fetch, labels=args.labels,
+                                  perturbations_dir=args.perturbations, offline=args.offline, labels=args.labels,
                                   manifest=args.manifest, runtime=args.runtime))
     for model, pred in result.predictions.items():
         top = pred.perturbed[0]
         print(f"{model}: top 1 prediction on the perturbed image: {top[1]}, confidence score: {top[2]:.4f}")
         print(f"{model}: top 5 predictions: {[name for _, name, _ in pred.perturbed]}")
-    if args.out:
-        print(f"wrote {save_figure(result, args.out)}")
+    out = args.out or Path("results") / "demo" / f"{result.net}_{args.attack}.png"
+    print(f"wrote {save_figure(result, out)}")
     return 0
 
 

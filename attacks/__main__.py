@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fetch", help="download published perturbation files (verified) from the paper's repository")
     p.add_argument("names", nargs="*", default=["all"],
                    help="file names or folders below Attack_samples/, e.g. UAP/CaffeNet (default: all)")
-    p.add_argument("--dest", default="Attack_samples", help="destination folder (default Attack_samples/)")
+    p.add_argument("--dest", default=None, help="destination folder (default: $FRU_DOWNLOAD_DIR/Attack_samples, "
+                                                "else the repository's Attack_samples/, where the demo and the tables look)")
     p.add_argument("--base-url", help="mirror serving <base-url>/<name> (default $FRU_WEIGHTS_MIRROR or GitHub)")
     p.add_argument("--force", action="store_true", help="download again even if a verified copy exists")
     return parser
@@ -275,8 +276,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(build_parser(), argv)
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, format="%(message)s")
     if args.command == "fetch":
-        from .published import fetch_published
-        for path in fetch_published(args.names, args.dest, base_url=args.base_url, force=args.force):
+        from .published import fetch_published, published_dir
+        for path in fetch_published(args.names, args.dest or published_dir(), base_url=args.base_url, force=args.force):
             print(path)
         return 0
     if args.command == "synthetic":

@@ -74,8 +74,13 @@ def freeze_weights(param: "caffe_pb2.NetParameter") -> "caffe_pb2.NetParameter":
 
 
 def load_gradient_net(prototxt: os.PathLike | str, weights: os.PathLike | str | None) -> "caffe.Net":
-    """``defense.core.load_net(..., force_backward=True)`` with frozen weights (``freeze_weights``)."""
-    return load_net(freeze_weights(read_net_param(prototxt)), weights, force_backward=True, source=prototxt)
+    """``defense.core.load_net(..., force_backward=True)`` with frozen weights (``freeze_weights``).
+
+    A classifier is used as it is, so ``weights`` must hold every parameter layer: an FRU net
+    given a baseline caffemodel would otherwise run with its FRUs at their fill values.
+    """
+    return load_net(freeze_weights(read_net_param(prototxt)), weights, force_backward=True, source=prototxt,
+                    require_all=weights is not None)
 
 
 def _mean_array(mean, channels: int) -> np.ndarray:

@@ -19,9 +19,14 @@ from typing import List, Optional, Sequence, Union
 import numpy as np
 
 from defense.core import ToolkitError
-from weights.download import RemoteFile, fetch_file
+from weights.download import LOCK_NAME, RemoteFile, download_dir, fetch_file
 
 PUBLISHED_MANIFEST = Path(__file__).resolve().parent / "published_manifest.json"
+
+
+def published_dir() -> Path:
+    """Where the published files are cached, in the authors' layout: ``$FRU_DOWNLOAD_DIR/Attack_samples``."""
+    return download_dir() / "Attack_samples"
 
 
 @dataclass(frozen=True)
@@ -73,13 +78,15 @@ def check_perturbation_file(path: Path, label: str) -> None:
 
 def fetch_published(names: Union[str, Sequence[str]], dest_dir: os.PathLike | str,
                     base_url: Optional[str] = None, force: bool = False,
-                    manifest: os.PathLike | str = PUBLISHED_MANIFEST) -> List[Path]:
+                    manifest: os.PathLike | str = PUBLISHED_MANIFEST, offline: Optional[bool] = None) -> List[Path]:
     """Download published perturbation files into ``dest_dir`` (keeping their sub-folders).
 
     :param names: ``"all"``, or names (paths below ``Attack_samples/``, e.g.
         ``UAP/CaffeNet/caffenet_adv_iter_1.h5``), or a folder prefix such as ``UAP/CaffeNet``.
     :param base_url: mirror serving ``<base_url>/<name>`` (default ``$FRU_WEIGHTS_MIRROR``).
-    :returns: the local paths, in manifest order.
+    :param offline: never download (default ``$FRU_OFFLINE``): a missing file is a ToolkitError.
+    :returns: the local paths, in manifest order. Files without a SHA-256 in the manifest are
+        recorded at their first download in ``<dest_dir>/downloads.lock.json``.
     """
     entries = load_published_manifest(manifest)
     if isinstance(names, str):
@@ -99,7 +106,7 @@ def fetch_published(names: Union[str, Sequence[str]], dest_dir: os.PathLike | st
     paths = []
     for e in chosen:
         remote = RemoteFile(name=e.name, dest=dest_dir / e.name, file=e.name, url=e.url,
-                            size=e.size, sha256=e.sha256, note=e.note)
-        paths.append(fetch_file(remote, base_url=base_url, force=force,
+                            size=e.size, sha256=e.sha256, note=e.note, lock=dest_dir / LOCK_NAME)
+        paths.append(fetch_file(remote, base_url=base_url, force=force, offline=offline,
                                 verify=lambda p, label=e.name: check_perturbation_file(p, label)))
     return paths

@@ -343,11 +343,13 @@ def solver_param(net: "str | caffe_pb2.NetParameter | None" = None, *, solver_ty
 # ---------------------------------------------------------------- net loading
 def load_net(net: os.PathLike | str | "caffe_pb2.NetParameter", weights: os.PathLike | str | None = None,
              phase: int | None = None, force_backward: bool = False,
-             source: os.PathLike | str | None = None) -> "caffe.Net":
+             source: os.PathLike | str | None = None, require_all: bool = False) -> "caffe.Net":
     """The one net loader: a caffe.Net from a prototxt path or a NetParameter, after validating
     the net and the weights in Python (no C++ abort on bad input).
 
     :param source: how errors name a NetParameter (default: the path, or ``<net>``).
+    :param require_all: ``weights`` must hold every parameter layer (a net used as it is, not one
+        whose new layers are about to be trained).
     """
     if isinstance(net, caffe_pb2.NetParameter):
         param, source = net, source or "<net>"
@@ -367,7 +369,7 @@ def load_net(net: os.PathLike | str | "caffe_pb2.NetParameter", weights: os.Path
         path.write_text(text)
         loaded = caffe.Net(str(path), phase)
     if weights is not None:
-        copy_weights(loaded, weights, source)
+        copy_weights(loaded, weights, source, require_all=require_all)
     return loaded
 
 

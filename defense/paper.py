@@ -215,12 +215,30 @@ def repo_files(net: str, defended: bool) -> Tuple[str, str]:
     return tuple(path.relative_to(REPO_ROOT).as_posix() for path in files)  # type: ignore[return-value]
 
 
-PUBLISHED_DEMO_IMAGE = "test_image_icecream.JPEG"  # the authors' demo image (not shipped here)
+AUTHORS_REPO = "https://github.com/tsborkar/Selective-feature-regeneration"
+AUTHORS_COMMIT = "b5e2b93a94e2e7ca0bf2b5fa99676607cb8819ce"  # the README with the released models' Drive ids
+
+
+@dataclass(frozen=True)
+class ReleasedFile:
+    """A file of the authors' repository fetched at run time (never shipped here)."""
+
+    name: str
+    url: str
+    size: int
+    sha256: str
+
+
+DEMO_IMAGE = ReleasedFile(
+    name="test_image_icecream.JPEG",
+    url=f"https://raw.githubusercontent.com/tsborkar/Selective-feature-regeneration/{AUTHORS_COMMIT}/"
+        "test_image_icecream.JPEG",
+    size=57753, sha256="0901fc3f3f90210ce6148944c4a720398c7459cd00d02a06712d7eb47f5d94a3")
 
 
 def _imagenet_demo(net: str) -> DemoDefaults:
     stem = get_preset(net).file_stem
-    return DemoDefaults(input=PUBLISHED_DEMO_IMAGE, attacks={
+    return DemoDefaults(input=DEMO_IMAGE.name, attacks={  # the image is fetched when missing
         "UAP": (f"UAP/{net}/{stem}_adv_iter_1.h5", "uap"),
         "FFF": ("FFF/perturbation_caffenet_mean.npy", "fff1"),  # the demo crops FFF at offset 1
         "NAG": ("NAG/perturbation19.npy", "nag"),

@@ -10,8 +10,9 @@ Each command evaluates the undefended baseline and the FRU-defended net of the w
 manifest on the published protocol (``defense.paper``): the first ``per_class`` images of
 each class of a validation index (``python -m defense.imagenet prepare val ...``), clean and
 with the published perturbation files (``--perturbations``: a local copy of the authors'
-``Attack_samples/``; ``--fetch`` downloads what is missing), or with the toolkit's own files
-(``--own``). It reports clean/perturbed top-1 and top-5, fooling rate and restoration accuracy,
+``Attack_samples/``), or with the toolkit's own files
+(``--own``). Missing published files (caffemodels, perturbations) are downloaded, verified and
+cached first; ``--offline`` (or ``FRU_OFFLINE=1``) never downloads. It reports clean/perturbed top-1 and top-5, fooling rate and restoration accuracy,
 (clean top-1 + perturbed top-1) / (2 x baseline clean top-1), with the published denominator
 (``preset.baseline_top1``) and with the measured one, next to the published number.
 Outputs: ``<out>/<table>_<net>.json`` and ``.md``; ``.state.npz`` lets an interrupted run resume.
@@ -36,14 +37,15 @@ import numpy as np
 
 from attacks.metrics import bootstrap_ci
 from attacks.perturbation_io import load_any, load_perturbations
+from attacks.published import published_dir
 
 from .core import ToolkitError, parse_args, positive_int, run_cli, set_mode, write_text
 from .data import Subset
 from .data.imagenet import ImageNetIndex
 from .evaluate.compare import add_restoration, metric_row, metric_rows
 from .evaluate.conditions import Condition, Predictions, draw_choices, predict_conditions
-from .evaluate.resources import (PUBLISHED_PERTURBATIONS, ModelPair, fetch_missing, load_classifier,
-                                 missing_published, model_pair, published_path, require_weights)
+from .evaluate.resources import (ModelPair, fetch_missing, load_classifier, model_pair, published_path,
+                                 require_weights)
 from .paper import TABLE_TITLES, TABLES, Published, Run, TableCase, table_cases, table_nets
 from .presets import NetPreset, get_preset
 
@@ -160,8 +162,8 @@ class TableOptions:
     manifest: Optional[Path] = None
     weights_dir: Optional[Path] = None
     defense: str = "primary"
-    perturbations: Path = PUBLISHED_PERTURBATIONS
-    fetch: bool = False
+    perturbations: Optional[Path] = None  # default: published_dir()
+    offline: bool = False
     own: Tuple[Path, ...] = ()
     limit: Optional[int] = None
     batch: Optional[int] = None
@@ -195,15 +197,10 @@ def _perturbation_arrays(cases: Sequence[TableCase], options: TableOptions, tabl
         names = tuple(f"own[{i}]" for i in range(len(stack)))
         return [_own_case(table, net, cases, names, options.own)], dict(zip(names, stack))
     names = [f for c in cases for f in c.files]
-    if options.fetch:
-        fetch_missing(names, options.perturbations)
-    missing = missing_published(names, options.perturbations)
-    if missing:
-        raise ToolkitError(f"{published_path(missing[0], options.perturbations)}: published perturbation not found "
-                           f"({len(missing)} missing); fetch it with 'python -m defense.tables {table} --net {net} "
-                           f"--perturbations {options.perturbations} --fetch'")
+    folder = options.perturbations or published_dir()
+    fetch_missing(names, folder, offline=options.offline)
     fmt = {f: run.fmt for c in cases for run in c.runs for f in run.files}
-    return list(cases), {f: load_any(published_path(f, options.perturbations), fmt[f], expect=shape) for f in names}
+    return list(cases), {f: load_any(published_path(f, folder), fmt[f], expect=shape) for f in names}
 
 
 def run_table(table: str, net: str, options: TableOptions) -> dict:
@@ -211,13 +208,13 @@ def run_table(table: str, net: str, options: TableOptions) -> dict:
     preset: NetPreset = get_preset(net)
     cases = list(table_cases(table, preset.name))
     pair: ModelPair = model_pair(preset.name, options.manifest, options.weights_dir, options.defense)
-    for files in (pair.baseline, pair.fru):
-        require_weights(files, preset.name)
-    shape = (preset.channels, preset.input_size, preset.input_size)
-    cases, arrays = _perturbation_arrays(cases, options, table, preset.name, shape)
     if not Path(options.index).is_file():
         raise ToolkitError(f"{options.index}: validation index not found; make one with "
                            "'python -m defense.imagenet prepare val --images DIR --labels val.txt --out val.jsonl'")
+    shape = (preset.channels, preset.input_size, preset.input_size)
+    cases, arrays = _perturbation_arrays(cases, options, table, preset.name, shape)
+    for files in (pair.baseline, pair.fru):
+        require_weights(files, preset.name, offline=options.offline)
     index = ImageNetIndex(options.index, preset, root=options.root, workers=options.workers)
     per_class = cases[0].per_class
     protocol = protocol_positions(index.labels, per_class)
@@ -289,9 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--manifest", type=Path, help="weights manifest (default: weights/manifest.json)")
     ap.add_argument("--defense", choices=("primary", "secondary"), default="primary",
                     help="which released FRU model (default: primary)")
-    ap.add_argument("--perturbations", type=Path, default=PUBLISHED_PERTURBATIONS,
-                    help="local copy of the published Attack_samples/ folder (default: %(default)s)")
-    ap.add_argument("--fetch", action="store_true", help="download missing published perturbation files first")
+    ap.add_argument("--perturbations", type=Path, default=None,
+                    help="local copy of the published Attack_samples/ folder; missing files are downloaded "
+                         "into it (default: $FRU_DOWNLOAD_DIR/Attack_samples, else the repository's)")
+    ap.add_argument("--offline", action="store_true",
+                    help="never download (also FRU_OFFLINE=1): a missing file is an error naming its address")
     ap.add_argument("--own", type=Path, nargs="+", default=(),
                     help="the toolkit's own perturbation files (.h5 or .npy) instead of the published ones")
     ap.add_argument("--limit", type=positive_int, help="evaluate only N images, spread over the protocol's images (quick run)")
@@ -319,7 +318,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise ValueError(f"--limit must be a positive integer, got {args.limit}")
     command = "python -m defense.tables " + " ".join(sys.argv[1:] if argv is None else argv)
     options = TableOptions(index=args.index, root=args.root, manifest=args.manifest, weights_dir=args.weights_dir,
-                           defense=args.defense, perturbations=args.perturbations, fetch=args.fetch,
+                           defense=args.defense, perturbations=args.perturbations, offline=args.offline,
                            own=tuple(args.own), limit=args.limit, batch=args.batch, workers=args.workers,
                            clip=args.clip, out=args.out, resume=not args.no_resume, progress=not args.quiet,
                            command=command)

@@ -1,22 +1,32 @@
-"""Verified, resumable downloads of published files (caffemodels, perturbation files).
+"""Verified, resumable, cached downloads of published files (caffemodels, perturbations, demo image).
 
-One code path for every released file: bytes go into ``<dest>.part`` beside the
-destination, are checked (size, SHA-256, then a format check the caller supplies) and only
-then renamed onto ``<dest>``. So the toolkit never loads a truncated or wrong file:
+One code path for every published file: bytes go into ``<dest>.part`` beside the
+destination, are unpacked if they came as an archive, checked (not an HTML page; size and
+SHA-256; a format check the caller supplies) and only then renamed onto ``<dest>``. So the
+toolkit never loads a truncated or wrong file:
 
 - a network failure keeps ``<dest>.part`` so that the next run resumes it (HTTP ``Range``
   request, or gdown's own resume for Google Drive);
 - a verification failure deletes ``<dest>.part`` and raises a one-line ``ToolkitError``.
 
-A mirror (``base_url``, or the ``FRU_WEIGHTS_MIRROR`` environment variable) serves the same
-files by their manifest file name, e.g. ``<base_url>/caffenet_FRU.caffemodel``.
+A file already at ``<dest>`` is the cache: it is checked, never downloaded again. Where the
+manifest does not know a file's size and SHA-256 (the released caffemodels), the first
+verified download records them in a lock file beside it (``RemoteFile.lock``), and every
+later copy must match that record; the committed manifest is never written.
+
+A mirror (``base_url``, or ``$FRU_WEIGHTS_MIRROR``) serves the same files by their name,
+e.g. ``<base_url>/caffenet_FRU.caffemodel``. ``$FRU_OFFLINE=1`` (``--offline``) forbids
+downloading: a missing file is one line with the address to fetch it from by hand and the
+path to put it at. Downloads go below ``$FRU_DOWNLOAD_DIR`` (default: the repository).
 """
 from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import logging
 import os
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -26,13 +36,32 @@ from typing import Callable, Optional
 
 from tqdm import tqdm
 
-from defense.core import ToolkitError
+from defense.core import ToolkitError, write_text
+from defense.presets import REPO_ROOT
+
+from .gdrive import NetworkError, browser_url, gdrive_fetch, manual_way
+from .payload import looks_like_html, unpack_single
 
 log = logging.getLogger(__name__)
 
 MIRROR_ENV = "FRU_WEIGHTS_MIRROR"
+OFFLINE_ENV = "FRU_OFFLINE"
+DOWNLOAD_DIR_ENV = "FRU_DOWNLOAD_DIR"
+LOCK_NAME = "downloads.lock.json"
 CHUNK = 1 << 20
 TIMEOUT_S = 60
+
+
+def download_dir() -> Path:
+    """Where published files are cached: ``$FRU_DOWNLOAD_DIR``, else the repository."""
+    return Path(os.environ.get(DOWNLOAD_DIR_ENV) or REPO_ROOT).resolve()
+
+
+def is_offline(flag: Optional[bool] = None) -> bool:
+    """Whether downloads are forbidden: ``--offline`` (``flag``), else ``$FRU_OFFLINE`` set to 1/true/yes."""
+    if flag:
+        return True
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True)
@@ -44,9 +73,12 @@ class RemoteFile:
     :param file: the file's name on a mirror (``<base_url>/<file>``).
     :param url: plain HTTP(S) address, or None.
     :param gdrive_id: Google Drive file id, or None.
-    :param size: expected size in bytes, or None when not yet recorded.
-    :param sha256: expected SHA-256 (hex), or None when not yet recorded.
+    :param size: expected size in bytes of the file at ``dest``, or None when not yet recorded.
+    :param sha256: expected SHA-256 (hex) of the file at ``dest``, or None when not yet recorded.
     :param note: where to get the file by hand when no source is known.
+    :param lock: the lock file that records size and SHA-256 at the first verified download
+        (used when the manifest has no SHA-256).
+    :param member: if the download is a zip or tar archive, take its one member with this suffix.
     """
 
     name: str
@@ -57,14 +89,12 @@ class RemoteFile:
     size: Optional[int] = None
     sha256: Optional[str] = None
     note: Optional[str] = None
+    lock: Optional[Path] = None
+    member: Optional[str] = None
 
     @property
     def part(self) -> Path:
         return self.dest.with_name(self.dest.name + ".part")
-
-
-class NetworkError(ToolkitError):
-    """The transfer broke off; the ``.part`` file is kept for a resume."""
 
 
 Verifier = Callable[[Path], None]
@@ -85,19 +115,59 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+# ---------------------------------------------------------------- recorded size and hash
+def read_lock(lock: Path) -> dict:
+    """``{file: {"size", "sha256", "source", "recorded"}}`` of a lock file ({} if there is none)."""
+    if not lock.is_file():
+        return {}
+    try:
+        data = json.loads(lock.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ToolkitError(f"{lock}: not valid JSON ({exc}); delete it to record the files again") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) and isinstance(v.get("sha256"), str)
+                                             and isinstance(v.get("size"), int) for v in data.values()):
+        raise ToolkitError(f"{lock}: expected {{file: {{\"size\": int, \"sha256\": str}}}}; "
+                           "delete it to record the files again")
+    return data
+
+
+def recorded(remote: RemoteFile) -> tuple:
+    """(size, sha256, where it comes from) that ``remote`` must have: the manifest's, else the lock's."""
+    if remote.sha256 is not None or remote.lock is None:
+        return remote.size, remote.sha256, "the manifest"
+    entry = read_lock(remote.lock).get(remote.file)
+    if entry is None:
+        return remote.size, None, "the manifest"
+    return entry["size"], entry["sha256"], f"{remote.lock} (recorded at the first download)"
+
+
 def check_size_and_hash(remote: RemoteFile, path: Path, what: str = "the download") -> None:
-    """Compare ``path`` with the manifest's size and SHA-256 (each only when recorded)."""
+    """Compare ``path`` with the recorded size and SHA-256 (each only when known)."""
+    size_wanted, sha_wanted, source = recorded(remote)
     size = path.stat().st_size
-    if remote.size is not None and size != remote.size:
-        raise ToolkitError(f"{remote.name}: {what} has {size} bytes but the manifest says {remote.size} "
+    if size_wanted is not None and size != size_wanted:
+        raise ToolkitError(f"{remote.name}: {what} has {size} bytes but {source} says {size_wanted} "
                            "(truncated or wrong file)")
-    if remote.sha256 is not None:
+    if sha_wanted is not None:
         got = sha256_of(path)
-        if got != remote.sha256.lower():
-            raise ToolkitError(f"{remote.name}: {what} has SHA-256 {got[:16]}... but the manifest says "
-                               f"{remote.sha256[:16]}... (wrong or corrupt file)")
+        if got != sha_wanted.lower():
+            raise ToolkitError(f"{remote.name}: {what} has SHA-256 {got[:16]}... but {source} says "
+                               f"{sha_wanted[:16]}... (changed, wrong or corrupt file)")
 
 
+def record(remote: RemoteFile, path: Path, source: str) -> None:
+    """Write ``path``'s size and SHA-256 into ``remote.lock`` (only when the manifest has none)."""
+    if remote.sha256 is not None or remote.lock is None:
+        return
+    data = read_lock(remote.lock)
+    data[remote.file] = {"size": path.stat().st_size, "sha256": sha256_of(path), "source": source,
+                         "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    write_text(remote.lock, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    log.info("%s: recorded size %d and SHA-256 %s in %s", remote.name, data[remote.file]["size"],
+             data[remote.file]["sha256"], remote.lock)
+
+
+# ---------------------------------------------------------------- transfers
 def _http_fetch(url: str, part: Path, label: str) -> None:
     """Download ``url`` into ``part``, appending to what is already there (Range resume)."""
     have = part.stat().st_size if part.exists() else 0
@@ -143,67 +213,72 @@ def _http_fetch(url: str, part: Path, label: str) -> None:
                            f"run the command again to resume from {part}")
 
 
-def _gdrive_fetch(gdrive_id: str, part: Path, label: str, dest: Path) -> None:
-    """Download a Google Drive file into ``part`` with gdown (which resumes its own partials)."""
-    import gdown
-    from gdown.exceptions import FileURLRetrievalError
+def source_url(remote: RemoteFile, mirror: Optional[str]) -> Optional[str]:
+    """The address ``remote`` comes from: the mirror's, the manifest's URL, or Drive's page for people."""
+    if mirror is not None:
+        return f"{mirror}/{urllib.parse.quote(remote.file)}"
+    if remote.url:
+        return remote.url
+    return browser_url(remote.gdrive_id) if remote.gdrive_id else None
 
-    try:
-        out = gdown.download(id=gdrive_id, output=str(part), resume=True, quiet=False)
-    except FileURLRetrievalError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "access refused"
-        raise ToolkitError(f"{label}: Google Drive refused file id {gdrive_id} ({first}); download "
-                           f"https://drive.google.com/uc?id={gdrive_id} by hand to {dest} "
-                           "or use --base-url with a mirror") from None
-    except Exception as exc:  # requests' connection errors and the like: keep gdown's partial
-        raise NetworkError(f"{label}: Google Drive download broke off ({type(exc).__name__}); "
-                           "run the command again to resume") from None
-    if out is None or not part.is_file():
-        raise NetworkError(f"{label}: gdown could not resume (several partial files beside {part}?); "
-                           f"delete {part.parent}/{part.name}*.part and run again")
+
+def _check_download(remote: RemoteFile, part: Path, verify: Optional[Verifier], url: str, drive: bool) -> None:
+    """Unpack an archive, refuse a web page, then size, hash and format (ToolkitError on failure)."""
+    if remote.member and unpack_single(part, remote.member, remote.name):
+        log.info("%s: unpacked the one %s file of the downloaded archive", remote.name, remote.member)
+    if looks_like_html(part):
+        if drive:
+            raise ToolkitError(f"{remote.name}: Google Drive sent an HTML page instead of file id {remote.gdrive_id}; "
+                               f"{manual_way(str(remote.gdrive_id), remote.dest)}")
+        raise ToolkitError(f"{remote.name}: {url} sent an HTML page instead of the file; check the address "
+                           "or the mirror")
+    check_size_and_hash(remote, part)
+    if verify is not None:
+        verify(part)
 
 
 def fetch_file(remote: RemoteFile, base_url: Optional[str] = None, force: bool = False,
-               verify: Optional[Verifier] = None) -> Path:
-    """Download ``remote`` to ``remote.dest`` unless a verified copy is already there.
+               verify: Optional[Verifier] = None, offline: Optional[bool] = None) -> Path:
+    """``remote.dest``, downloaded first unless a verified copy is already there (the cache).
 
     :param base_url: a mirror serving ``<base_url>/<remote.file>``; overrides the manifest's
         sources (default ``$FRU_WEIGHTS_MIRROR``).
     :param force: download again even when the destination exists.
     :param verify: format check run on the complete ``.part`` file before the rename.
+    :param offline: never download (default ``$FRU_OFFLINE``); a missing file is an error.
     """
     dest, part = remote.dest, remote.part
     if dest.exists() and not force:
         try:
             check_size_and_hash(remote, dest, what=str(dest))
         except ToolkitError as exc:
-            raise ToolkitError(f"{exc}; run again with --force to replace it") from None
+            raise ToolkitError(f"{exc}; the file is not used: delete it to download it again") from None
         log.info("%s: already at %s", remote.name, dest)
         return dest
     mirror = mirror_url(base_url)
-    if mirror is None and not remote.url and not remote.gdrive_id:
+    url = source_url(remote, mirror)
+    if url is None:
         note = f" {remote.note}" if remote.note else ""
         raise ToolkitError(f"{remote.name}: no download address is known.{note} Then place it at {dest}, "
                            "or use --base-url with a mirror")
+    if is_offline(offline):
+        raise ToolkitError(f"{remote.name}: {dest} is missing and downloads are off (--offline or "
+                           f"{OFFLINE_ENV}=1); download {url} and put it there")
     dest.parent.mkdir(parents=True, exist_ok=True)
     if force and part.exists():
         part.unlink()
-    if mirror is not None:
-        _http_fetch(f"{mirror}/{urllib.parse.quote(remote.file)}", part, remote.name)
-    elif remote.url:
-        _http_fetch(remote.url, part, remote.name)
+    drive = mirror is None and not remote.url
+    if drive:
+        gdrive_fetch(str(remote.gdrive_id), part, remote.name, dest)
     else:
-        _gdrive_fetch(str(remote.gdrive_id), part, remote.name, dest)
+        _http_fetch(url, part, remote.name)
     try:
-        check_size_and_hash(remote, part)
-        if verify is not None:
-            verify(part)
+        _check_download(remote, part, verify, url, drive)
     except ToolkitError as exc:
         part.unlink(missing_ok=True)
         raise ToolkitError(f"{exc}; the download was deleted") from None
     if remote.sha256 is None:
-        log.warning("%s: no SHA-256 in the manifest; this file has size %d and SHA-256 %s",
-                    remote.name, part.stat().st_size, sha256_of(part))
+        record(remote, part, url)
     os.replace(part, dest)
     log.info("%s: saved %s", remote.name, dest)
     return dest

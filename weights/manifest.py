@@ -4,7 +4,8 @@ Each entry names one caffemodel of the paper's release (baseline, or FRU model w
 primary or secondary defence), where it comes from (plain URL or Google Drive id), its size
 and SHA-256 once known, where it goes, and the deploy prototxt it must fit. Relative paths
 in a manifest are relative to its ``root`` (itself relative to the manifest file; the
-packaged manifest's root is the repository). No network-specific branch lives in code.
+packaged manifest's root is the repository), except that downloads (``dest``, ``lock``) go
+below ``$FRU_DOWNLOAD_DIR`` when it is set. No network-specific branch lives in code.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import List, Optional, Sequence
 
 from defense.core import ToolkitError
 
-from .download import RemoteFile
+from .download import DOWNLOAD_DIR_ENV, LOCK_NAME, RemoteFile, download_dir
 
 MANIFEST = Path(__file__).resolve().parent / "manifest.json"
 MANIFEST_ENV = "FRU_WEIGHTS_MANIFEST"
@@ -54,7 +55,7 @@ _TYPES = {"name": (str,), "net": (str,), "kind": (str,), "dest": (str,), "protot
 """The JSON type of each entry field (null where the field may be unknown)."""
 
 
-def _entry(raw: dict, root: Path, where: Path) -> WeightEntry:
+def _entry(raw: dict, root: Path, downloads: Path, lock: Path, where: Path) -> WeightEntry:
     if not isinstance(raw, dict):
         raise ToolkitError(f"{where}: every entry must be an object, got {raw!r}")
     missing = [k for k in _FIELDS if k not in raw]
@@ -72,11 +73,11 @@ def _entry(raw: dict, root: Path, where: Path) -> WeightEntry:
                            f"use one of {', '.join(DEFENSES)}")
     if raw["kind"] == "baseline" and raw["defense"] is not None:
         raise ToolkitError(f"{where}: baseline entry {name!r} must have defense null")
-    dest = root / raw["dest"]
+    dest = downloads / raw["dest"]
     remote = RemoteFile(name=name, dest=dest, file=str(raw.get("file") or dest.name), url=raw["url"] or None,
                         gdrive_id=raw["gdrive_id"] or None,
                         size=None if raw["size"] is None else int(raw["size"]),
-                        sha256=raw["sha256"] or None, note=raw.get("note"))
+                        sha256=raw["sha256"] or None, note=raw.get("note"), lock=lock, member=".caffemodel")
     return WeightEntry(name=name, net=str(raw["net"]), kind=raw["kind"], defense=raw["defense"],
                        remote=remote, prototxt=root / raw["prototxt"])
 
@@ -92,8 +93,13 @@ def load_manifest(path: os.PathLike | str | None = None) -> List[WeightEntry]:
         raise ToolkitError(f"{path}: not valid JSON ({exc}); fix the manifest") from None
     if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
         raise ToolkitError(f"{path}: a manifest is an object with an 'entries' list")
+    for key in ("root", "lock"):
+        if not isinstance(data.get(key, ""), str):
+            raise ToolkitError(f"{path}: key '{key}' must be a string, got {data[key]!r}")
     root = (path.parent / data.get("root", ".")).resolve()
-    entries = [_entry(raw, root, path) for raw in data["entries"]]
+    downloads = download_dir() if os.environ.get(DOWNLOAD_DIR_ENV) else root
+    lock = downloads / data.get("lock", LOCK_NAME)
+    entries = [_entry(raw, root, downloads, lock, path) for raw in data["entries"]]
     names = [e.name for e in entries]
     if len(set(names)) != len(names):
         raise ToolkitError(f"{path}: entry names must be unique")

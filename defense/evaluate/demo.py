@@ -6,7 +6,9 @@ preprocessed as for the tables, the perturbation is added in pixel units and the
 image is clipped to [0, 255]; FFF is cropped at offset 1 here (the tables crop at 0).
 With ``--defense True`` the baseline shown beside the defended net uses the baseline
 caffemodel when present, else the FRU caffemodel itself (the released FRU models carry the
-frozen baseline weights under the same layer names).
+frozen baseline weights under the same layer names), so the published command downloads one
+caffemodel. What is missing (the authors' demo image, the published perturbation, the
+caffemodel) is downloaded, verified and cached first (``resources``) unless ``offline``.
 """
 from __future__ import annotations
 
@@ -20,13 +22,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from attacks.perturbation_io import FORMATS, detect_format, load_any
+from attacks.published import published_dir
 
 from ..core import ToolkitError, atomic_path
 from ..data import FashionMnist
 from ..data.preprocess import load_image, preprocess
-from ..paper import DemoDefaults, demo_defaults
+from ..paper import DEMO_IMAGE, DemoDefaults, demo_defaults
 from ..presets import REPO_ROOT, NetPreset, get_preset
-from .resources import (PUBLISHED_PERTURBATIONS, fetch_missing, has_all_layers, load_classifier, model_pair,
+from .resources import (NetFiles, demo_image, fetch_missing, has_all_layers, load_classifier, model_pair,
                         require_weights)
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,8 @@ class DemoOptions:
     :param load: caffemodel of the net ``defense`` selects (FRU if True, baseline if False).
     :param load_baseline: baseline caffemodel shown beside the defended net.
     :param perturbation: a perturbation file replacing the attack's default file.
+    :param perturbations_dir: the copy of ``Attack_samples/`` (default: ``attacks.published.published_dir()``).
+    :param offline: never download; a missing published file is an error naming its address.
     :param runtime: ``caffe``, or ``onnx`` (the nets exported to ONNX, run in onnxruntime).
     """
 
@@ -53,8 +58,8 @@ class DemoOptions:
     attack: str = "UAP"
     defense: bool = True
     perturbation: Optional[Path] = None
-    perturbations_dir: Path = PUBLISHED_PERTURBATIONS
-    fetch: bool = False
+    perturbations_dir: Optional[Path] = None
+    offline: bool = False
     labels: Optional[Path] = None
     manifest: Optional[Path] = None
     clip: bool = True
@@ -140,12 +145,9 @@ def load_attack(options: DemoOptions, demo: DemoDefaults, preset: NetPreset) -> 
         path = Path(options.perturbation)
         fmt = detect_format(path, fmt)
     elif FORMATS[fmt].kind in ("published", "variant"):
-        if options.fetch:
-            fetch_missing([name], options.perturbations_dir)
-        path = Path(options.perturbations_dir) / name
-        if not path.is_file():
-            raise ToolkitError(f"{path}: published {options.attack} perturbation not found; add --fetch to download it "
-                               "(or point --perturbations at a copy of Attack_samples/)")
+        folder = options.perturbations_dir or published_dir()
+        fetch_missing([name], folder, offline=options.offline)
+        path = Path(folder) / name
     else:
         path = REPO_ROOT / name
         if not path.is_file():
@@ -157,6 +159,39 @@ def load_attack(options: DemoOptions, demo: DemoDefaults, preset: NetPreset) -> 
 
 
 # ---------------------------------------------------------------- nets
+def _input_spec(options: DemoOptions, demo: DemoDefaults) -> str:
+    """``--input``, else the network's demo input; the authors' image is fetched when missing."""
+    if options.input is not None:
+        return options.input
+    return str(demo_image(options.offline)) if demo.input == DEMO_IMAGE.name else demo.input
+
+
+def _nets(options: DemoOptions, preset: NetPreset) -> List[Tuple[str, NetFiles, Path]]:
+    """(label, files, caffemodel) of each net to run: the baseline, and the FRU net if ``defense``.
+
+    With the defence on, the FRU caffemodel comes first: it also holds the baseline's layers,
+    so the baseline caffemodel is only read (or downloaded) when that one lacks them.
+    """
+    pair = model_pair(preset.name, options.manifest)
+    if not options.defense:
+        return [("baseline", pair.baseline, _given(options.load, "baseline", "--load")
+                 or require_weights(pair.baseline, preset.name, options.offline))]
+    fru_weights = _given(options.load, "FRU", "--load") or require_weights(pair.fru, preset.name, options.offline)
+    base_weights = _given(options.load_baseline, "baseline", "--load-baseline")
+    if base_weights is None:
+        if pair.baseline.weights.is_file() or not has_all_layers(fru_weights, pair.baseline.prototxt):
+            base_weights = require_weights(pair.baseline, preset.name, options.offline)
+        else:
+            base_weights = fru_weights
+    return [("baseline", pair.baseline, base_weights), ("FRU", pair.fru, fru_weights)]
+
+
+def _given(path: Optional[Path], role: str, option: str) -> Optional[Path]:
+    if path is not None and not Path(path).is_file():
+        raise ToolkitError(f"{path}: {role} caffemodel not found; check {option}")
+    return None if path is None else Path(path)
+
+
 def _top5(probs: np.ndarray, names: Optional[Sequence[str]]) -> List[Tuple[int, str, float]]:
     order = np.argsort(-probs, kind="stable")[:min(5, probs.size)]
     return [(int(i), names[i] if names else f"class {int(i)}", float(probs[i])) for i in order]
@@ -168,30 +203,9 @@ def run_demo(options: DemoOptions) -> DemoResult:
     demo = demo_defaults(preset.name)
     if options.attack not in demo.attacks:
         raise ToolkitError(f"no {options.attack} perturbation for {preset.name}; available: {', '.join(demo.attacks)}")
-    pair = model_pair(preset.name, options.manifest)
-    nets = []  # (label, NetFiles, weights)
-    if options.defense:
-        fru_weights = Path(options.load) if options.load else require_weights(pair.fru, preset.name)
-        if not fru_weights.is_file():
-            raise ToolkitError(f"{fru_weights}: FRU caffemodel not found; check --load")
-        if options.load_baseline:
-            base_weights = Path(options.load_baseline)
-            if not base_weights.is_file():
-                raise ToolkitError(f"{base_weights}: baseline caffemodel not found; check --load-baseline")
-        elif pair.baseline.weights.is_file():
-            base_weights = pair.baseline.weights
-        elif has_all_layers(fru_weights, pair.baseline.prototxt):
-            base_weights = fru_weights
-        else:
-            base_weights = require_weights(pair.baseline, preset.name)
-        nets = [("baseline", pair.baseline, base_weights), ("FRU", pair.fru, fru_weights)]
-    else:
-        base_weights = Path(options.load or require_weights(pair.baseline, preset.name))
-        if not base_weights.is_file():
-            raise ToolkitError(f"{base_weights}: baseline caffemodel not found; check --load")
-        nets = [("baseline", pair.baseline, base_weights)]
-    image, true_label = load_input(options.input or demo.input, preset)
+    image, true_label = load_input(_input_spec(options, demo), preset)
     v, v_file = load_attack(options, demo, preset)
+    nets = _nets(options, preset)
     perturbed = image + v
     if options.clip:
         perturbed = np.clip(perturbed, 0.0, 255.0)

@@ -1,14 +1,17 @@
-"""Where a network's baseline/FRU files and the paper's perturbations are found on disk.
+"""Where a network's baseline/FRU files, the paper's perturbations and its demo image are found.
 
 Evaluation (``defense.tables``) and the single-image demo (``defense_example.py``) share
-these lookups, so a missing file always gives the same one-line error naming the file and
-the command that fetches it:
+these lookups. A published file that is missing is downloaded, verified and cached
+(``weights.download.fetch_file``) unless downloads are off (``--offline``, ``$FRU_OFFLINE``),
+in which case the one-line error names the file, the address to fetch it from and where to
+put it:
 
 - caffemodels and deploy prototxts: ``weights/manifest.json`` (``python -m weights fetch <Net>``),
-  or ``defense.paper.DEMO`` for networks outside the manifest (FashionNet);
-- published perturbations: a local copy of the authors' ``Attack_samples/`` folder, names as
-  in ``attacks/published_manifest.json`` (``attacks.published.fetch_published``), read by
-  ``attacks.perturbation_io.load_any``.
+  or ``defense.paper.DEMO`` for networks outside the manifest (FashionNet, never downloaded);
+- published perturbations: a copy of the authors' ``Attack_samples/`` folder (default
+  ``$FRU_DOWNLOAD_DIR/Attack_samples``), names as in ``attacks/published_manifest.json``,
+  read by ``attacks.perturbation_io.load_any``;
+- the authors' demo image, ``test_image_icecream.JPEG`` (``defense.paper.DEMO_IMAGE``).
 """
 from __future__ import annotations
 
@@ -20,17 +23,17 @@ from typing import List, Optional, Sequence
 
 from attacks.classifier import CaffeClassifier
 from attacks.published import fetch_published
-from weights.manifest import load_manifest, select
+from weights.download import RemoteFile, download_dir, fetch_file
+from weights.fetch import caffemodel_verifier
+from weights.manifest import WeightEntry, load_manifest, select
 
 from ..core import ToolkitError, caffemodel_shapes, load_net, param_shapes, weights_misfit
 from ..generate.onnx_graph import classifier_for
-from ..paper import demo_defaults
+from ..paper import DEMO_IMAGE, demo_defaults
 from ..presets import REPO_ROOT, NetPreset, get_preset
 
 log = logging.getLogger(__name__)
 
-PUBLISHED_PERTURBATIONS = REPO_ROOT / "Attack_samples"
-"""Default folder of the published perturbation files (the authors' repository layout)."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class NetFiles:
     weights: Path
     role: str      # "baseline" or "FRU"
     fetch: str     # the command that puts ``weights`` in place
+    entry: Optional[WeightEntry] = None  # the manifest entry that downloads ``weights``
 
     def describe(self) -> dict:
         return {"prototxt": str(self.prototxt), "weights": str(self.weights)}
@@ -68,8 +72,9 @@ def model_pair(net: str, manifest: os.PathLike | str | None = None,
         fetch = f"python -m weights fetch {preset.name}" + ("" if defense == "primary" else f" --defense {defense}")
 
         def files(entry, role: str) -> NetFiles:
-            weights = entry.dest if weights_dir is None else preset.weights(root=weights_dir, file=entry.dest.name)
-            return NetFiles(entry.prototxt, weights, role, fetch)
+            if weights_dir is None:
+                return NetFiles(entry.prototxt, entry.dest, role, fetch, entry)
+            return NetFiles(entry.prototxt, preset.weights(root=weights_dir, file=entry.dest.name), role, fetch)
         return ModelPair(preset.name, files(base, "baseline"), files(fru, "FRU"))
     demo = demo_defaults(preset.name)
     if demo.baseline is None or demo.fru is None:
@@ -84,8 +89,11 @@ def model_pair(net: str, manifest: os.PathLike | str | None = None,
     return ModelPair(preset.name, demo_files(demo.baseline, "baseline", False), demo_files(demo.fru, "FRU", True))
 
 
-def require_weights(files: NetFiles, net: str) -> Path:
-    """The caffemodel path, or a one-line ToolkitError naming it and the fetch command."""
+def require_weights(files: NetFiles, net: str, offline: Optional[bool] = None) -> Path:
+    """The caffemodel path, downloaded first (and verified) when the manifest knows where from;
+    else a one-line ToolkitError naming it and the command that fetches it."""
+    if files.entry is not None:
+        return fetch_file(files.entry.remote, verify=caffemodel_verifier(files.entry), offline=offline)
     if not files.weights.is_file():
         raise ToolkitError(f"{files.weights}: {files.role} caffemodel of {net} not found; "
                            f"fetch it with '{files.fetch}'")
@@ -113,7 +121,25 @@ def missing_published(names: Sequence[str], folder: os.PathLike | str) -> List[s
     return [n for n in names if not published_path(n, folder).is_file()]
 
 
-def fetch_missing(names: Sequence[str], folder: os.PathLike | str) -> List[Path]:
-    """Download the published files among ``names`` that ``folder`` lacks (verified)."""
+def fetch_missing(names: Sequence[str], folder: os.PathLike | str, offline: Optional[bool] = None) -> List[Path]:
+    """Download the published files among ``names`` that ``folder`` lacks (verified); with
+    ``offline``, a one-line ToolkitError naming the first missing one and its address."""
     missing = missing_published(names, folder)
-    return fetch_published(missing, folder) if missing else []
+    return fetch_published(missing, folder, offline=offline) if missing else []
+
+
+def demo_image(offline: Optional[bool] = None) -> Path:
+    """The authors' demo image, ``$FRU_DOWNLOAD_DIR/test_image_icecream.JPEG``, fetched and checked."""
+    remote = RemoteFile(name=DEMO_IMAGE.name, dest=download_dir() / DEMO_IMAGE.name, file=DEMO_IMAGE.name,
+                        url=DEMO_IMAGE.url, size=DEMO_IMAGE.size, sha256=DEMO_IMAGE.sha256)
+    return fetch_file(remote, verify=lambda path: check_image(path, DEMO_IMAGE.name), offline=offline)
+
+
+def check_image(path: Path, label: str) -> None:
+    """The file decodes as an image (Pillow reads its header and checks its structure)."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ToolkitError(f"{label}: the download is not a readable image ({exc})") from None

@@ -272,7 +272,7 @@ def test_grey_perturbation_round_trips(tmp_path):
     assert meta.network == "FashionNet"
 
 
-def test_fetch_cli_downloads_from_a_mirror(tmp_path, reference, monkeypatch):
+def test_fetch_cli_downloads_from_a_mirror(tmp_path, reference, downloads_on):
     """`python -m attacks fetch` verifies what it downloads (SHA-256 of the manifest) before renaming."""
     import functools
     import http.server

@@ -156,22 +156,25 @@ def test_clip_is_recorded(fake, tmp_path):
 
 
 # ---------------------------------------------------------------- errors
-def test_missing_weights_exit_2_with_fetch_hint(tmp_path, capsys):
-    code = run_cli(main, ["same-norm", "--net", "VGG16", "--index", str(tmp_path / "val.jsonl"),
+def test_missing_weights_exit_2_with_fetch_hint(fake, tmp_path, capsys):
+    code = run_cli(main, ["same-norm", "--net", "CaffeNet", "--index", str(fake["index"]),
+                          "--perturbations", str(write_same_norm(tmp_path / "samples")),
                           "--weights-dir", str(tmp_path / "none")])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1
-    assert err.startswith(f"error: {tmp_path / 'none' / 'VGG16' / 'vgg16.caffemodel'}: baseline caffemodel of VGG16 "
-                          "not found; fetch it with 'python -m weights fetch VGG16'")
+    assert code == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'none' / 'CaffeNet' / 'caffenet.caffemodel'}: baseline "
+                                       "caffemodel of CaffeNet not found; fetch it with 'python -m weights fetch "
+                                       "CaffeNet'\n")
 
 
-def test_missing_perturbation_exit_2_with_fetch_hint(fake, tmp_path, capsys):
+def test_missing_perturbation_offline_names_its_address(fake, tmp_path, capsys):
     code = run_cli(main, ["same-norm", "--net", "CaffeNet", "--index", str(fake["index"]),
                           "--manifest", str(fake["manifest"]), "--perturbations", str(tmp_path / "empty")])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1
-    assert "UAP/CaffeNet/caffenet_adv_iter_1.h5: published perturbation not found (5 missing)" in err
-    assert "--fetch" in err
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: UAP/CaffeNet/caffenet_adv_iter_1.h5: {tmp_path / 'empty/UAP/CaffeNet'}/"
+                          "caffenet_adv_iter_1.h5 is missing and downloads are off (--offline or FRU_OFFLINE=1); "
+                          "download https://raw.githubusercontent.com/tsborkar/Selective-feature-regeneration/")
+    assert not (tmp_path / "empty").exists()
 
 
 def test_missing_index_exit_2(fake, tmp_path, capsys):

@@ -1,16 +1,17 @@
 """Verified caffemodel and perturbation downloads, against a local HTTP server (no internet).
 
-The server serves files the tests make (a tiny NetSpec caffemodel and its prototxt, a
-truncated copy, a misfit net's weights, perturbation files), supports Range requests, and
-can break a transfer off once to exercise resuming.
+The server (conftest.py) serves files the tests make (a tiny NetSpec caffemodel and its
+prototxt, a truncated copy, a misfit net's weights, perturbation files), supports Range
+requests, and can break a transfer off once to exercise resuming.
 """
 from __future__ import annotations
 
 import hashlib
-import http.server
+import io
 import json
 import re
-import threading
+import tarfile
+import zipfile
 from pathlib import Path
 
 import h5py
@@ -22,69 +23,17 @@ from defense.presets import get_preset
 from weights.__main__ import main
 from weights.manifest import load_manifest, select
 
-
-# ---------------------------------------------------------------- local server
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Static files with ``Range: bytes=N-`` support; a name in ``cut`` is sent half, once."""
-
-    def log_message(self, *args):  # keep pytest output clean
-        pass
-
-    def do_GET(self):
-        srv = self.server
-        name = self.path.lstrip("/")
-        srv.requests.append((name, self.headers.get("Range")))
-        path = Path(srv.root) / name
-        if not path.is_file():
-            self.send_error(404)
-            return
-        data = path.read_bytes()
-        start = 0
-        rng = self.headers.get("Range")
-        if rng:
-            start = int(re.match(r"bytes=(\d+)-", rng).group(1))
-            if start >= len(data):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if name in srv.cut:
-            srv.cut.discard(name)
-            self.wfile.write(body[:len(body) // 2])
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        self.wfile.write(body)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("served")
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.root, httpd.requests, httpd.cut = str(root), [], set()
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    httpd.base_url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
+from local_server import SIGN_IN_PAGE, UUID
 
 
 # ---------------------------------------------------------------- tiny nets
-def _tiny_net(conv_out: int = 4, with_fc: bool = True):
+def _tiny_net(conv_out: int = 4, with_fc: bool = True, classes: int = 3):
     n = caffe.NetSpec()
     n.data = L.Input(shape=dict(dim=[1, 3, 8, 8]))
     n.conv1 = L.Convolution(n.data, num_output=conv_out, kernel_size=3)
     n.relu1 = L.ReLU(n.conv1, in_place=True)
     if with_fc:
-        n.fc = L.InnerProduct(n.relu1, num_output=3)
+        n.fc = L.InnerProduct(n.relu1, num_output=classes)
     return n.to_proto()
 
 
@@ -230,7 +179,7 @@ def test_size_mismatch_is_rejected(tmp_path, server, served, capsys):
 def test_sha256_mismatch_is_rejected(tmp_path, server, served, capsys):
     manifest = _manifest(tmp_path, served, sha256="0" * 64)
     _assert_failed_cleanly(tmp_path, capsys, _fetch(manifest, server),
-                           r"has SHA-256 [0-9a-f]{16}\.\.\. but the manifest says 0{16}\.\.\. \(wrong or corrupt file\)")
+                           r"has SHA-256 [0-9a-f]{16}\.\.\. but the manifest says 0{16}\.\.\. \(changed, wrong or corrupt file\)")
 
 
 def test_caffemodel_with_wrong_shapes_is_rejected(tmp_path, server, served, capsys):
@@ -269,7 +218,7 @@ def test_existing_bad_file_is_reported_not_replaced(tmp_path, server, served, ca
     _dest(tmp_path).write_bytes(b"junk")
     assert _fetch(_manifest(tmp_path, served), server) == 2
     err = capsys.readouterr().err.strip()
-    assert err.endswith("(truncated or wrong file); run again with --force to replace it")
+    assert err.endswith("(truncated or wrong file); the file is not used: delete it to download it again")
     assert _dest(tmp_path).read_bytes() == b"junk"
     assert _fetch(_manifest(tmp_path, served), server, "--force") == 0
     assert _dest(tmp_path).read_bytes() == served["good"].read_bytes()
@@ -290,8 +239,22 @@ def test_packaged_manifest_covers_the_release():
         assert base.dest.parent.name == net and base.dest.parent.parent.name == "weights"
         assert fru.dest.name == f"{preset.file_stem}_FRU.caffemodel"
     assert [e.net for e in entries if e.defense == "secondary"] == ["CaffeNet", "ResNet152"]
-    for e in entries:  # every entry can be downloaded or says where to get it
-        assert e.remote.url or e.remote.gdrive_id or "README" in (e.remote.note or "")
+    for e in entries:  # every released file comes from Google Drive, as unpacked caffemodels or archives
+        assert e.remote.gdrive_id and e.remote.member == ".caffemodel" and e.remote.url is None
+
+
+def test_packaged_manifest_has_the_published_drive_ids(reference):
+    """The twelve ids of the authors' README (as read off in released_weights.md), each on its entry."""
+    table = (reference / "published" / "released_weights.md").read_text()
+    rows = re.findall(r"^\| ([^|]+?) \| `([\w-]+)` \|", table, flags=re.M)
+    assert len(rows) == 12
+
+    def entry_name(model: str) -> str:
+        net = model.split()[0].replace("VGG-F", "VGG_F")
+        if "baseline" in model:
+            return f"{net}-baseline"
+        return f"{net}-FRU" + ("-secondary" if "secondary" in model else "")
+    assert {e.name: e.remote.gdrive_id for e in load_manifest()} == {entry_name(m): i for m, i in rows}
 
 
 def test_select_errors(capsys):
@@ -374,42 +337,6 @@ def test_published_manifest_matches_reference_files(reference):
 
 
 # ---------------------------------------------------------------- Google Drive path (gdown stubbed, no network)
-def test_google_drive_entry_goes_through_gdown(tmp_path, served, monkeypatch):
-    import gdown
-    calls = []
-
-    def fake_download(id, output, resume, quiet):  # noqa: A002 - gdown's own argument name
-        calls.append((id, Path(output).name, resume))
-        Path(output).write_bytes(served["good"].read_bytes())
-        return output
-
-    monkeypatch.setattr(gdown, "download", fake_download)
-    monkeypatch.delenv("FRU_WEIGHTS_MIRROR", raising=False)
-    manifest = _manifest(tmp_path, served, gdrive_id="1AbC")
-    assert run_cli(main, ["--manifest", str(manifest), "fetch", "Tiny", "--baseline-only"]) == 0
-    assert calls == [("1AbC", "tiny.caffemodel.part", True)]
-    assert _dest(tmp_path).read_bytes() == served["good"].read_bytes()
-    assert _leftovers(tmp_path) == ["tiny.caffemodel"]
-
-
-def test_google_drive_refusal_is_one_line(tmp_path, served, monkeypatch, capsys):
-    import gdown
-    from gdown.exceptions import FileURLRetrievalError
-
-    def refuse(**kwargs):
-        raise FileURLRetrievalError("Too many users have viewed or downloaded this file recently.\nmore text")
-
-    monkeypatch.setattr(gdown, "download", refuse)
-    monkeypatch.delenv("FRU_WEIGHTS_MIRROR", raising=False)
-    manifest = _manifest(tmp_path, served, gdrive_id="1AbC")
-    assert run_cli(main, ["--manifest", str(manifest), "fetch", "Tiny", "--baseline-only"]) == 2
-    err = capsys.readouterr().err
-    assert err == ("error: Tiny-baseline: Google Drive refused file id 1AbC (Too many users have viewed or "
-                   "downloaded this file recently.); download https://drive.google.com/uc?id=1AbC by hand to "
-                   f"{_dest(tmp_path)} or use --base-url with a mirror\n")
-    assert _leftovers(tmp_path) == []
-
-
 @pytest.mark.parametrize("key,value,expected", [
     ("dest", 3, "must be a string, got 3"),
     ("size", "12 MB", "must be an integer or null, got '12 MB'"),
@@ -432,3 +359,169 @@ def test_manifest_key_of_the_wrong_type_is_one_line_naming_it(tmp_path, key, val
 def _write_manifest(path, entries):
     path.write_text(json.dumps({"entries": entries}))
     return path
+
+
+# ---------------------------------------------------------------- Google Drive, played by the server
+@pytest.fixture
+def drive(server, monkeypatch):
+    monkeypatch.setenv("FRU_GDRIVE_URL", server.base_url)
+    server.drive.clear()
+    server.requests.clear()
+    return server
+
+
+def _drive_fetch(tmp_path: Path, served, file_id: str, **entry) -> int:
+    manifest = _manifest(tmp_path, served, gdrive_id=file_id, **{"size": None, "sha256": None, **entry})
+    return run_cli(main, ["--manifest", str(manifest), "fetch", "Tiny", "--baseline-only"])
+
+
+def _lock(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "downloads.lock.json").read_text())
+
+
+def test_drive_small_file_comes_directly_and_is_recorded(tmp_path, drive, served):
+    drive.drive["1small"] = ("direct", served["good"].read_bytes())
+    assert _drive_fetch(tmp_path, served, "1small") == 0
+    assert drive.requests == [("uc?id=1small&export=download", None)]
+    assert _dest(tmp_path).read_bytes() == served["good"].read_bytes()
+    record = _lock(tmp_path)["tiny.caffemodel"]
+    assert (record["size"], record["sha256"]) == (served["size"], served["sha"])
+    assert record["source"] == "https://drive.google.com/file/d/1small/view"
+
+
+def test_drive_large_file_comes_after_the_virus_scan_form(tmp_path, drive, served):
+    drive.drive["1large"] = ("confirm", served["good"].read_bytes())
+    assert _drive_fetch(tmp_path, served, "1large") == 0
+    assert [r for r, _ in drive.requests] == [
+        "uc?id=1large&export=download",
+        f"download?id=1large&export=download&confirm=t&uuid={UUID}"]
+    assert _dest(tmp_path).read_bytes() == served["good"].read_bytes()
+    assert _leftovers(tmp_path) == ["tiny.caffemodel"]
+
+
+@pytest.mark.parametrize("mode", ["direct", "confirm"])
+def test_drive_transfer_that_broke_off_resumes(tmp_path, drive, capsys, mode):
+    """gdown writes in 512 KiB chunks, so the file is larger than two of them."""
+    work = tmp_path / "net"
+    work.mkdir()
+    big = _make_caffemodel(work, "big", _tiny_net(classes=3000), seed=3)
+    served = {"good": big, "prototxt": work / "big.prototxt", "size": big.stat().st_size, "sha": _sha(big)}
+    assert served["size"] > 3 * 2 ** 19
+    drive.drive["1cut"] = (mode, big.read_bytes())
+    drive.cut.add("1cut")
+    assert _drive_fetch(tmp_path, served, "1cut") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Tiny-baseline: the Google Drive download of file id 1cut failed or broke off (")
+    assert err.count("\n") == 1 and "a partial download resumes" in err
+    partial = _leftovers(tmp_path)
+    assert len(partial) == 1 and partial[0].startswith("tiny.caffemodel.part") and partial[0].endswith(".part")
+    drive.requests.clear()
+    assert _drive_fetch(tmp_path, served, "1cut") == 0
+    half = served["size"] // 2
+    assert drive.requests[-1][1] == f"bytes={half - half % 2 ** 19}-"   # gdown asked for the rest only
+    assert _dest(tmp_path).read_bytes() == served["good"].read_bytes()
+    assert _leftovers(tmp_path) == ["tiny.caffemodel"]
+
+
+@pytest.mark.parametrize("mode,reason", [
+    ("quota", "(Too many users have viewed or downloaded this file recently.)"),
+    ("page", "(Cannot retrieve the public link of the file.)"),
+    (None, "(Cannot retrieve the public link of the file.)"),  # unknown id: Drive's 404 page
+])
+def test_drive_refusals_are_one_line_naming_the_id_and_the_manual_way(tmp_path, drive, served, capsys, mode, reason):
+    if mode is not None:
+        drive.drive["1refused"] = (mode, b"")
+    assert _drive_fetch(tmp_path, served, "1refused") == 2
+    assert capsys.readouterr().err == (
+        f"error: Tiny-baseline: Google Drive did not send file id 1refused {reason}; download "
+        f"https://drive.google.com/file/d/1refused/view in a browser, then put it at {_dest(tmp_path)} "
+        "or give it with --load\n")
+    assert _leftovers(tmp_path) == []
+
+
+def test_drive_html_page_labelled_as_the_file_is_deleted(tmp_path, drive, served, capsys):
+    drive.drive["1html"] = ("html-file", b"")
+    assert _drive_fetch(tmp_path, served, "1html") == 2
+    assert capsys.readouterr().err == (
+        "error: Tiny-baseline: Google Drive sent an HTML page instead of file id 1html; download "
+        f"https://drive.google.com/file/d/1html/view in a browser, then put it at {_dest(tmp_path)} "
+        "or give it with --load; the download was deleted\n")
+    assert _leftovers(tmp_path) == []
+    assert not (tmp_path / "downloads.lock.json").exists()
+
+
+def test_mirror_html_page_is_deleted(tmp_path, server, served, capsys):
+    (Path(server.root) / "page.caffemodel").write_text(SIGN_IN_PAGE)
+    assert _fetch(_manifest(tmp_path, served, file="page.caffemodel", size=None, sha256=None), server) == 2
+    assert re.fullmatch(r"error: Tiny-baseline: http://127\.0\.0\.1:\d+/page\.caffemodel sent an HTML page instead "
+                        r"of the file; check the address or the mirror; the download was deleted\n",
+                        capsys.readouterr().err)
+    assert _leftovers(tmp_path) == []
+
+
+def test_recorded_hash_is_checked_on_every_later_copy(tmp_path, drive, served, capsys):
+    drive.drive["1rec"] = ("direct", served["good"].read_bytes())
+    assert _drive_fetch(tmp_path, served, "1rec") == 0
+    dest = _dest(tmp_path)
+    raw = bytearray(dest.read_bytes())
+    raw[-1] ^= 1                      # same size, other content
+    dest.write_bytes(bytes(raw))
+    assert _drive_fetch(tmp_path, served, "1rec") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(dest) in err
+    assert f"but {tmp_path / 'downloads.lock.json'} (recorded at the first download) says {served['sha'][:16]}..." in err
+    assert err.endswith("the file is not used: delete it to download it again\n")
+    dest.unlink()                     # Drive now serves another file: refused against the record too
+    drive.drive["1rec"] = ("direct", bytes(raw))
+    assert _drive_fetch(tmp_path, served, "1rec") == 2
+    assert "(changed, wrong or corrupt file); the download was deleted" in capsys.readouterr().err
+    assert _leftovers(tmp_path) == []
+    assert _lock(tmp_path)["tiny.caffemodel"]["sha256"] == served["sha"]  # the record is never rewritten
+
+
+def _archive(tmp_path: Path, kind: str, members: dict) -> bytes:
+    path = tmp_path / f"release.{kind}"
+    if kind == "zip":
+        with zipfile.ZipFile(path, "w") as zf:
+            for name, data in members.items():
+                zf.writestr(name, data)
+    else:
+        with tarfile.open(path, "w:gz" if kind == "tar.gz" else "w") as tf:
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar", "tar.gz"])
+def test_archive_with_one_caffemodel_is_unpacked(tmp_path, drive, served, kind):
+    good = served["good"].read_bytes()
+    drive.drive["1arc"] = ("confirm", _archive(tmp_path, kind, {"README.txt": b"weights", "models/x.caffemodel": good}))
+    assert _drive_fetch(tmp_path, served, "1arc") == 0
+    assert _dest(tmp_path).read_bytes() == good
+    assert _leftovers(tmp_path) == ["tiny.caffemodel"]
+    assert _lock(tmp_path)["tiny.caffemodel"]["sha256"] == served["sha"]  # the caffemodel's, not the archive's
+
+
+@pytest.mark.parametrize("members,found", [
+    ({"README.txt": b"x"}, "none"),
+    ({"a.caffemodel": b"1", "b/b.caffemodel": b"2"}, "2 (a.caffemodel, b/b.caffemodel)"),
+])
+def test_archive_without_exactly_one_caffemodel_is_refused(tmp_path, drive, served, capsys, members, found):
+    drive.drive["1bad"] = ("direct", _archive(tmp_path, "zip", members))
+    assert _drive_fetch(tmp_path, served, "1bad") == 2
+    assert capsys.readouterr().err == (
+        "error: Tiny-baseline: the download is a zip archive that must hold exactly one .caffemodel file, "
+        f"found {found}; the download was deleted\n")
+    assert _leftovers(tmp_path) == []
+
+
+def test_offline_names_the_address_and_the_path(tmp_path, drive, served, capsys, monkeypatch):
+    monkeypatch.setenv("FRU_OFFLINE", "1")
+    drive.drive["1off"] = ("direct", served["good"].read_bytes())
+    assert _drive_fetch(tmp_path, served, "1off") == 2
+    assert capsys.readouterr().err == (
+        f"error: Tiny-baseline: {_dest(tmp_path)} is missing and downloads are off (--offline or FRU_OFFLINE=1); "
+        "download https://drive.google.com/file/d/1off/view and put it there\n")
+    assert drive.requests == []

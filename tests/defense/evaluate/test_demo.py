@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -47,20 +45,6 @@ def _args(fake, *extra):
             "--manifest", str(fake["manifest"]), "--perturbations", str(fake["samples"]), *extra]
 
 
-def test_imagenet_net_without_weights_exit_2_one_line(tmp_path):
-    manifest = tmp_path / "manifest.json"
-    entries = [{"name": f"ResNet152-{k}", "net": "ResNet152", "kind": k, "defense": d, "url": None, "gdrive_id": None,
-                "size": None, "sha256": None, "dest": f"weights/ResNet152/{f}", "prototxt": "p.prototxt"}
-               for k, d, f in (("baseline", None, "resnet152.caffemodel"), ("fru", "primary", "resnet152_FRU.caffemodel"))]
-    manifest.write_text(json.dumps({"root": ".", "entries": entries}))
-    res = subprocess.run([sys.executable, str(ROOT / "defense_example.py"), "--dnn", "ResNet152", "--attack", "UAP",
-                          "--defense", "True", "--manifest", str(manifest)],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    assert res.returncode == 2 and res.stdout == ""
-    assert res.stderr.strip() == (f"error: {tmp_path / 'weights' / 'ResNet152' / 'resnet152_FRU.caffemodel'}: FRU "
-                                  "caffemodel of ResNet152 not found; fetch it with 'python -m weights fetch ResNet152'")
-
-
 def test_demo_writes_the_figure_and_the_defence_restores_the_class(fake, tmp_path, capsys):
     out = tmp_path / "fig.png"
     assert run_cli(defense_example.main, _args(fake, "--out", str(out))) == 0
@@ -99,13 +83,15 @@ def test_defense_false_shows_only_the_baseline(fake):
     assert list(result.predictions) == ["baseline"]
 
 
-def test_missing_published_perturbation_exit_2(fake, tmp_path, capsys):
+def test_missing_published_perturbation_offline_names_its_address(fake, tmp_path, capsys):
     args = _args(fake)
     args[args.index("--perturbations") + 1] = str(tmp_path / "none")
     assert run_cli(defense_example.main, args) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.endswith("caffenet_adv_iter_1.h5: published UAP perturbation not found; add --fetch to download it "
-                        "(or point --perturbations at a copy of Attack_samples/)")
+    assert capsys.readouterr().err == (
+        f"error: UAP/CaffeNet/caffenet_adv_iter_1.h5: {tmp_path / 'none/UAP/CaffeNet/caffenet_adv_iter_1.h5'} is "
+        "missing and downloads are off (--offline or FRU_OFFLINE=1); download https://raw.githubusercontent.com/"
+        "tsborkar/Selective-feature-regeneration/bb22f206dca54b8fee34eaf089bd122e001f6c9a/Attack_samples/UAP/CaffeNet/"
+        "caffenet_adv_iter_1.h5 and put it there\n")
 
 
 def test_attack_without_a_file_for_the_network(capsys):
