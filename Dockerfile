@@ -10,6 +10,7 @@ FROM debian:bookworm
 ARG CAFFE_CUDA_ARCH="75 80 86 89 90"
 ENV DEBIAN_FRONTEND=noninteractive \
     FRU_CACHE=/opt/fru-cache \
+    FRU_DOWNLOAD_DIR=/data \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 RUN apt-get update && apt-get install -y --no-install-recommends make ca-certificates curl python3 \

@@ -253,7 +253,7 @@ def fetch_file(remote: RemoteFile, base_url: Optional[str] = None, force: bool =
             check_size_and_hash(remote, dest, what=str(dest))
         except ToolkitError as exc:
             raise ToolkitError(f"{exc}; the file is not used: delete it to download it again") from None
-        log.info("%s: already at %s", remote.name, dest)
+        log.debug("%s: already at %s", remote.name, dest)
         return dest
     mirror = mirror_url(base_url)
     url = source_url(remote, mirror)
@@ -268,6 +268,7 @@ def fetch_file(remote: RemoteFile, base_url: Optional[str] = None, force: bool =
     if force and part.exists():
         part.unlink()
     drive = mirror is None and not remote.url
+    log.info("%s: downloading %s -> %s", remote.name, url, dest)
     if drive:
         gdrive_fetch(str(remote.gdrive_id), part, remote.name, dest)
     else:

@@ -33,8 +33,8 @@ DEMO_IMAGE_NAME = "test_image_icecream.JPEG"
 
 
 def random_caffemodel(prototxt: Path, path: Path, seed: int) -> Path:
-    """He-scaled random weights for every parameter layer; BatchNorm/Scale as identities, so
-    activations stay finite and the top-5 is not a tie."""
+    """He-scaled random weights for every parameter layer, BatchNorm/Scale as identities (a
+    random variance could be negative), so that every activation stays finite."""
     net = caffe.Net(str(prototxt), caffe.TEST)
     rng = np.random.default_rng(seed)
     for name, blobs in net.params.items():
