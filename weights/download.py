@@ -32,7 +32,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 from tqdm import tqdm
 
@@ -131,7 +131,7 @@ def read_lock(lock: Path) -> dict:
     return data
 
 
-def recorded(remote: RemoteFile) -> tuple:
+def recorded(remote: RemoteFile) -> Tuple[Optional[int], Optional[str], str]:
     """(size, sha256, where it comes from) that ``remote`` must have: the manifest's, else the lock's."""
     if remote.sha256 is not None or remote.lock is None:
         return remote.size, remote.sha256, "the manifest"
@@ -156,10 +156,13 @@ def check_size_and_hash(remote: RemoteFile, path: Path, what: str = "the downloa
 
 
 def record(remote: RemoteFile, path: Path, source: str) -> None:
-    """Write ``path``'s size and SHA-256 into ``remote.lock`` (only when the manifest has none)."""
+    """Write ``path``'s size and SHA-256 into ``remote.lock`` when neither the manifest nor the
+    lock has them yet (a record, once written, is what every later copy is checked against)."""
     if remote.sha256 is not None or remote.lock is None:
         return
     data = read_lock(remote.lock)
+    if remote.file in data:
+        return
     data[remote.file] = {"size": path.stat().st_size, "sha256": sha256_of(path), "source": source,
                          "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     write_text(remote.lock, json.dumps(data, indent=2, sort_keys=True) + "\n")

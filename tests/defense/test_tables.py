@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -221,3 +223,22 @@ def test_protocol_formats_load_the_published_files(reference):
                             assert np.abs(v).max() == pytest.approx(expected_linf[name], abs=0.05), name
                         checked += 1
     assert checked == len(expected_linf)
+
+
+def test_missing_perturbations_are_fetched_by_default(fake, tmp_path, server, reference, downloads_on, monkeypatch):
+    """The published files come from the mirror, verified (iter_1 against the manifest's SHA-256,
+    the others recorded in the lock file), and a second run needs no network."""
+    served = write_same_norm(Path(server.root) / "same-norm")
+    first = "UAP/CaffeNet/caffenet_adv_iter_1.h5"
+    shutil.copyfile(reference / "attack_samples" / first, served / first)
+    monkeypatch.setenv("FRU_WEIGHTS_MIRROR", f"{server.base_url}/same-norm")
+    server.requests.clear()
+    out, report = _run(fake, tmp_path, "same-norm", tmp_path / "dl")
+    names = [f"UAP/CaffeNet/caffenet_adv_iter_{k}.h5" for k in range(1, 6)]
+    assert sorted(name for name, _ in server.requests) == sorted(f"same-norm/{n}" for n in names)
+    assert all((tmp_path / "dl" / n).read_bytes() == (served / n).read_bytes() for n in names)
+    assert sorted(json.loads((tmp_path / "dl" / "downloads.lock.json").read_text())) == names[1:]
+    monkeypatch.setenv("FRU_WEIGHTS_MIRROR", "http://127.0.0.1:9")
+    server.requests.clear()
+    _, again = _run(fake, tmp_path, "same-norm", tmp_path / "dl", "--no-resume", "--offline")
+    assert server.requests == [] and again["cases"] == report["cases"]

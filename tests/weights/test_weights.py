@@ -476,7 +476,11 @@ def test_recorded_hash_is_checked_on_every_later_copy(tmp_path, drive, served, c
     assert _drive_fetch(tmp_path, served, "1rec") == 2
     assert "(changed, wrong or corrupt file); the download was deleted" in capsys.readouterr().err
     assert _leftovers(tmp_path) == []
-    assert _lock(tmp_path)["tiny.caffemodel"]["sha256"] == served["sha"]  # the record is never rewritten
+    before = _lock(tmp_path)
+    assert before["tiny.caffemodel"]["sha256"] == served["sha"]  # the record is never rewritten
+    drive.drive["1rec"] = ("direct", served["good"].read_bytes())
+    assert _drive_fetch(tmp_path, served, "1rec") == 0
+    assert _lock(tmp_path) == before
 
 
 def _archive(tmp_path: Path, kind: str, members: dict) -> bytes:
