@@ -114,13 +114,15 @@ def test_published_command_from_a_mirror_then_offline(net, mirror, server, refer
         assert capsys.readouterr().out == first
         assert server.requests == []
         if net == "CaffeNet":
-            _baseline_caffemodel_is_refused_as_fru(fru.dest, preset, tmp_path, capsys)
+            baseline = _baseline_caffemodel_is_refused_as_fru(fru.dest, preset, tmp_path, capsys)
+            _defense_false_fetches_the_baseline(baseline, mirror, server, monkeypatch, capsys)
     finally:
-        for path in (fru.dest, served):
-            path.unlink(missing_ok=True)
+        for entry in select(load_manifest(), net):
+            entry.dest.unlink(missing_ok=True)
+        served.unlink()
 
 
-def _baseline_caffemodel_is_refused_as_fru(fru_file: Path, preset, tmp_path: Path, capsys) -> None:
+def _baseline_caffemodel_is_refused_as_fru(fru_file: Path, preset, tmp_path: Path, capsys) -> Path:
     """``--defense True --load baseline.caffemodel`` used to run with the FRUs at their fill values."""
     model = read_caffemodel(fru_file)
     baseline_layers = {layer.name for layer in read_net_param(preset.deploy).layer}
@@ -132,6 +134,19 @@ def _baseline_caffemodel_is_refused_as_fru(fru_file: Path, preset, tmp_path: Pat
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: {baseline}: the caffemodel lacks layer(s) ")
     assert f"that {preset.deploy_fru} needs" in err
+    return baseline
+
+
+def _defense_false_fetches_the_baseline(baseline: Path, mirror: Path, server, monkeypatch, capsys) -> None:
+    entry = select(load_manifest(), "CaffeNet")[0]
+    shutil.move(baseline, mirror / entry.dest.name)
+    monkeypatch.setenv("FRU_WEIGHTS_MIRROR", server.base_url)
+    server.requests.clear()
+    assert run_cli(defense_example.main, ["--dnn", "CaffeNet", "--attack", "UAP", "--defense", "False"]) == 0
+    assert [line.split(":")[0] for line in _lines(capsys.readouterr().out)] == [
+        "baseline", "baseline", "wrote results/demo/CaffeNet_UAP.png"]
+    assert server.requests == [(entry.dest.name, None)]
+    assert entry.dest.read_bytes() == (mirror / entry.dest.name).read_bytes()
 
 
 @pytest.mark.parametrize("served,why", [
