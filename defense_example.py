@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from defense.core import parse_args, run_cli, set_mode
+from defense.outputs import output_file
 from defense.evaluate.demo import LABELS_ENV, DemoOptions, run_demo, save_figure
 from defense.generate.onnx_graph import RUNTIMES
 from defense.paper import DEMO, DEMO_ATTACKS
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--gpu", type=int, default=None, help="GPU id (default: CPU)")
     ap.add_argument("--runtime", choices=RUNTIMES, default="caffe",
                     help="caffe (default), or onnx: the nets exported to ONNX and run in onnxruntime (CPU)")
-    ap.add_argument("--out", type=Path, help="write the figure to this PNG")
+    ap.add_argument("--out", type=output_file, help="write the figure to this PNG")
     return ap
 
 

@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from defense.core import parse_args, positive_int, run_cli, seed_int, set_mode, write_text
+from defense.outputs import output_file
 
 from .classifier import CaffeClassifier
 from .data import load_images
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3,
                    help="runs per mode with seeds seed, seed+1, ...; fooling rates are averaged, times summed (default 3)")
     p.add_argument("--gpu", type=int, default=None)
-    p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--out", type=output_file, help="write the results as JSON here")
     return p
 
 
