@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = attack_defaults("svuap")
     p.add_argument("--p", type=float, help="power-method input norm (default: inf / 2)")
     p.add_argument("--q", type=float, help=f"output norm of the singular vector (default {d['q']})")
-    p.add_argument("--n-images", type=int, help=f"images of the power method (default {d['n_images']})")
+    p.add_argument("--n-images", type=positive_int, help=f"images of the power method (default {d['n_images']})")
     p.add_argument("--max-iter", type=positive_int, help=f"power iterations (default {d['max_iter']})")
     p.add_argument("--fd-step", type=float, help=f"finite-difference step, l_2 pixel units (default {d['fd_step']})")
 

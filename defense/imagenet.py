@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("check", help="load the first batch of an index as a network would see it")
     show.add_argument("index")
     show.add_argument("--dnn", default="CaffeNet", help="preset whose resize rule to use")
-    show.add_argument("--batch", type=int, default=8)
+    show.add_argument("--batch", type=positive_int, default=8, help="images in the batch (default 8)")
     return parser
 
 

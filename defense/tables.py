@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--own", type=Path, nargs="+", default=(),
                     help="the toolkit's own perturbation files (.h5 or .npy) instead of the published ones")
     ap.add_argument("--limit", type=positive_int, help="evaluate only N images, spread over the protocol's images (quick run)")
-    ap.add_argument("--batch", type=int, help="batch size (default: the preset's, as in the published scripts)")
+    ap.add_argument("--batch", type=positive_int, help="batch size (default: the preset's, as in the published scripts)")
     ap.add_argument("--workers", type=positive_int, default=4, help="image decoding threads (default: 4)")
     ap.add_argument("--gpu", type=int, default=None, help="GPU id (default: CPU)")
     ap.add_argument("--clip", action="store_true", help="clip perturbed images to [0, 255] (the published tables do not)")
