@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
 from .core import ToolkitError, parse_args, positive_int, run_cli, seed_int, set_mode

@@ -25,7 +25,6 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
 from ..core import ToolkitError, parse_args, positive_int, run_cli, set_mode
