@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 from defense.core import parse_args, run_cli, set_mode
 from defense.evaluate.demo import LABELS_ENV, DemoOptions, run_demo, save_figure
 from defense.generate.onnx_graph import RUNTIMES
+from defense.outputs import check_output, output_file
 from defense.paper import DEMO, DEMO_ATTACKS
 
 
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--gpu", type=int, default=None, help="GPU id (default: CPU)")
     ap.add_argument("--runtime", choices=RUNTIMES, default="caffe",
                     help="caffe (default), or onnx: the nets exported to ONNX and run in onnxruntime (CPU)")
-    ap.add_argument("--out", type=Path, help="the figure's PNG (default: results/demo/<dnn>_<attack>.png)")
+    ap.add_argument("--out", type=output_file, help="the figure's PNG (default: results/demo/<dnn>_<attack>.png)")
     return ap
 
 
@@ -65,6 +66,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(build_parser(), argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("weights").setLevel(logging.INFO)  # say what is downloaded, and where to
+    out = args.out or Path("results") / "demo" / f"{args.dnn}_{args.attack}.png"
+    check_output(out, "--out")  # the default too, before anything is downloaded or computed
     set_mode(args.gpu, seed=1000)
     result = run_demo(DemoOptions(net=args.dnn, input=args.input, load=args.load, load_baseline=args.load_baseline,
                                   attack=args.attack, defense=args.defense, perturbation=args.perturbation,
@@ -74,7 +77,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         top = pred.perturbed[0]
         print(f"{model}: top 1 prediction on the perturbed image: {top[1]}, confidence score: {top[2]:.4f}")
         print(f"{model}: top 5 predictions: {[name for _, name, _ in pred.perturbed]}")
-    out = args.out or Path("results") / "demo" / f"{result.net}_{args.attack}.png"
     print(f"wrote {save_figure(result, out)}")
     return 0
 

@@ -17,6 +17,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from defense.core import ToolkitError, parse_args, positive_int, run_cli, seed_int, set_mode, write_text
+from defense.outputs import check_output, output_dir, output_file
 
 from .classifier import CaffeClassifier
 from .data import load_images, split_holdout
@@ -44,8 +45,8 @@ def _net_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def _out_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="perturbation file to write (.h5)")
-    p.add_argument("--report", help="JSON report (default: --out with .json)")
+    p.add_argument("--out", type=output_file, required=True, help="perturbation file to write (.h5)")
+    p.add_argument("--report", type=output_file, help="JSON report (default: --out with .json)")
     p.add_argument("--network", help="network name recorded in the file (default: preset or prototxt name)")
     p.add_argument("--seed", type=seed_int, default=0, help="random seed (recorded)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overshoot", type=float, help=f"DeepFool overshoot (default {d['overshoot']})")
     p.add_argument("--max-iter-df", type=int, help=f"DeepFool iterations (default {d['max_iter_df']})")
     p.add_argument("--num-classes", type=int, help=f"DeepFool's top-k classes (default {d['num_classes']})")
-    p.add_argument("--state", help="resume file (default: --out with .state.npz); rerun to resume")
+    p.add_argument("--state", type=output_file, help="resume file (default: --out with .state.npz); rerun to resume")
 
     p = sub.add_parser("spgd", help="sPGD (Mummadi et al. 2019): stochastic PGD on one perturbation")
     _attack_args(p, data_required=True)
@@ -105,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = attack_defaults("svuap")
     p.add_argument("--p", type=float, help="power-method input norm (default: inf / 2)")
     p.add_argument("--q", type=float, help=f"output norm of the singular vector (default {d['q']})")
-    p.add_argument("--n-images", type=int, help=f"images of the power method (default {d['n_images']})")
+    p.add_argument("--n-images", type=positive_int, help=f"images of the power method (default {d['n_images']})")
     p.add_argument("--max-iter", type=positive_int, help=f"power iterations (default {d['max_iter']})")
     p.add_argument("--fd-step", type=float, help=f"finite-difference step, l_2 pixel units (default {d['fd_step']})")
 
@@ -130,8 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fetch", help="download published perturbation files (verified) from the paper's repository")
     p.add_argument("names", nargs="*", default=["all"],
                    help="file names or folders below Attack_samples/, e.g. UAP/CaffeNet (default: all)")
-    p.add_argument("--dest", default=None, help="destination folder (default: $FRU_DOWNLOAD_DIR/Attack_samples, "
-                                                "else the repository's Attack_samples/, where the demo and the tables look)")
+    p.add_argument("--dest", type=output_dir, default=None,
+                   help="destination folder (default: $FRU_DOWNLOAD_DIR/Attack_samples, else the repository's "
+                        "Attack_samples/, where the demo and the tables look)")
     p.add_argument("--base-url", help="mirror serving <base-url>/<name> (default $FRU_WEIGHTS_MIRROR or GitHub)")
     p.add_argument("--force", action="store_true", help="download again even if a verified copy exists")
     return parser
@@ -171,6 +173,18 @@ def _report_path(args) -> Path:
     return Path(args.report) if args.report else Path(args.out).with_suffix(".json")
 
 
+def _state_path(args) -> Path:
+    return Path(args.state) if args.state else Path(args.out).with_suffix(".state.npz")
+
+
+def check_derived_outputs(args) -> None:
+    """The report (and UAP's state file) defaults are derived from --out: check them as if given."""
+    outputs = {"out", "report", "state"}
+    check_output(_report_path(args), "--report", "file", args, skip={"report"}, outputs=outputs)
+    if args.command == "uap":
+        check_output(_state_path(args), "--state", "file", args, skip={"state"}, outputs=outputs)
+
+
 def _norms(v: np.ndarray) -> Dict[str, float]:
     return {"linf": lp_norm(v, "inf"), "l2": lp_norm(v, "2")}
 
@@ -183,7 +197,7 @@ def _attack_kwargs(args) -> Dict[str, object]:
     else:
         common.update(xi=args.xi)
     if c == "uap":
-        state = args.state or str(Path(args.out).with_suffix(".state.npz"))
+        state = str(_state_path(args))
         return dict(common, delta=args.delta, max_passes=args.max_passes, overshoot=args.overshoot,
                     max_iter_df=args.max_iter_df, num_classes=args.num_classes, batch_size=args.batch_size,
                     state_path=state)
@@ -280,6 +294,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for path in fetch_published(args.names, args.dest or published_dir(), base_url=args.base_url, force=args.force):
             print(path)
         return 0
+    check_derived_outputs(args)
     if args.command == "synthetic":
         report = run_synthetic(args)
     elif args.command == "convert":

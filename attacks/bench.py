@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from defense.core import parse_args, positive_int, run_cli, seed_int, set_mode, write_text
+from defense.outputs import output_file
 
 from .classifier import CaffeClassifier
 from .data import load_images
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mean", default=None, help="per-channel BGR mean (default: the tiny net's 128)")
     p.add_argument("--fc-width", type=int, default=2048,
                    help="width of the toy net's two fully connected layers (0: conv-only net; default 2048)")
-    p.add_argument("--n-images", type=int, default=500, help="images the attack uses (default 500)")
+    p.add_argument("--n-images", type=positive_int, default=500, help="images the attack uses (default 500)")
     p.add_argument("--norm", default="inf", choices=["inf", "2"])
     p.add_argument("--xi", type=float, default=40.0, help="ball radius, pixel units (default 40 for the tiny net)")
     p.add_argument("--delta", type=float, default=0.2)
@@ -48,10 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DeepFool batch of the batched run (default 128: the toy net's activations are small; "
                         "use 16-32 for ImageNet-sized nets)")
     p.add_argument("--seed", type=seed_int, default=0, help="first seed (default 0)")
-    p.add_argument("--seeds", type=int, default=3,
+    p.add_argument("--seeds", type=positive_int, default=3,
                    help="runs per mode with seeds seed, seed+1, ...; fooling rates are averaged, times summed (default 3)")
     p.add_argument("--gpu", type=int, default=None)
-    p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--out", type=output_file, help="write the results as JSON here")
     return p
 
 

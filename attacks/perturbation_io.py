@@ -21,7 +21,7 @@ import numpy as np
 
 from defense.core import ToolkitError, atomic_path
 
-from .array_files import read_h5_dataset, read_mat_variables, read_npy
+from .array_files import read_h5_dataset, read_mat_variables, read_npy, real_variable
 
 FORMAT_NAME = "fru-toolkit-perturbation"
 FORMAT_VERSION = 1
@@ -120,8 +120,12 @@ def _meta_value(name: str, value):
 def _check_canonical(v: np.ndarray, source: str) -> None:
     if v.ndim not in (3, 4) or v.shape[-3] not in (1, 3):
         raise ToolkitError(f"{source}: perturbation must have shape (C,H,W) or (K,C,H,W) with C 1 or 3, got {v.shape}")
+    _check_finite(v, source)
+
+
+def _check_finite(v: np.ndarray, source: os.PathLike | str) -> None:
     if not np.all(np.isfinite(v)):
-        raise ToolkitError(f"{source}: perturbation holds NaN or infinite values")
+        raise ToolkitError(f"{source}: perturbation holds NaN or infinite values; recompute or re-download it")
 
 
 # ------------------------------------------------------------------ published formats
@@ -132,14 +136,17 @@ def _expect(arr: np.ndarray, shape: Tuple[int, ...], path: os.PathLike | str, fm
     return arr
 
 
-def _finish(v: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(v, dtype=np.float32)
+def _finish(v: np.ndarray, path: os.PathLike | str) -> np.ndarray:
+    """Every loader's last step: contiguous float32, NaN or infinity (also from the cast) refused naming the file."""
+    v = np.ascontiguousarray(v, dtype=np.float32)
+    _check_finite(v, path)
+    return v
 
 
 def load_uap_h5(path: os.PathLike | str) -> np.ndarray:
     """UAP (l_inf, l_2, stronger): dataset ``v`` (3,224,224), C x W x H (MATLAB order), BGR."""
     v = _expect(read_h5_dataset(path, "v"), (3, PUBLISHED_SIZE, PUBLISHED_SIZE), path, "UAP")
-    return _finish(v.transpose(0, 2, 1))
+    return _finish(v.transpose(0, 2, 1), path)
 
 
 def load_fff_npy(path: os.PathLike | str, offset: int = 0) -> np.ndarray:
@@ -148,37 +155,37 @@ def load_fff_npy(path: os.PathLike | str, offset: int = 0) -> np.ndarray:
     if offset not in (0, 1, 2, 3):
         raise ValueError(f"FFF crop offset must be in 0..3, got {offset}")
     crop = v[0, offset:offset + PUBLISHED_SIZE, offset:offset + PUBLISHED_SIZE, :]
-    return _finish(crop.transpose(2, 0, 1)[::-1])
+    return _finish(crop.transpose(2, 0, 1)[::-1], path)
 
 
 def load_nag_npy(path: os.PathLike | str) -> np.ndarray:
     """NAG: (224,224,3) RGB."""
     v = _expect(read_npy(path), (PUBLISHED_SIZE, PUBLISHED_SIZE, 3), path, "NAG")
-    return _finish(v.transpose(2, 0, 1)[::-1])
+    return _finish(v.transpose(2, 0, 1)[::-1], path)
 
 
 def load_sfool_h5(path: os.PathLike | str) -> np.ndarray:
     """S.Fool (SV-UAP): dataset ``v`` (3,227,227); crop [:, 1:225, 1:225], no transpose."""
     v = _expect(read_h5_dataset(path, "v"), (3, 227, 227), path, "S.Fool")
-    return _finish(v[:, 1:1 + PUBLISHED_SIZE, 1:1 + PUBLISHED_SIZE])
+    return _finish(v[:, 1:1 + PUBLISHED_SIZE, 1:1 + PUBLISHED_SIZE], path)
 
 
 def load_gap_h5(path: os.PathLike | str) -> np.ndarray:
     """GAP: dataset ``v`` (1,3,300,300) in [-1,1], RGB; x16, reverse channels, crop [30:254]."""
     v = _expect(read_h5_dataset(path, "v"), (1, 3, 300, 300), path, "GAP")
-    return _finish(16.0 * v[0, ::-1, 30:30 + PUBLISHED_SIZE, 30:30 + PUBLISHED_SIZE])
+    return _finish(16.0 * v[0, ::-1, 30:30 + PUBLISHED_SIZE, 30:30 + PUBLISHED_SIZE], path)
 
 
 def load_guap_npy(path: os.PathLike | str) -> np.ndarray:
     """G-UAP: (1,224,224,3) RGB; transpose, reverse channels, x1.5."""
     v = _expect(read_npy(path), (1, PUBLISHED_SIZE, PUBLISHED_SIZE, 3), path, "G-UAP")
-    return _finish(1.5 * v[0].transpose(2, 0, 1)[::-1])
+    return _finish(1.5 * v[0].transpose(2, 0, 1)[::-1], path)
 
 
 def load_spgd_h5(path: os.PathLike | str) -> np.ndarray:
     """sPGD: dataset ``v`` (3,224,224), used as is."""
     v = _expect(read_h5_dataset(path, "v"), (3, PUBLISHED_SIZE, PUBLISHED_SIZE), path, "sPGD")
-    return _finish(v)
+    return _finish(v, path)
 
 
 def _attack_key(attack: str) -> str:
@@ -191,10 +198,7 @@ def load_published(attack: str, path: os.PathLike | str) -> np.ndarray:
     key = _attack_key(attack)
     if key not in PUBLISHED_LOADERS:
         raise ToolkitError(f"unknown published format '{attack}'; valid: {', '.join(PUBLISHED_LOADERS)}")
-    v = PUBLISHED_LOADERS[key](path)
-    if not np.all(np.isfinite(v)):
-        raise ToolkitError(f"{path}: perturbation holds NaN or infinite values")
-    return v
+    return PUBLISHED_LOADERS[key](path)
 
 
 def load_mat(path: os.PathLike | str, variable: Optional[str] = None, layout: str = "WHC",
@@ -219,11 +223,11 @@ def load_mat(path: os.PathLike | str, variable: Optional[str] = None, layout: st
         variable = candidates[0]
     if variable not in variables:
         raise ToolkitError(f"{path}: has no numeric variable '{variable}' (it has: {', '.join(variables) or 'none'})")
-    arr = variables[variable]
+    arr = real_variable(variables, variable, path)
     if arr.ndim != 3 or arr.shape[layout.index("C")] != 3:
         raise ToolkitError(f"{path}: variable '{variable}' has shape {arr.shape}, expected 3 channels in layout {layout}")
     v = arr.transpose([layout.index(a) for a in "CHW"])
-    return _finish(v[::-1] if rgb else v)
+    return _finish(v[::-1] if rgb else v, path)
 
 
 # ------------------------------------------------------------------ the registry
@@ -247,7 +251,7 @@ def _load_toolkit(path: os.PathLike | str) -> np.ndarray:
 
 
 def _load_npy(path: os.PathLike | str) -> np.ndarray:
-    return _finish(read_npy(path))
+    return _finish(read_npy(path), path)
 
 
 FORMATS: Dict[str, PerturbationFormat] = {f.name: f for f in (
@@ -303,10 +307,7 @@ def _read(path: os.PathLike | str, fmt: Optional[str]) -> Tuple[Path, np.ndarray
         raise ValueError(f"perturbation format must be one of {', '.join(FORMATS)}, got '{fmt}'")
     if not path.is_file():
         raise ToolkitError(f"{path}: perturbation file not found; check the path")
-    v = np.asarray(FORMATS[fmt].load(path), dtype=np.float32)
-    if not np.all(np.isfinite(v)):
-        raise ToolkitError(f"{path}: perturbation holds NaN or infinite values")
-    return path, v
+    return path, FORMATS[fmt].load(path)
 
 
 def load_any(path: os.PathLike | str, fmt: Optional[str] = None, expect: Optional[tuple] = None) -> np.ndarray:

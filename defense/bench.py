@@ -35,6 +35,7 @@ from .generate.fru import insert_frus
 from .generate.onnx_graph import onnx_model, onnx_session
 from .generate.surgery import init_fru_blobs, random_blobs
 from .networks import build_baseline
+from .outputs import output_file
 from .presets import get_preset
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch", default="1,16", help="comma-separated batch sizes (1,16)")
     ap.add_argument("--reps", type=positive_int, default=5, help="timed repetitions per layout (5)")
     ap.add_argument("--seed", type=seed_int, default=0, help="seed of the random weights and input (0)")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results ({DEFAULT_OUT})")
+    ap.add_argument("--out", type=output_file, default=DEFAULT_OUT, help=f"JSON results ({DEFAULT_OUT})")
     ap.add_argument("--layouts", help="comma-separated layouts to time (default all: baseline, [baseline_bn_folded,] "
                                       "the published fru_explicit or fru_folded, fru_fast); the published one always")
     ap.add_argument("--runtime", default="caffe",

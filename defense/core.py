@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import gzip
 import io
+import math
 import os
 import struct
 import sys
@@ -178,7 +179,18 @@ def set_net_blobs(net: "caffe.Net", blobs: Blobs, strict: bool = True) -> None:
             t.data[...] = np.asarray(a, dtype=np.float32).reshape(t.data.shape)
 
 
-# ---------------------------------------------------------------- IDX (MNIST format)
+# ---------------------------------------------------------------- array sizes, IDX (MNIST format)
+MAX_ARRAY_BYTES = 8 * 2 ** 30  # one array read from a file; a header (a few bytes) may declare terabytes
+
+
+def check_array_bytes(shape: Sequence[int], itemsize: int, source: os.PathLike | str) -> None:
+    """Refuse a declared ``shape`` of ``itemsize``-byte elements that needs over ``MAX_ARRAY_BYTES``."""
+    size = math.prod(int(d) for d in shape) * int(itemsize)
+    if size > MAX_ARRAY_BYTES:
+        raise ToolkitError(f"{source}: declares an array of shape {tuple(int(d) for d in shape)} ({size / 2 ** 30:.3g} GiB), "
+                           f"over the toolkit's limit of {MAX_ARRAY_BYTES // 2 ** 30} GiB for one array; check the file")
+
+
 _IDX_UBYTE = 0x08  # IDX type code for unsigned bytes
 
 
@@ -190,23 +202,26 @@ def read_idx(path: os.PathLike | str, ndim: int, fix: str) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise ToolkitError(f"{path}: file not found; install it with '{fix}'")
+    header = 4 + 4 * ndim
     try:
-        with gzip.open(path, "rb") as fh:
-            raw = fh.read()
+        with gzip.open(path, "rb") as fh:  # the header first: its shape bounds what is read after it
+            head = fh.read(header)
+            if len(head) < header:
+                raise ToolkitError(f"{path}: truncated IDX header; reinstall it with '{fix}'")
+            zero, dtype_code, dims = struct.unpack(">HBB", head[:4])
+            if zero != 0 or dtype_code != _IDX_UBYTE or dims != ndim:
+                raise ToolkitError(f"{path}: bad IDX magic number 0x{head[:4].hex()} (expected 0x0000"
+                                   f"{_IDX_UBYTE:02x}{ndim:02x}); reinstall it with '{fix}'")
+            shape = struct.unpack(f">{ndim}I", head[4:])
+            check_array_bytes(shape, 1, path)
+            size = math.prod(shape)
+            raw = fh.read(size + 1)  # one byte more than declared tells a longer file
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise ToolkitError(f"{path}: not a readable gzip file ({exc}); reinstall it with '{fix}'") from None
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ToolkitError(f"{path}: truncated IDX header; reinstall it with '{fix}'")
-    zero, dtype_code, dims = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or dtype_code != _IDX_UBYTE or dims != ndim:
-        raise ToolkitError(f"{path}: bad IDX magic number 0x{raw[:4].hex()} (expected 0x0000{_IDX_UBYTE:02x}"
-                           f"{ndim:02x}); reinstall it with '{fix}'")
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    if len(raw) - header != int(np.prod(shape)):
-        raise ToolkitError(f"{path}: IDX data has {len(raw) - header} bytes but its header says "
-                           f"{int(np.prod(shape))}; reinstall it with '{fix}'")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+    if len(raw) != size:
+        raise ToolkitError(f"{path}: IDX data has {len(raw)}{'+' if len(raw) > size else ''} bytes but its header "
+                           f"says {size}; reinstall it with '{fix}'")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(shape)
 
 
 # ---------------------------------------------------------------- weights fit
@@ -530,10 +545,28 @@ def seed_int(text: str) -> int:
     return value
 
 
+def _parsers(parser: argparse.ArgumentParser, args: Optional[argparse.Namespace] = None) -> Iterator:
+    """The parser and its sub-command parsers (given ``args``: only the sub-commands chosen)."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            subs = action.choices.values() if args is None else [action.choices.get(getattr(args, action.dest, None))]
+            for sub in filter(None, subs):
+                yield from _parsers(sub, args)
+
+
+def _outputs(parser: argparse.ArgumentParser) -> list:
+    """Its output options: those whose type has ``check_output`` (``defense.outputs.OutputPath``)."""
+    return [a for a in parser._actions if hasattr(a.type, "check_output")]
+
+
 def parse_args(parser, argv: Optional[Sequence[str]] = None):
     """``parser.parse_args(argv)`` with argparse's errors as one line (its usage text dropped),
-    then the checks every command shares: ``--out`` may not name one of the command's inputs
-    (it would be overwritten, or read half-written)."""
+    then every declared output option checked (``defense.outputs``: not an input, writable, the
+    right kind), before the command does anything; its ``--help`` states the output rule."""
+    for p in _parsers(parser):
+        if _outputs(p) and _outputs(p)[0].type.help not in (p.epilog or ""):
+            p.epilog = "\n\n".join(filter(None, [p.epilog, _outputs(p)[0].type.help]))
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
@@ -546,15 +579,10 @@ def parse_args(parser, argv: Optional[Sequence[str]] = None):
             sys.stderr.write(captured.getvalue())
         raise
     sys.stderr.write(captured.getvalue())
-    out = getattr(args, "out", None)
-    if isinstance(out, (str, os.PathLike)):
-        target = Path(out).resolve()
-        for name, value in vars(args).items():
-            for item in value if isinstance(value, (list, tuple)) else [value]:
-                path = item if isinstance(item, Path) else Path(item) if isinstance(item, str) and os.path.isfile(item) else None
-                if name != "out" and path is not None and path.resolve() == target:
-                    raise ToolkitError(f"--out {out} is also the input --{name.replace('_', '-')}; "
-                                       "write the output elsewhere")
+    outputs = [a for p in _parsers(parser, args) for a in _outputs(p)]
+    for action in outputs:
+        if getattr(args, action.dest, None) is not None:
+            action.type.check_output(args, action, {a.dest for a in outputs})
     return args
 
 

@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 from .core import parse_args, run_cli, seed_int, set_mode
 from .generate.export import export_fast
 from .generate.onnx_graph import export_onnx
+from .outputs import check_output, output_path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--prototxt", type=Path, required=True,
                     help="deploy prototxt (fast: an FRU net, explicit or folded layout; onnx: any)")
     ap.add_argument("--weights", type=Path, required=True, help="its caffemodel")
-    ap.add_argument("--out", type=Path, required=True,
+    ap.add_argument("--out", type=output_path, required=True,
                     help="fast: folder for deploy_fast.prototxt and fast.caffemodel; onnx: the .onnx file")
     ap.add_argument("--no-check", action="store_true", help="skip the forward pass comparing the two")
     ap.add_argument("--seed", type=seed_int, default=0, help="seed of the random check input (0)")
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     def _main(argv):
         args = parse_args(build_parser(), argv)
+        check_output(args.out, "--out", "file" if args.format == "onnx" else "folder")
         set_mode(args.gpu, args.seed)
         export = export_onnx if args.format == "onnx" else export_fast
         summary = export(args.prototxt, args.weights, args.out, not args.no_check, args.seed)

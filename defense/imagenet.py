@@ -15,6 +15,7 @@ from .core import ToolkitError, parse_args, positive_int, run_cli, seed_int
 from .data import imagenet as index_lib
 from .data.imagenet import (ImageNetIndex, build_train_index, build_val_index, load_synsets, verify_images,
                             write_index)
+from .outputs import output_file
 from .presets import get_preset
 
 
@@ -34,11 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--seed", type=seed_int, default=0, help="train only: seed of the per-class draw (default 0)")
     prep.add_argument("--allow-missing", action="store_true", help="val only: skip listed images that are absent")
     prep.add_argument("--verify", action="store_true", help="decode every indexed image once (slow)")
-    prep.add_argument("--out", required=True, help="index file to write (JSON lines)")
+    prep.add_argument("--out", type=output_file, required=True, help="index file to write (JSON lines)")
     show = sub.add_parser("check", help="load the first batch of an index as a network would see it")
     show.add_argument("index")
     show.add_argument("--dnn", default="CaffeNet", help="preset whose resize rule to use")
-    show.add_argument("--batch", type=int, default=8)
+    show.add_argument("--batch", type=positive_int, default=8, help="images in the batch (default 8)")
     return parser
 
 

@@ -46,6 +46,7 @@ from .evaluate.compare import add_restoration, metric_row, metric_rows
 from .evaluate.conditions import Condition, Predictions, draw_choices, predict_conditions
 from .evaluate.resources import (ModelPair, fetch_missing, load_classifier, model_pair, published_path,
                                  require_weights)
+from .outputs import output_dir
 from .paper import TABLE_TITLES, TABLES, Published, Run, TableCase, table_cases, table_nets
 from .presets import NetPreset, get_preset
 
@@ -294,11 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--own", type=Path, nargs="+", default=(),
                     help="the toolkit's own perturbation files (.h5 or .npy) instead of the published ones")
     ap.add_argument("--limit", type=positive_int, help="evaluate only N images, spread over the protocol's images (quick run)")
-    ap.add_argument("--batch", type=int, help="batch size (default: the preset's, as in the published scripts)")
+    ap.add_argument("--batch", type=positive_int, help="batch size (default: the preset's, as in the published scripts)")
     ap.add_argument("--workers", type=positive_int, default=4, help="image decoding threads (default: 4)")
     ap.add_argument("--gpu", type=int, default=None, help="GPU id (default: CPU)")
     ap.add_argument("--clip", action="store_true", help="clip perturbed images to [0, 255] (the published tables do not)")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: %(default)s)")
+    ap.add_argument("--out", type=output_dir, default=DEFAULT_OUT, help="output folder (default: %(default)s)")
     ap.add_argument("--no-resume", action="store_true", help="ignore a saved state file and start over")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap

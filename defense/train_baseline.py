@@ -10,10 +10,10 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
-from .core import parse_args, positive_int, run_cli, seed_int, set_mode
+from .core import ToolkitError, parse_args, positive_int, run_cli, seed_int, set_mode
+from .outputs import check_output, output_file
 from .train.baseline import DEFAULT_OUTPUT, BaselineOptions, train_fashionnet
 
 
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m defense.train_baseline",
                                 description="Train the FashionNet baseline on Fashion-MNIST (CPU by default) and "
                                             "write its caffemodel plus a JSON summary beside it.")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUTPUT, help=f"caffemodel to write (default {DEFAULT_OUTPUT})")
+    p.add_argument("--out", type=output_file, default=DEFAULT_OUTPUT, help=f"caffemodel to write (default {DEFAULT_OUTPUT})")
     p.add_argument("--epochs", type=float, default=d.epochs, help=f"passes over the 60,000 images (default {d.epochs})")
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help=f"mini-batch size (default {d.batch_size})")
     p.add_argument("--lr", type=float, default=d.base_lr, help=f"base learning rate (default {d.base_lr})")
@@ -33,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(build_parser(), argv)
+    if args.out.suffix == ".json":
+        raise ToolkitError(f"--out {args.out}: the JSON summary goes beside the caffemodel as .json; "
+                           "give the caffemodel another suffix (.caffemodel)")
+    check_output(args.out.with_suffix(".json"), "--out", "file", args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     options = BaselineOptions(epochs=args.epochs, batch_size=args.batch_size, base_lr=args.lr, seed=args.seed)
     set_mode(args.gpu, args.seed)

@@ -23,6 +23,7 @@ Steps 1-5 give the canonical pixel-space batch every data source yields.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
@@ -44,14 +45,22 @@ ImageInput = Union[str, os.PathLike, Image.Image]
 
 
 def load_image(path: os.PathLike | str) -> Image.Image:
-    """Open and fully decode an image as RGB; a bad file is a one-line ToolkitError naming it."""
+    """Open and fully decode an image as RGB; a bad file is a one-line ToolkitError naming it.
+
+    An image over Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) is refused from
+    its header, before its pixels are allocated (Pillow only warns up to twice the limit)."""
     path = Path(path)
     try:
-        with Image.open(path) as img:
-            img.load()  # decode now: truncated JPEGs fail here, not later in a batch
-            return img.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()  # decode now: truncated JPEGs fail here, not later in a batch
+                return img.convert("RGB")
     except FileNotFoundError:
         raise ToolkitError(f"{path}: image not found; check the path or rebuild the index") from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ToolkitError(f"{path}: image too large to decode safely ({exc}); "
+                           f"use an image under {Image.MAX_IMAGE_PIXELS} pixels") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ToolkitError(f"{path}: not a readable image ({reason}); replace it or remove it from the index") from None

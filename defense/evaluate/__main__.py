@@ -17,6 +17,7 @@ from attacks.perturbation_io import load_perturbations
 from ..core import ToolkitError, parse_args, positive_int, run_cli, seed_int, set_mode
 from ..data import DATA_SOURCES, open_source
 from ..generate.onnx_graph import RUNTIMES, classifier_for
+from ..outputs import output_dir
 from ..presets import get_preset
 from .compare import Model, evaluate
 from .peers import PEERS, make_peer
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", type=int, default=None, metavar="N", help="run on GPU N (default: CPU)")
     p.add_argument("--runtime", choices=RUNTIMES, default="caffe",
                    help="caffe (default), or onnx: the same nets exported to ONNX and run in onnxruntime (CPU)")
-    p.add_argument("--out", type=Path, default=Path("results"), help="output folder (default results/)")
+    p.add_argument("--out", type=output_dir, default=Path("results"), help="output folder (default results/)")
     p.add_argument("--stem", default="evaluation", help="output file stem (default evaluation)")
     return p
 

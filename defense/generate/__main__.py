@@ -18,6 +18,7 @@ from typing import List, Optional, Sequence
 from ..core import (ToolkitError, caffe, check_net_builds, net_param_text, parse_args, read_net_param, run_cli,
                     seed_int, set_mode)
 from ..networks import build_baseline
+from ..outputs import output_dir
 from ..presets import PRESETS, get_preset
 from .build import load_base_blobs, targets_for, write_all, write_outputs
 from .fru import MODES, build_fru
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     depth.add_argument("--depth-ratio", type=float, default=1.0, help="D = depth-ratio x N (1.0)")
     ap.add_argument("--mode", choices=MODES, help="permutation layout (default: the preset's, else explicit)")
     ap.add_argument("--weights", type=Path, help="baseline caffemodel: rank channels and write init.caffemodel")
-    ap.add_argument("--out", type=Path, help="output folder (with --all: root instead of prototxt/)")
+    ap.add_argument("--out", type=output_dir, help="output folder (with --all: root instead of prototxt/)")
     ap.add_argument("--norm", choices=NORMS, default="l1", help="filter norm used for ranking (l1)")
     ap.add_argument("--batch", type=int, default=32, help="batch size of the train net (32)")
     ap.add_argument("--seed", type=seed_int, default=0, help="seed of the FRU MSRA initialisation and the solver (0)")

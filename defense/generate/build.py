@@ -10,8 +10,8 @@ from typing import List, Optional, Sequence, Tuple
 
 from google.protobuf import text_format
 
-from ..core import (Blobs, ToolkitError, atomic_path, caffe_pb2, copy_weights, load_net, net_blobs,
-                    set_net_blobs, write_net_param, write_text)
+from ..core import (Blobs, ToolkitError, atomic_path, caffe, caffe_pb2, check_net_builds, copy_weights, load_net,
+                    net_blobs, net_param_text, set_net_blobs, write_net_param, write_text)
 from ..networks import BUILDERS, build_baseline, write_baselines
 from ..presets import PRESETS, PROTOTXT_DIR, FruTarget, NetPreset, default_target
 from .fru import FruBuild, build_fru, conv_channels, fru_solver_param
@@ -66,17 +66,23 @@ def targets_for(base: "caffe_pb2.NetParameter", layers: Sequence[str], preset: O
 def write_outputs(build: FruBuild, out_dir: os.PathLike | str, header: str,
                   base: Optional["caffe_pb2.NetParameter"] = None, base_blobs: Optional[Blobs] = None,
                   seed: int = 0, norm: str = "l1", source: str = "<net>") -> List[Path]:
-    """DIR/deploy_FRU.prototxt, train.prototxt, solver.prototxt (+ init.caffemodel with weights)."""
+    """DIR/deploy_FRU.prototxt, train.prototxt, solver.prototxt (+ init.caffemodel with weights).
+
+    Both nets are built (and the weights computed and written) before any prototxt is written, so a
+    net Caffe cannot build is one line naming it and leaves no partial output."""
     out = Path(out_dir)
-    written = [write_net_param(out / "deploy_FRU.prototxt", build.deploy, header),
-               write_net_param(out / "train.prototxt", build.train, header)]
+    check_net_builds(net_param_text(build.deploy), caffe.TEST, f"{out / 'deploy_FRU.prototxt'} (generated from {source})")
+    check_net_builds(net_param_text(build.train), caffe.TRAIN, f"{out / 'train.prototxt'} (generated from {source})")
+    written = []
+    if base is not None and base_blobs is not None:
+        blobs, _ = init_fru_blobs(base, base_blobs, build.targets, build.mode, seed, norm, source)
+        written.append(save_net_weights(out / "init.caffemodel", build.deploy, blobs))
+    written += [write_net_param(out / "deploy_FRU.prototxt", build.deploy, header),
+                write_net_param(out / "train.prototxt", build.train, header)]
     solver = fru_solver_param("train.prototxt", random_seed=seed)
     written.append(write_text(out / "solver.prototxt",
                               "".join(f"# {line}\n" for line in header.splitlines())
                               + text_format.MessageToString(solver)))
-    if base is not None and base_blobs is not None:
-        blobs, _ = init_fru_blobs(base, base_blobs, build.targets, build.mode, seed, norm, source)
-        written.append(save_net_weights(out / "init.caffemodel", build.deploy, blobs))
     return written
 
 

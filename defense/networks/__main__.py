@@ -6,6 +6,7 @@ import sys
 from typing import Optional, Sequence
 
 from ..core import parse_args, run_cli
+from ..outputs import output_dir
 from . import BUILDERS, write_baselines
 
 
@@ -18,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help=f"all networks: {', '.join(BUILDERS)}")
     which.add_argument("--net", action="append", metavar="NAME",
                        help="one network (repeatable); case-insensitive preset name")
-    parser.add_argument("--out", metavar="DIR", default=None,
+    parser.add_argument("--out", type=output_dir, metavar="DIR", default=None,
                         help="output root (default: the repository's prototxt/ folder)")
     return parser
 

@@ -25,10 +25,10 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
 from ..core import ToolkitError, parse_args, positive_int, run_cli, set_mode
+from ..outputs import output_dir
 from ..presets import REPO_ROOT
 from .config import DEFAULT_OUT, ReproConfig
 from .pipeline import reproduce
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m defense.reproduce", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    p.add_argument("--out", type=output_dir, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--quick", action="store_true", help="tiny sizes (about a minute): checks the pipeline, not the numbers")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a ReproConfig field, e.g. --set fru_iters=3000 (repeatable)")

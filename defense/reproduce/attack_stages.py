@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from typing import List, Optional
 
@@ -21,7 +20,7 @@ from attacks.projection import lp_norm
 from attacks.synthetic import synthesize
 
 from .config import AttackSet, attack_sets, stage_of, train_extra_sets, train_subsets
-from .runner import Context, save_json
+from .runner import Context, save_json, save_npy
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +64,7 @@ def compute_set(ctx: Context, s: AttackSet, stage: str, xi: Optional[float] = No
                 "train_images": int(len(x)) if x is not None else 0,
                 "fooling_rate_on_its_images": None if not np.isfinite(res.fooling_rate) else res.fooling_rate,
                 "iterations": res.n_iter, "seconds": round(time.perf_counter() - start, 2)}
-        with_npy = folder / f".{k:02d}.tmp.npy"
-        folder.mkdir(parents=True, exist_ok=True)
-        np.save(with_npy, v)
-        os.replace(with_npy, npy)
+        save_npy(npy, v)
         save_json(meta, info)
         infos.append(info)
     return infos
@@ -84,9 +80,8 @@ def stage_train_attacks(ctx: Context) -> dict:
         stack = np.stack(ctx.perturbations("train"))
         res = synthesize(stack, cfg.synthetic, np.random.default_rng([cfg.seed, 303]), rule=cfg.synthetic_rule)
         folder = ctx.folder("train_attacks") / "synthetic"
-        folder.mkdir(parents=True, exist_ok=True)
         for k, v in enumerate(res.perturbations):
-            np.save(folder / f"{k:02d}.npy", v.astype(np.float32))
+            save_npy(folder / f"{k:02d}.npy", v)
         out["synthetic"] = {"count": cfg.synthetic, "rule": cfg.synthetic_rule, "l2_threshold": res.threshold,
                             "rescaled": res.rescaled}
     for s in train_extra_sets(cfg):

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from attacks.classifier import CaffeClassifier
 from attacks.perturbation_io import load_any
 
-from ..core import ToolkitError, set_mode, write_text
+from ..core import ToolkitError, atomic_path, set_mode, write_text
 from ..data import DataSource, FashionMnist
 from ..presets import NetPreset, get_preset
 from .config import NET, ReproConfig, stage_of
@@ -162,6 +162,13 @@ def _json_default(o):
 
 def save_json(path: Path, data) -> Path:
     return write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def save_npy(path: Path, v: np.ndarray) -> Path:
+    """A perturbation as float32 ``.npy``, atomically (np.save into the open temporary file)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, np.asarray(v, np.float32))
+    return path
 
 
 def ready_stages(stages: Sequence[Stage], done: set, running: set) -> List[Stage]:

@@ -16,7 +16,7 @@ from google.protobuf import text_format
 
 from attacks.metrics import restoration_accuracy, topk_accuracy
 
-from ..core import load_blobs, set_mode, write_net_param, write_text
+from ..core import load_blobs, set_mode, write_bytes, write_net_param, write_text
 from ..data import ArraySource
 from ..evaluate.compare import Model, add_restoration, metric_rows
 from ..evaluate.conditions import Condition, draw_choices, predict_conditions
@@ -133,9 +133,8 @@ def train_model(ctx: Context, folder: Path, output: Path, init: Path, perturbati
 
 
 def _copy_tree_files(src: Path, dst: Path) -> None:
-    dst.mkdir(parents=True, exist_ok=True)
     for name in ("train.prototxt", "deploy_FRU.prototxt"):
-        shutil.copyfile(src / name, dst / name)
+        write_bytes(dst / name, (src / name).read_bytes())
 
 
 def stage_train_fru(ctx: Context) -> dict:

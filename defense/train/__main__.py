@@ -19,9 +19,10 @@ from attacks.synthetic import synthesize
 
 from ..core import ToolkitError, check_gpus, parse_args, positive_int, run_cli, seed_int, set_mode
 from ..data import DATA_SOURCES, open_source
+from ..outputs import check_output, output_file
 from ..presets import get_preset
 from .batches import TrainOptions
-from .launch import parse_gpus, train
+from .launch import parse_gpus, snapshot_folder, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train",
                    help="fashion-mnist: data split (default train); imagenet: the training index "
                         "(python -m defense.imagenet prepare train ...)")
-    p.add_argument("--out", type=Path, required=True, help="final caffemodel (snapshots go to <out stem>_snapshots/)")
+    p.add_argument("--out", type=output_file, required=True, help="final caffemodel (snapshots go to <out stem>_snapshots/)")
     p.add_argument("--max-iter", type=positive_int, help="last iteration (default: the solver's max_iter)")
     p.add_argument("--snapshot-every", type=int, help="snapshot period (default: the solver's snapshot)")
     p.add_argument("--clean-fraction", type=float, default=0.5, help="clean share of each mini-batch (0.5)")
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(build_parser(), argv)
+    check_output(snapshot_folder(args.out), "--out", "folder", args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     preset = get_preset(args.net)
     solver = args.solver or (args.dir / "solver.prototxt" if args.dir else None)

@@ -37,6 +37,11 @@ def _solve_on_gpu(rank: int, gpus: Sequence[int], uid, solver, snapshot_dir, mea
     wrapper.run(source, perturbations, rank=rank, world=len(gpus))
 
 
+def snapshot_folder(output: os.PathLike | str) -> Path:
+    """Where a run writing ``output`` keeps its snapshots: ``<output without suffix>_snapshots/``."""
+    return Path(output).with_name(Path(output).stem + "_snapshots")
+
+
 def train(solver: os.PathLike | str, source: DataSource, perturbations: Sequence[np.ndarray],
           output: os.PathLike | str, mean: Sequence[float], weights: os.PathLike | str | None = None,
           resume: os.PathLike | str | None = None, gpus: Sequence[int] = (),
@@ -49,7 +54,7 @@ def train(solver: os.PathLike | str, source: DataSource, perturbations: Sequence
     :param snapshot_dir: default ``<output without suffix>_snapshots/``.
     """
     output = Path(output)
-    snapshot_dir = Path(snapshot_dir) if snapshot_dir else output.with_name(output.stem + "_snapshots")
+    snapshot_dir = Path(snapshot_dir) if snapshot_dir else snapshot_folder(output)
     prefix = output.stem
     if len(gpus) > 1:
         import multiprocessing as mp

@@ -172,8 +172,7 @@ class SolverWrapper:
         if self.max_iter < 1:
             raise ToolkitError(f"{solver}: max_iter is not set; give it in the solver or with --max-iter")
         self.snapshot_every = int(param.snapshot if options.snapshot_every is None else options.snapshot_every)
-        self.snapshot_dir = Path(snapshot_dir)
-        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        self.snapshot_dir = Path(snapshot_dir)  # made at the first snapshot: a refused run leaves no folder
         self.prefix = str((self.snapshot_dir / (prefix or Path(solver).stem)).resolve())
         param.snapshot_prefix = self.prefix
         param.snapshot = 0  # the Python loop snapshots, not Caffe
@@ -237,6 +236,7 @@ class SolverWrapper:
 
     def snapshot(self) -> Tuple[Path, Path]:
         """Write ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate`` for the current iteration."""
+        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
         self.solver.snapshot()
         stem = f"{self.prefix}_iter_{self.iter}"
         log.info("snapshot %s.caffemodel", stem)

@@ -1,0 +1,337 @@
+"""Every command line against bad input (issue 13): one table of (command, arguments, culprit).
+
+Each case runs a real command: in this process (its ``main`` under ``run_cli``, argparse's exit
+caught), or in a child process where, before the checks, Caffe aborted the process. Each asserts
+exit code 2, exactly one line on stderr (no traceback, no Caffe log) that names the culprit (the
+file and key or layer, or the option), and that the workspace holding every input is unchanged
+afterwards, byte for byte, with no file or folder added: nothing overwritten, no partial output.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import shlex
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+from typing import Dict, NamedTuple
+
+import h5py
+import numpy as np
+import pytest
+import scipy.io
+
+from attacks.perturbation_io import DATASET, FORMAT_NAME
+from defense.core import caffe_pb2, load_blobs, read_net_param, run_cli, save_blobs, write_net_param
+
+FASHION_DEPLOY = "prototxt/FashionNet/deploy_fashionnet.prototxt"
+FASHION_WEIGHTS = "weights/FashionNet/fashionnet.caffemodel"
+HUGE = (100_000, 3, 224, 224)  # 60 GB of float32, declared by a file of a few kilobytes
+
+
+class Case(NamedTuple):
+    """A command (module run as ``python -m``, or ``defense_example``), its arguments and the
+    text the one-line message must hold; ``{w}`` is the workspace, ``{ro}`` a read-only folder."""
+
+    command: str
+    args: str
+    culprit: str
+    child: bool = False  # run in a child process: Caffe aborted on this input before the checks
+
+
+# ---------------------------------------------------------------- the workspace of bad files
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` pixels in a few bytes (a decompression bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def _npy_header(path: Path, shape) -> None:
+    """An .npy file whose header declares ``shape`` but holds no data."""
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": shape})
+
+
+def _toolkit_h5(path: Path, data=None, shape=None, **attrs) -> None:
+    """A toolkit perturbation file written around the writer's checks (bad data, bad attributes)."""
+    with h5py.File(path, "w") as f:
+        if data is not None:
+            f.create_dataset(DATASET, data=data)
+        else:  # declared, never written: chunked, so the file stays small
+            f.create_dataset(DATASET, shape=shape, dtype="f4", chunks=(1,) + shape[1:], compression="gzip")
+        f.attrs["format"] = FORMAT_NAME
+        for key, value in attrs.items():
+            f.attrs[key] = value
+
+
+def _train_net(deploy):
+    """FashionNet's deploy net with a label Input and a loss: what a solver trains."""
+    train = caffe_pb2.NetParameter(name="train")
+    train.layer.add(name="label", type="Input", top=["label"]).input_param.shape.add(dim=[1])
+    for layer in deploy.layer:
+        train.layer.add().CopyFrom(layer)
+    loss = train.layer[-1]
+    loss.name, loss.type, loss.top[:] = "loss", "SoftmaxWithLoss", ["loss"]
+    loss.bottom.append("label")
+    return train
+
+
+def _index(path: Path, root: Path, items) -> None:
+    lines = [{"meta": {"root": str(root), "split": "val"}}] + [{"path": p, "label": lab} for p, lab in items]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, root) -> Dict[str, str]:
+    """Every bad file of the table, built once; the placeholders of ``Case`` args and culprits."""
+    w = tmp_path_factory.mktemp("bad_input")
+    good = np.load(root / "attacks/samples/FashionNet/uap_linf.npy")  # (1, 28, 28)
+    np.save(w / "pert.npy", good)
+    np.save(w / "nan.npy", np.where(good > 0, np.nan, good).astype(np.float32))
+    np.save(w / "complex.npy", good + 1j * good)
+    _npy_header(w / "bomb.npy", HUGE)
+    _toolkit_h5(w / "bomb.h5", shape=HUGE)
+    _toolkit_h5(w / "inf.h5", data=np.full((1, 28, 28), np.inf, np.float32))
+    _toolkit_h5(w / "complex.h5", data=good + 1j)
+    _toolkit_h5(w / "bad_attr.h5", data=good, xi=np.arange(3))
+    images = np.full((4, 1, 28, 28), 128, np.float32)
+    np.save(w / "images.npy", images)
+    images[2, 0, 5, 5] = np.nan
+    np.save(w / "nan_images.npy", images)
+    v = np.random.default_rng(0).normal(size=(28, 28, 3))
+    scipy.io.savemat(w / "v.mat", {"v": v})
+    scipy.io.savemat(w / "nan.mat", {"v": np.where(v > 1, np.nan, v)})
+    scipy.io.savemat(w / "complex.mat", {"v": v + 1j})
+    with h5py.File(w / "bomb.mat", "w") as f:  # a MATLAB v7.3 file is HDF5
+        f.create_dataset("v", shape=HUGE[1:] + (HUGE[0],), dtype="f8", chunks=HUGE[1:] + (1,), compression="gzip")
+    (w / "bomb.png").write_bytes(_png_header(20000, 20000))
+    _index(w / "bomb_index.jsonl", w, [("bomb.png", 0)])
+    _index(w / "label_index.jsonl", w, [("bomb.png", 10)])
+    (w / "noroot_index.jsonl").write_text(json.dumps({"meta": {"split": "val"}}) + "\n")
+    shutil.copy(root / FASHION_DEPLOY, w / "net.prototxt")
+    shutil.copy(root / FASHION_WEIGHTS, w / "net.caffemodel")
+    blobs = load_blobs(root / FASHION_WEIGHTS)
+    name = next(iter(blobs))
+    save_blobs(w / "nan.caffemodel", {**blobs, name: [np.full_like(blobs[name][0], np.nan)] + blobs[name][1:]})
+    save_blobs(w / "misfit.caffemodel", {**blobs, name: [blobs[name][0].reshape(-1, 1, 1, 1)] + blobs[name][1:]})
+    text = (root / FASHION_DEPLOY).read_text()
+    (w / "bad_net.prototxt").write_text(text.replace("kernel_size: 5", "kernel_size: 99", 1))
+    (w / "manifest.json").write_text(json.dumps({"entries": [{"name": "x", "net": "FashionNet", "kind": "baseline",
+                                                              "defense": None, "url": None, "gdrive_id": None,
+                                                              "size": "12", "sha256": None, "dest": "x",
+                                                              "prototxt": "p"}]}))
+    (w / "lock_manifest.json").write_text(json.dumps({"lock": 3, "entries": []}))
+    (w / "solver.prototxt").write_text(f'net: "{w}/train.prototxt"\nbase_lr: 0.01\nmax_iter: 10\nlr_policy: "fixed"\n')
+    write_net_param(w / "train.prototxt", _train_net(read_net_param(w / "net.prototxt")))
+    (w / "afile").write_text("a file where a folder goes\n")
+    (w / "model_snapshots").write_text("a file where train's snapshot folder goes\n")
+    (w / "dir").mkdir()
+    (w / "base.json").mkdir()
+    return {"w": str(w), "layer": name, "ro": str(_read_only_folder(w))}
+
+
+def _read_only_folder(w: Path) -> Path:
+    """A folder this process cannot write in: a chmod 555 one, or for root (whom modes do not stop) /sys."""
+    ro = w / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        (ro / "probe").write_text("")
+    except OSError:
+        return ro
+    (ro / "probe").unlink()
+    ro.chmod(0o755)
+    return Path("/sys")
+
+
+def _tree(folder: Path) -> Dict[str, str]:
+    """Every path under ``folder`` with its content hash (folders: '')."""
+    return {str(p.relative_to(folder)): "" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*"))}
+
+
+# ---------------------------------------------------------------- the table
+# class 3: every command that writes, each output option, three places it cannot write
+WRITERS = [
+    ("defense_example", "--dnn FashionNet --input fashion:0", "--out", "file"),
+    ("defense.evaluate", "--net FashionNet --perturbations {w}/pert.npy", "--out", "folder"),
+    ("defense.networks", "--net FashionNet", "--out", "folder"),
+    ("defense.train_baseline", "--epochs 0.01", "--out", "file"),
+    ("defense.reproduce", "--quick", "--out", "folder"),
+    ("defense.bench", "--nets FashionNet", "--out", "file"),
+    ("defense.export", "--format onnx --prototxt {w}/net.prototxt --weights {w}/net.caffemodel", "--out", "file"),
+    ("defense.export", "--prototxt {w}/net.prototxt --weights {w}/net.caffemodel", "--out", "folder"),
+    ("defense.tables", "same-norm --net CaffeNet --index {w}/bomb_index.jsonl", "--out", "folder"),
+    ("defense.train", "--net FashionNet --solver {w}/solver.prototxt --perturbations {w}/pert.npy", "--out", "file"),
+    ("defense.generate", "--preset FashionNet", "--out", "folder"),
+    ("defense.imagenet", "prepare val --images {w} --labels {w}/afile", "--out", "file"),
+    ("attacks.bench", "--n-images 4", "--out", "file"),
+    ("attacks", "convert --format mat --input {w}/v.mat", "--out", "file"),
+    ("attacks", "convert --format mat --input {w}/v.mat --out {w}/new.h5", "--report", "file"),
+    ("attacks", f"uap --prototxt {{w}}/net.prototxt --weights {{w}}/net.caffemodel --preset FashionNet "
+                "--data {w}/images.npy --out {w}/new.h5", "--state", "file"),
+    ("attacks", "fetch UAP", "--dest", "folder"),
+]
+UNWRITABLE = [  # (place, culprit) for a file output and for a folder output
+    ("{ro}/x", "{option} {ro}/x: cannot write in {ro}", "{option} {ro}/x: cannot write in {ro}"),
+    ("{w}/dir", "{option} {w}/dir: is a folder, not a file", None),
+    ("{w}/afile", None, "{option} {w}/afile: is a file, not a folder"),
+    ("{w}/afile/x", "{w}/afile is a file, so no folder", "{w}/afile is a file, so no folder"),
+]
+OUTPUT_CASES = [
+    Case(command, f"{args} {option} {place}", (file_culprit if kind == "file" else folder_culprit)
+         .replace("{option}", option))
+    for command, args, option, kind in WRITERS
+    for place, file_culprit, folder_culprit in UNWRITABLE
+    if (file_culprit if kind == "file" else folder_culprit)
+]
+OUTPUT_CASES += [  # outputs that are inputs, and outputs derived from an option
+    Case("attacks", "convert --format mat --input {w}/v.mat --out {w}/v.mat", "--out {w}/v.mat is also the input --input"),
+    Case("attacks", "synthetic --inputs {w}/pert.npy --out {w}/pert.npy", "--out {w}/pert.npy is also the input --inputs"),
+    Case("attacks", "convert --format mat --input {w}/v.mat --out {w}/new.h5 --report {w}/v.mat",
+         "--report {w}/v.mat is also the input --input"),
+    Case("defense.imagenet", "prepare val --images {w} --labels {w}/afile --out {w}/afile",
+         "--out {w}/afile is also the input --labels"),
+    Case("attacks", "convert --format mat --input {w}/v.mat --out {w}/new.json",
+         "--report {w}/new.json is also the output --out"),
+    Case("defense.train", "--net FashionNet --solver {w}/solver.prototxt --perturbations {w}/pert.npy "
+                          "--out {w}/model.caffemodel", "--out {w}/model_snapshots: is a file, not a folder"),
+    Case("defense.train_baseline", "--out {w}/base.caffemodel", "--out {w}/base.json: is a folder, not a file"),
+    Case("defense.train_baseline", "--out {w}/base2.json", "--out {w}/base2.json: the JSON summary goes beside"),
+]
+
+NET = "--prototxt {w}/net.prototxt --weights {w}/net.caffemodel --preset FashionNet"
+BOMB = "declares an array of shape"
+BOMB_CASES = [  # class 4: sizes declared in a header, refused before allocation
+    Case("defense.evaluate", "--net FashionNet --perturbations {w}/bomb.npy --out {w}/o", f"{{w}}/bomb.npy: {BOMB}"),
+    Case("defense.train", "--net FashionNet --solver {w}/solver.prototxt --perturbations {w}/bomb.h5 --out {w}/o.caffemodel",
+         f"{{w}}/bomb.h5: dataset 'perturbation': {BOMB}"),
+    Case("attacks", "convert --format mat --input {w}/bomb.mat --out {w}/o.h5", f"{{w}}/bomb.mat: variable 'v': {BOMB}"),
+    Case("attacks", "synthetic --inputs {w}/inf.h5 {w}/bomb.h5 --out {w}/o.h5", f"{{w}}/inf.h5: perturbation holds NaN"),
+    Case("attacks", "synthetic --inputs {w}/bomb.h5 {w}/inf.h5 --out {w}/o.h5", f"{{w}}/bomb.h5: dataset 'perturbation': {BOMB}"),
+    Case("attacks", f"uap {NET} --data {{w}}/bomb.npy --out {{w}}/o.h5", f"{{w}}/bomb.npy: {BOMB}"),
+    Case("attacks.bench", "--prototxt {w}/net.prototxt --weights {w}/net.caffemodel --data {w}/bomb.npy",
+         f"{{w}}/bomb.npy: {BOMB}"),
+    Case("defense_example", "--dnn FashionNet --input {w}/bomb.png", "{w}/bomb.png: image too large"),
+    Case("defense.imagenet", "check {w}/bomb_index.jsonl --dnn CaffeNet", "{w}/bomb.png: image too large"),
+]
+
+SILENT_CASES = [  # class 6: accepted without a word before
+    Case("defense.evaluate", "--net FashionNet --perturbations {w}/complex.npy --out {w}/o", "{w}/complex.npy: array holds complex"),
+    Case("defense.evaluate", "--net FashionNet --perturbations {w}/nan.npy --out {w}/o", "{w}/nan.npy: perturbation holds NaN"),
+    Case("defense.train", "--net FashionNet --solver {w}/solver.prototxt --perturbations {w}/inf.h5 --out {w}/o.caffemodel",
+         "{w}/inf.h5: perturbation holds NaN or infinite"),
+    Case("attacks", "convert --format mat --input {w}/nan.mat --out {w}/o.h5", "{w}/nan.mat: perturbation holds NaN"),
+    Case("attacks", "convert --format mat --input {w}/complex.mat --out {w}/o.h5", "{w}/complex.mat: variable 'v' holds complex"),
+    Case("attacks", "synthetic --inputs {w}/complex.h5 --out {w}/o.h5", "{w}/complex.h5: dataset 'perturbation' holds complex"),
+    Case("attacks", f"uap {NET} --data {{w}}/nan_images.npy --out {{w}}/o.h5", "{w}/nan_images.npy: images hold NaN"),
+    Case("defense.evaluate", "--net FashionNet --perturbations {w}/pert.npy --limit 0", "argument --limit"),
+    Case("defense.evaluate", "--net FashionNet --perturbations {w}/pert.npy --batch-size 0", "argument --batch-size"),
+    Case("defense.train", "--net FashionNet --perturbations {w}/pert.npy --out {w}/o --seed -1", "argument --seed"),
+    Case("defense.tables", "same-norm --net CaffeNet --index {w}/bomb_index.jsonl --batch 0", "argument --batch"),
+    Case("defense.imagenet", "check {w}/bomb_index.jsonl --batch 0", "argument --batch"),
+    Case("attacks.bench", "--n-images 0", "argument --n-images"),
+    Case("defense.imagenet", "check {w}/label_index.jsonl --dnn FashionNet", "{w}/label_index.jsonl"),
+    Case("defense.generate", "--prototxt {w}/bad_net.prototxt --layers conv1 --out {w}/o", "{w}/bad_net.prototxt: Caffe cannot build"),
+]
+
+FORMAT_CASES = [  # class 5: JSON and HDF5 attributes of the wrong type or missing
+    Case("weights", "--manifest {w}/manifest.json list", "{w}/manifest.json: entry 'x' key 'size'"),
+    Case("weights", "--manifest {w}/lock_manifest.json list", "{w}/lock_manifest.json: key 'lock' must be a string"),
+    Case("defense.imagenet", "check {w}/noroot_index.jsonl", "{w}/noroot_index.jsonl: the meta line needs key 'root'"),
+    Case("defense.evaluate", "--net FashionNet --perturbations {w}/bad_attr.h5 --out {w}/o", "{w}/bad_attr.h5: attribute 'xi'"),
+]
+
+ABORT_CASES = [  # classes 1 and 2: Caffe aborted (or glibc stopped) the process on these
+    Case("defense.export", "--format onnx --prototxt {w}/bad_net.prototxt --weights {w}/net.caffemodel --out {w}/o.onnx",
+         "{w}/bad_net.prototxt: Caffe cannot build this net", child=True),
+    Case("attacks", f"fff --prototxt {{w}}/net.prototxt --weights {{w}}/misfit.caffemodel --preset FashionNet "
+                    "--out {w}/o.h5", "{w}/misfit.caffemodel: layer '{layer}'", child=True),
+    Case("defense.evaluate", "--net FashionNet --perturbations {w}/pert.npy --baseline-weights {w}/nan.caffemodel "
+                             "--out {w}/o", "{w}/nan.caffemodel: layer '{layer}' blob 0 holds NaN", child=True),
+    Case("defense.evaluate", "--net FashionNet --perturbations {w}/pert.npy --gpu 0 --out {w}/o", "--gpu 0", child=True),
+    Case("defense.train", "--net FashionNet --solver {w}/solver.prototxt --perturbations {w}/pert.npy --weights "
+                          "{w}/misfit.caffemodel --out {w}/o.caffemodel", "{w}/misfit.caffemodel: layer '{layer}'",
+         child=True),
+]
+
+CASES = OUTPUT_CASES + BOMB_CASES + SILENT_CASES + FORMAT_CASES + ABORT_CASES
+
+
+def _run(case: Case, fill: Dict[str, str], root: Path, capfd) -> tuple:
+    """(exit code, stderr) of the command, in this process or a child."""
+    argv = shlex.split(case.args.format(**fill))
+    if case.child:
+        script = ["defense_example.py"] if case.command == "defense_example" else ["-m", case.command]
+        res = subprocess.run([sys.executable, *script, *argv], capture_output=True, text=True, cwd=root)
+        return res.returncode, res.stderr
+    try:
+        main = importlib.import_module(f"{case.command}.__main__").main
+    except ModuleNotFoundError:  # a plain module, not a package
+        main = importlib.import_module(case.command).main
+    capfd.readouterr()
+    try:
+        code = run_cli(main, argv)
+    except SystemExit as exc:  # argparse's errors
+        code = exc.code
+    return code, capfd.readouterr().err
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=[pytest.mark.slow] if c.child else [],
+                                               id=f"{c.command} {c.args}") for c in CASES])
+def test_bad_input_is_one_line_naming_the_culprit_and_changes_nothing(case, workspace, root, capfd, monkeypatch):
+    monkeypatch.chdir(workspace["w"])  # default outputs (results/ ...) would land here and be seen
+    before = _tree(Path(workspace["w"]))
+    code, err = _run(case, workspace, root, capfd)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err[-2000:]
+    assert case.culprit.format(**workspace) in lines[0] and "Traceback" not in err
+    assert _tree(Path(workspace["w"])) == before
+
+
+def test_the_table_covers_every_command_line(root):
+    """Each of the toolkit's commands (every ``run_cli`` entry point) has a case, and each class of the issue."""
+    sources = [p for p in list(root.glob("*.py")) + list((root / "defense").rglob("*.py")) +
+               list((root / "attacks").rglob("*.py")) + list((root / "weights").rglob("*.py"))
+               if "run_cli(" in p.read_text() and p.name != "core.py"]
+    commands = {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__main__") for p in sources}
+    assert len(commands) == 14 and commands == {c.command for c in CASES}
+    assert all((OUTPUT_CASES, BOMB_CASES, SILENT_CASES, FORMAT_CASES, ABORT_CASES))
+
+
+def test_a_missing_parent_folder_is_created(tmp_path, capfd):
+    """The other side of the output rule: missing folders are not an error, they are made."""
+    from defense.networks.__main__ import main
+    out = tmp_path / "new" / "deeper"
+    assert run_cli(main, ["--net", "FashionNet", "--out", str(out)]) == 0
+    assert [p.name for p in out.rglob("*.prototxt")] == ["deploy_fashionnet.prototxt"]
+
+
+def test_an_interrupted_write_leaves_no_partial_file(tmp_path):
+    """Writes go through a temporary file renamed on success: a writer that fails half-way
+    leaves neither the output nor its temporary file."""
+    from defense.core import atomic_path
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "out.h5") as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("the writer failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_idx_files_are_checked_from_their_header(tmp_path):
+    """An IDX file (Fashion-MNIST) whose header declares a huge array is refused before reading
+    its data; Fashion-MNIST's folder is fixed at import, so this is checked on the reader."""
+    from defense.core import ToolkitError, read_idx
+    import gzip
+    path = tmp_path / "bomb-idx3-ubyte.gz"
+    with gzip.open(path, "wb") as fh:
+        fh.write(struct.pack(">HBB3I", 0, 8, 3, 2 ** 31, 2 ** 15, 2 ** 15))
+    with pytest.raises(ToolkitError, match=f"{path}: declares an array of shape .* over the toolkit's limit"):
+        read_idx(path, 3, "fix")
