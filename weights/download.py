@@ -37,6 +37,7 @@ from typing import Callable, Optional, Tuple
 from tqdm import tqdm
 
 from defense.core import ToolkitError, write_text
+from defense.outputs import output_problem
 from defense.presets import REPO_ROOT
 
 from .gdrive import NetworkError, browser_url, gdrive_fetch, manual_way
@@ -267,6 +268,10 @@ def fetch_file(remote: RemoteFile, base_url: Optional[str] = None, force: bool =
     if is_offline(offline):
         raise ToolkitError(f"{remote.name}: {dest} is missing and downloads are off (--offline or "
                            f"{OFFLINE_ENV}=1); download {url} and put it there")
+    problem = output_problem(dest, "file")
+    if problem:
+        raise ToolkitError(f"{remote.name}: cannot save {dest}: {problem}; set {DOWNLOAD_DIR_ENV} (or the "
+                           "command's folder option) to a folder you can write")
     dest.parent.mkdir(parents=True, exist_ok=True)
     if force and part.exists():
         part.unlink()

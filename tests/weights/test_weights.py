@@ -529,3 +529,13 @@ def test_offline_names_the_address_and_the_path(tmp_path, drive, served, capsys,
         f"error: Tiny-baseline: {_dest(tmp_path)} is missing and downloads are off (--offline or FRU_OFFLINE=1); "
         "download https://drive.google.com/file/d/1off/view and put it there\n")
     assert drive.requests == []
+
+
+def test_unwritable_destination_is_one_line_before_any_request(tmp_path, server, served, capsys):
+    (tmp_path / "weights").write_text("a file where the weights folder goes")
+    server.requests.clear()
+    assert _fetch(_manifest(tmp_path, served), server) == 2
+    assert capsys.readouterr().err == (
+        f"error: Tiny-baseline: cannot save {_dest(tmp_path)}: {tmp_path / 'weights'} is a file, so no folder can be "
+        "made under it; set FRU_DOWNLOAD_DIR (or the command's folder option) to a folder you can write\n")
+    assert server.requests == []
