@@ -25,7 +25,7 @@ from google.protobuf import text_format
 from ..core import (ToolkitError, caffe, caffe_pb2, check_finite_params, copy_weights, read_binary_proto,
                     read_caffemodel, read_net_param, validate_net_param)
 from ..data import DataSource
-from .batches import EpochSampler, TrainOptions, mixed_batch, stack_perturbations, subtract_mean
+from .batches import EpochSampler, TrainOptions, caffe_seed, mixed_batch, stack_perturbations, subtract_mean
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +268,7 @@ class SolverWrapper:
         with _sigint_flag() as flag, bar:
             while self.iter < self.max_iter:
                 x, y, _ = mixed_batch(source, perts, sampler, batch, self.iter, self.options, rank, world)
+                caffe.set_random_seed(caffe_seed(self.options.seed, self.iter, rank))
                 losses.append(self.step(x, y))
                 if not np.isfinite(losses[-1]):
                     kept = f"the last good snapshot is {last_good}" if last_good else "no snapshot was written"
