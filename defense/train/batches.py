@@ -3,8 +3,8 @@
 Each mini-batch mixes clean and perturbed images (Borkar et al., CVPR 2020, "every mini-batch
 contains both"): by default half of it gets one perturbation each, drawn at random from the
 given set, added in pixel space before the mean is subtracted and, as published, not clipped.
-The batch of iteration ``i`` depends only on ``(seed, i)``, so a run resumed from a
-``.solverstate`` sees the same data as an uninterrupted one.
+The batch of iteration ``i`` and Caffe's random draws in it (Dropout masks) depend only on
+``(seed, i)``, so a run resumed from a ``.solverstate`` is byte-identical to an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -24,8 +24,7 @@ class TrainOptions:
     :param max_iter: last iteration (default: the solver file's ``max_iter``).
     :param snapshot_every: snapshot period in iterations (default: the solver file's ``snapshot``;
         0 = only at the end and on Ctrl-C).
-    :param seed: seeds the data order and the perturbation draw (Caffe's own RNG is seeded by the
-        entry point).
+    :param seed: seeds the data order, the perturbation draw and, per iteration, Caffe's RNG.
     :param clean_fraction: share of each mini-batch left clean; the rest is perturbed.
     :param clip: clip perturbed images to [0, 255] (the published training did not).
     """
@@ -113,3 +112,9 @@ def mixed_batch(source: DataSource, perturbations: np.ndarray, sampler: EpochSam
         if options.clip:
             np.clip(x[n_clean:], 0.0, 255.0, out=x[n_clean:])
     return x, y, which
+
+
+def caffe_seed(seed: int, iteration: int, rank: int = 0) -> int:
+    """Caffe's RNG seed for ``iteration`` (its Dropout masks): Caffe's RNG state is not in the
+    ``.solverstate``, so it is reseeded from ``(seed, iteration, rank)`` before every step."""
+    return int(np.random.SeedSequence([seed, iteration, rank, 2]).generate_state(1)[0] >> 1)

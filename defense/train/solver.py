@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import math
 import os
@@ -23,9 +24,9 @@ import numpy as np
 from google.protobuf import text_format
 
 from ..core import (ToolkitError, caffe, caffe_pb2, check_finite_params, copy_weights, read_binary_proto,
-                    read_caffemodel, read_net_param, validate_net_param)
+                    read_caffemodel, read_net_param, validate_net_param, write_text)
 from ..data import DataSource
-from .batches import EpochSampler, TrainOptions, mixed_batch, stack_perturbations, subtract_mean
+from .batches import EpochSampler, TrainOptions, caffe_seed, mixed_batch, stack_perturbations, subtract_mean
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +98,7 @@ def _check_solver_fields(param: "caffe_pb2.SolverParameter", path: Path) -> None
                            f"got {param.iter_size}; use a larger batch in the train net instead")
 
 
-def check_solverstate(path: os.PathLike | str) -> Path:
-    """Validate a ``.solverstate`` (and the caffemodel it points to) before Caffe reads it."""
-    path = Path(path)
+def _read_solverstate(path: Path) -> "caffe_pb2.SolverState":
     state = read_binary_proto(path, caffe_pb2.SolverState(), "solverstate",
                               "pass a '<prefix>_iter_<N>.solverstate' snapshot", "use an earlier snapshot")
     if state.learned_net:
@@ -107,7 +106,55 @@ def check_solverstate(path: os.PathLike | str) -> Path:
         if not learned.is_file():
             raise ToolkitError(f"{path}: its weights {learned} are missing; keep the .caffemodel beside the .solverstate")
         read_caffemodel(learned)
-    return path
+    return state
+
+
+def check_solverstate(path: os.PathLike | str) -> Path:
+    """Validate a ``.solverstate`` (and the caffemodel it points to) before Caffe reads it."""
+    _read_solverstate(Path(path))
+    return Path(path)
+
+
+HISTORY_SETS = {"Adam": 2, "AdaDelta": 2}
+"""Solver types keeping two history blobs per parameter blob (the others keep one)."""
+
+
+def _check_history_fits(state: "caffe_pb2.SolverState", path: Path, net: "caffe.Net", solver_type: str) -> None:
+    """Caffe aborts on a solverstate of another net or solver type: refuse it in one line first."""
+    blobs = [(f"{name}[{j}]", tuple(b.data.shape)) for name, params in net.params.items()
+             for j, b in enumerate(params)] * HISTORY_SETS.get(solver_type, 1)
+    held = [tuple(h.shape.dim) for h in state.history]
+    if held != [shape for _, shape in blobs]:
+        if len(held) != len(blobs):
+            where = f"{len(held)} history blobs, this {solver_type} solver needs {len(blobs)}"
+        else:
+            (name, shape), have = next((b, h) for b, h in zip(blobs, held) if b[1] != h)
+            where = f"its history of {name} has shape {have}, the net's {shape}"
+        raise ToolkitError(f"{path}: written for another net or solver type ({where}); "
+                           "resume with the solver and train net that wrote it")
+
+
+def record_path(solverstate: os.PathLike | str) -> Path:
+    """The training record beside a snapshot: what the ``.solverstate`` lacks to resume exactly."""
+    return Path(solverstate).with_suffix(".train.json")
+
+
+def _check_record(path: Path, record: Dict[str, object]) -> None:
+    """Refuse a snapshot whose run fed other data, perturbations or random draws than this one."""
+    rec = record_path(path)
+    if not rec.is_file():
+        raise ToolkitError(f"{path}: its training record {rec} is missing; keep it beside the .solverstate "
+                           "(a snapshot without one cannot resume exactly: start over)")
+    try:
+        saved = json.loads(rec.read_text())
+    except (ValueError, UnicodeDecodeError):
+        saved = None
+    if not isinstance(saved, dict):
+        raise ToolkitError(f"{rec}: not a valid training record (truncated or corrupt); use an earlier snapshot")
+    for key, value in record.items():
+        if saved.get(key) != value:
+            raise ToolkitError(f"{path}: written by a run with {key} {saved.get(key)!r}, this one has {value!r}; "
+                               "resume with that run's options and data, or start over")
 
 
 def frozen_layers(net: "caffe_pb2.NetParameter") -> List[str]:
@@ -179,8 +226,7 @@ class SolverWrapper:
         param.display = 0
         param.max_iter = self.max_iter
         param.snapshot_format = caffe_pb2.SolverParameter.BINARYPROTO
-        if resume is not None:
-            check_solverstate(resume)
+        state = _read_solverstate(Path(resume)) if resume is not None else None
         with tempfile.TemporaryDirectory() as tmp:
             if weights is not None:
                 read_caffemodel(weights)
@@ -195,7 +241,10 @@ class SolverWrapper:
         self.num_classes = self._loss_classes(net)
         if weights is not None:
             copy_weights(net, weights, solver)
-        if resume is not None:
+        self.resume = Path(resume) if resume is not None else None
+        if state is not None:
+            _check_history_fits(state, self.resume, net, param.type)
+            del state  # its history can be as large as the net's weights
             self.solver.restore(str(resume))
             check_finite_params(net, resume)
             log.info("resumed from %s at iteration %d", resume, self.solver.iter)
@@ -234,11 +283,12 @@ class SolverWrapper:
         self.solver.step(1)
         return float(net.blobs[self.options.loss_blob].data)
 
-    def snapshot(self) -> Tuple[Path, Path]:
-        """Write ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate`` for the current iteration."""
+    def snapshot(self, record: Dict[str, object]) -> Tuple[Path, Path]:
+        """Write ``<prefix>_iter_<N>.caffemodel``, ``.solverstate`` and the training ``record``."""
         self.snapshot_dir.mkdir(parents=True, exist_ok=True)
         self.solver.snapshot()
         stem = f"{self.prefix}_iter_{self.iter}"
+        write_text(record_path(stem + ".solverstate"), json.dumps(record, indent=2) + "\n")
         log.info("snapshot %s.caffemodel", stem)
         return Path(stem + ".caffemodel"), Path(stem + ".solverstate")
 
@@ -260,14 +310,21 @@ class SolverWrapper:
             raise ValueError("training with perturbed images needs at least one perturbation")
         sampler = EpochSampler(len(source), self.options.seed)
         batch = self.batch_size
+        # with the .solverstate, all that decides the coming batches and Caffe's random draws
+        record = {"seed": self.options.seed, "clean_fraction": self.options.clean_fraction,
+                  "clip": self.options.clip, "workers": world, "images": len(source),
+                  "perturbations": hashlib.sha256(perts.tobytes()).hexdigest()[:16]}
+        if self.resume is not None:
+            _check_record(self.resume, record)
         losses: List[float] = []
         files: Optional[Tuple[Path, Path]] = None
-        last_good: Optional[Path] = None  # the newest snapshot, written before any divergence
+        last_good: Optional[Path] = self.resume  # the newest snapshot, written before any divergence
         bar = tqdm(total=self.max_iter, initial=self.iter, desc="train", unit="it",
                    disable=not self.options.progress or rank != 0)
         with _sigint_flag() as flag, bar:
             while self.iter < self.max_iter:
                 x, y, _ = mixed_batch(source, perts, sampler, batch, self.iter, self.options, rank, world)
+                caffe.set_random_seed(caffe_seed(self.options.seed, self.iter, rank))
                 losses.append(self.step(x, y))
                 if not np.isfinite(losses[-1]):
                     kept = f"the last good snapshot is {last_good}" if last_good else "no snapshot was written"
@@ -277,15 +334,15 @@ class SolverWrapper:
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
                 files = None
                 if rank == 0 and self.snapshot_every and self.iter % self.snapshot_every == 0:
-                    files = self.snapshot()
+                    files = self.snapshot(record)
                     last_good = files[1]
                 if flag["stop"]:
                     if rank == 0:
-                        files = files or self.snapshot()
+                        files = files or self.snapshot(record)
                         log.warning("interrupted at iteration %d; resume with --resume %s", self.iter, files[1])
                     raise KeyboardInterrupt
         if rank == 0 and files is None:
-            files = self.snapshot()
+            files = self.snapshot(record)
         self.check_frozen()
         caffemodel, state = files if files else (Path(), Path())
         return TrainResult(self.iter, caffemodel, state, losses)

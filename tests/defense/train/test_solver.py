@@ -1,21 +1,28 @@
 """FRU training loop: frozen layers stay bit-identical, FRU layers learn, snapshots resume exactly."""
+import json
 import signal
 
 import numpy as np
 import pytest
+from fru_nets import random_weights
 
-from defense.core import L, ToolkitError, caffe, load_blobs, net_param_text, run_cli, save_blobs
+from defense.core import L, ToolkitError, caffe, caffe_pb2, load_blobs, net_param_text, run_cli, save_blobs
 from defense.data import ArraySource
+from defense.generate import build_fru, write_outputs
+from defense.networks import fashionnet
+from defense.presets import get_preset
 from defense.train import (EpochSampler, SolverWrapper, TrainOptions, check_solverstate, frozen_layers, mixed_batch,
                            read_solver_param, stack_perturbations, train)
 from defense.train.__main__ import main
+from defense.train.solver import record_path
 
 FROZEN = ("base_conv", "base_bn", "base_fc")
 MEAN = (10.0,)
 
 
 def tiny_train_net(batch=4, size=6, classes=3):
-    """base_conv (frozen) -> base_bn (global stats) -> fru_conv (learns) -> ReLU -> base_fc (frozen) -> loss."""
+    """base_conv (frozen) -> base_bn (global stats) -> fru_conv (learns) -> ReLU -> Dropout -> base_fc (frozen)
+    -> loss; Dropout as in FashionNet's and CaffeNet's FRU train nets (it draws from Caffe's RNG)."""
     frozen = [dict(lr_mult=0, decay_mult=0)] * 2
     n = caffe.NetSpec()
     n.data = L.Input(name="data", input_param=dict(shape=dict(dim=[batch, 1, size, size])))
@@ -25,6 +32,7 @@ def tiny_train_net(batch=4, size=6, classes=3):
     n.fru_conv = L.Convolution(n.base_bn, name="fru_conv", num_output=4, kernel_size=1,
                                param=[dict(lr_mult=1, decay_mult=1), dict(lr_mult=1, decay_mult=0)])
     n.relu = L.ReLU(n.fru_conv, name="relu", in_place=True)
+    n.drop = L.Dropout(n.fru_conv, name="drop", dropout_ratio=0.5, in_place=True)
     n.base_fc = L.InnerProduct(n.fru_conv, name="base_fc", num_output=classes, param=frozen)
     n.loss = L.SoftmaxWithLoss(n.base_fc, n.label, name="loss")
     return n.to_proto()
@@ -53,8 +61,8 @@ def setup(tmp_path):
     return tmp_path, init, source, perts
 
 
-def run(tmp, init, source, perts, out="snaps", resume=None, **opts):
-    wrapper = SolverWrapper(tmp / "solver.prototxt", tmp / out, MEAN, weights=init if resume is None else None,
+def run(tmp, init, source, perts, out="snaps", resume=None, solver="solver.prototxt", mean=MEAN, **opts):
+    wrapper = SolverWrapper(tmp / solver, tmp / out, mean, weights=init if resume is None else None,
                             resume=resume, options=TrainOptions(progress=False, **opts), prefix="fru")
     return wrapper, wrapper.run(source, perts)
 
@@ -72,42 +80,153 @@ def test_fru_only_training_keeps_baseline_bit_identical(setup):
     assert np.abs(after["fru_conv"][0] - before["fru_conv"][0]).max() > 1e-3
 
 
-def test_resume_continues_at_the_right_iteration(setup):
-    tmp, init, source, perts = setup
-    _, straight = run(tmp, init, source, perts, out="a")
-    _, first = run(tmp, init, source, perts, out="b", max_iter=3)
-    assert first.solverstate.name == "fru_iter_3.solverstate"
-    wrapper = SolverWrapper(tmp / "solver.prototxt", tmp / "b", MEAN, resume=first.solverstate,
-                            options=TrainOptions(progress=False), prefix="fru")
-    assert wrapper.iter == 3
-    second = wrapper.run(source, perts)
-    assert second.iterations == 6 and len(second.losses) == 3
-    np.testing.assert_allclose(second.losses, straight.losses[3:], atol=1e-5)
-    a, b = load_blobs(straight.caffemodel), load_blobs(second.caffemodel)
-    np.testing.assert_allclose(b["fru_conv"][0], a["fru_conv"][0], atol=1e-6)
+@pytest.fixture
+def sigint():
+    """Ctrl-C raises KeyboardInterrupt (pytest run as a background job ignores SIGINT)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
 
 
-def test_ctrl_c_snapshots_then_stops(setup, monkeypatch):
-    tmp, init, source, perts = setup
-    wrapper = SolverWrapper(tmp / "solver.prototxt", tmp / "s", MEAN, weights=init,
-                            options=TrainOptions(progress=False), prefix="fru")
+def stop_after(wrapper, iteration):
+    """Press Ctrl-C (a real SIGINT) during ``iteration``."""
     step = wrapper.step
 
     def step_then_interrupt(x, y):
         loss = step(x, y)
-        if wrapper.iter == 2:
+        if wrapper.iter == iteration:
             signal.raise_signal(signal.SIGINT)
         return loss
 
-    monkeypatch.setattr(wrapper, "step", step_then_interrupt)
-    before = signal.getsignal(signal.SIGINT)  # SIG_IGN where pytest runs as a background job
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    wrapper.step = step_then_interrupt
+
+
+def interrupted_then_resumed(tmp, init, source, perts, at, out="b", solver="solver.prototxt", mean=MEAN, **opts):
+    """Train from ``init``, Ctrl-C during iteration ``at``, then resume from its snapshot to the end."""
+    options = TrainOptions(progress=False, **opts)
+    first = SolverWrapper(tmp / solver, tmp / out, mean, weights=init, options=options, prefix="fru")
+    stop_after(first, at)
+    with pytest.raises(KeyboardInterrupt):
+        first.run(source, perts)
+    resumed = SolverWrapper(tmp / solver, tmp / out, mean, resume=tmp / out / f"fru_iter_{at}.solverstate",
+                            options=options, prefix="fru")
+    assert resumed.iter == at
+    return resumed.run(source, perts)
+
+
+def solverstate(path):
+    state = caffe_pb2.SolverState()
+    state.ParseFromString(path.read_bytes())
+    return state
+
+
+def assert_same_run(straight, resumed):
+    """Same iteration and schedule step, same caffemodel bytes, every weight and history blob equal."""
+    assert resumed.iterations == straight.iterations
+    assert resumed.caffemodel.read_bytes() == straight.caffemodel.read_bytes()
+    a, b = load_blobs(straight.caffemodel), load_blobs(resumed.caffemodel)
+    assert sorted(a) == sorted(b)
+    assert all(np.array_equal(x, y) for name in a for x, y in zip(a[name], b[name], strict=True))
+    sa, sb = solverstate(straight.solverstate), solverstate(resumed.solverstate)
+    assert (sb.iter, sb.current_step) == (sa.iter, sa.current_step) and sa.iter == straight.iterations
+    assert len(sa.history) == len(sb.history) > 0
+    assert all(np.array_equal(x.data, y.data) for x, y in zip(sa.history, sb.history))
+
+
+@pytest.mark.parametrize("solver,steps", [
+    ('type: "SGD"\nbase_lr: 0.05\nmomentum: 0.9\nweight_decay: 0.001\nlr_policy: "step"\nstepsize: 2\ngamma: 0.5\n', 3),
+    ('type: "Adam"\nbase_lr: 0.01\nmomentum: 0.9\nmomentum2: 0.999\nlr_policy: "multistep"\nstepvalue: 4\n'
+     'gamma: 0.1\n', 1),
+], ids=["SGD-step", "Adam-multistep"])
+def test_ctrl_c_then_resume_is_byte_identical_to_an_uninterrupted_run(setup, sigint, solver, steps):
+    """Dropout masks, momentum/Adam history and the learning-rate schedule all carry over the interruption."""
+    tmp, init, source, perts = setup
+    (tmp / "s.prototxt").write_text(f'net: "train.prototxt"\n{solver}max_iter: 7\n')
+    _, straight = run(tmp, init, source, perts, out="a", solver="s.prototxt")
+    resumed = interrupted_then_resumed(tmp, init, source, perts, at=3, solver="s.prototxt")
+    assert len(resumed.losses) == 4 and solverstate(resumed.solverstate).current_step == steps
+    assert_same_run(straight, resumed)
+
+
+def test_fashionnet_fru_resume_is_byte_identical(tmp_path, sigint):
+    """The generated FashionNet FRU train net (its fc4 Dropout included), interrupted at 2 of 5 iterations."""
+    preset = get_preset("FashionNet")
+    base = fashionnet.build(preset)
+    build = build_fru(base, preset.targets, preset.mode, batch_size=4, source="FashionNet")
+    assert "Dropout" in [layer.type for layer in build.train.layer]
+    write_outputs(build, tmp_path, "test", base, random_weights(base), source="FashionNet")
+    rng = np.random.default_rng(2)
+    source = ArraySource(rng.uniform(0, 255, (12, 1, 28, 28)), rng.integers(0, 10, 12))
+    perts = [rng.uniform(-50, 50, (1, 28, 28)).astype(np.float32) for _ in range(2)]
+    init, opts = tmp_path / "init.caffemodel", dict(mean=preset.mean_bgr, max_iter=5, snapshot_every=0)
+    _, straight = run(tmp_path, init, source, perts, out="a", **opts)
+    assert_same_run(straight, interrupted_then_resumed(tmp_path, init, source, perts, at=2, **opts))
+
+
+def test_ctrl_c_snapshots_then_stops(setup, sigint):
+    tmp, init, source, perts = setup
+    wrapper = SolverWrapper(tmp / "solver.prototxt", tmp / "s", MEAN, weights=init,
+                            options=TrainOptions(progress=False), prefix="fru")
+    stop_after(wrapper, 2)
     with pytest.raises(KeyboardInterrupt):
         wrapper.run(source, perts)
     assert (tmp / "s" / "fru_iter_2.caffemodel").is_file()
     assert check_solverstate(tmp / "s" / "fru_iter_2.solverstate")
+    assert json.loads(record_path(tmp / "s" / "fru_iter_2.solverstate").read_text())["seed"] == 0
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    signal.signal(signal.SIGINT, before)
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(seed=1), "written by a run with seed 0, this one has 1; resume with that run's options and data"),
+    (dict(clean_fraction=0.25), "written by a run with clean_fraction 0.5, this one has 0.25"),
+    (dict(perturbations=1), "written by a run with perturbations '[0-9a-f]{16}', this one has '[0-9a-f]{16}'"),
+    (dict(images=9), "written by a run with images 10, this one has 9"),
+])
+def test_resume_refuses_a_run_that_would_draw_other_batches(setup, change, message):
+    """The seed, data and perturbations decide every later batch and Dropout mask: a resume must match them."""
+    tmp, init, source, perts = setup
+    _, first = run(tmp, init, source, perts, max_iter=2)
+    perts = perts[:change.pop("perturbations", len(perts))]
+    if "images" in change:
+        source = ArraySource(*source.take(np.arange(change.pop("images"))))
+    with pytest.raises(ToolkitError, match=f"^{first.solverstate}: {message}"):
+        run(tmp, None, source, perts, resume=first.solverstate, **change)
+
+
+def test_resume_refuses_a_snapshot_without_its_training_record(setup):
+    tmp, init, source, perts = setup
+    _, first = run(tmp, init, source, perts, max_iter=2)
+    record_path(first.solverstate).unlink()
+    with pytest.raises(ToolkitError, match=r"fru_iter_2.solverstate: its training record .*fru_iter_2.train.json is "
+                                           r"missing; keep it beside the .solverstate \(.*start over\)$"):
+        run(tmp, None, source, perts, resume=first.solverstate)
+    record_path(first.solverstate).write_text("[1, 2")
+    with pytest.raises(ToolkitError, match=r"fru_iter_2.train.json: not a valid training record"):
+        run(tmp, None, source, perts, resume=first.solverstate)
+
+
+@pytest.mark.parametrize("solver,net,message", [
+    ('type: "Adam"\nbase_lr: 0.01\nlr_policy: "fixed"\n', {}, r"9 history blobs, this Adam solver needs 18"),
+    ('type: "SGD"\nbase_lr: 0.01\nlr_policy: "fixed"\n', dict(size=8), r"its history of base_fc\[0\] has shape \(3, 144\), the net's \(3, 256\)"),
+], ids=["other-solver-type", "other-net"])
+def test_resume_refuses_a_solverstate_of_another_solver_or_net(setup, capsys, solver, net, message):
+    """Caffe would abort on these (history length or shape check): exit 2 with one line instead."""
+    tmp, init, source, perts = setup
+    _, first = run(tmp, init, source, perts, max_iter=2)
+    (tmp / "other.prototxt").write_text(net_param_text(tiny_train_net(**net)))
+    (tmp / "s2.prototxt").write_text(f'net: "other.prototxt"\n{solver}max_iter: 4\n')
+    with pytest.raises(ToolkitError, match=rf"^{first.solverstate}: written for another net or solver type "
+                                           rf"\({message}\); resume with the solver and train net that wrote it$"):
+        run(tmp, None, source, perts, resume=first.solverstate, solver="s2.prototxt")
+
+
+def test_divergence_after_a_resume_names_the_resumed_snapshot(setup, monkeypatch):
+    tmp, init, source, perts = setup
+    _, first = run(tmp, init, source, perts, max_iter=2)
+    step = SolverWrapper.step
+    monkeypatch.setattr(SolverWrapper, "step", lambda self, x, y: step(self, x, y) * float("nan"))
+    with pytest.raises(ToolkitError, match=rf"at iteration 3; the last good snapshot is {first.solverstate};"):
+        run(tmp, None, source, perts, resume=first.solverstate)
 
 
 def test_snapshot_every(setup):
@@ -166,10 +285,17 @@ def test_cli_trains_on_fashion_mnist_shapes(tmp_path, capsys):
     (tmp_path / "solver.prototxt").write_text('net: "train.prototxt"\nbase_lr: 0.01\nlr_policy: "fixed"\nmax_iter: 2\n')
     save_blobs(tmp_path / "init.caffemodel", init_blobs(size=28, classes=10))
     np.save(tmp_path / "v.npy", np.full((1, 28, 28), 5.0, np.float32))
-    code = main(["--net", "FashionNet", "--dir", str(tmp_path), "--perturbations", str(tmp_path / "v.npy"),
-                 "--out", str(tmp_path / "fru.caffemodel"), "--quiet"])
-    assert code == 0 and (tmp_path / "fru.caffemodel").is_file()
-    assert (tmp_path / "fru_snapshots" / "fru_iter_2.solverstate").is_file()
+    argv = ["--net", "FashionNet", "--dir", str(tmp_path), "--perturbations", str(tmp_path / "v.npy"),
+            "--out", str(tmp_path / "fru.caffemodel"), "--quiet"]
+    assert main(argv) == 0 and (tmp_path / "fru.caffemodel").is_file()
+    state = tmp_path / "fru_snapshots" / "fru_iter_2.solverstate"
+    assert state.is_file()
+    resume = argv + ["--resume", str(state), "--max-iter", "3"]
+    capsys.readouterr()
+    assert run_cli(main, resume + ["--seed", "1"]) == 2
+    assert capsys.readouterr().err.endswith(f"{state}: written by a run with seed 0, this one has 1; "
+                                            "resume with that run's options and data, or start over\n")
+    assert main(resume) == 0 and (tmp_path / "fru_snapshots" / "fru_iter_3.solverstate").is_file()
 
 
 def test_cli_missing_solver_is_one_line(tmp_path, capsys):
