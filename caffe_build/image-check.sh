@@ -7,7 +7,10 @@
 # passed as a read-only /etc/pip.conf; none of it goes into the Dockerfile or the image.
 #
 # Environment: CAFFE_CUDA_ARCH (default 90: one architecture keeps the build short),
-#              IMAGE (default fru-toolkit:check), FRU_CACHE (work folder under it: image/).
+#              IMAGE (default fru-toolkit:check), FRU_CACHE (work folder under it: image/),
+#              MIRROR_DIR: a folder laid out as a FRU_WEIGHTS_MIRROR (README); when set, the
+#              published command for MIRROR_NET (default GoogLeNet) runs in the image from it,
+#              then again with the mirror gone, from the /data volume.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WORK="${FRU_CACHE:-$HOME/.cache/fru-toolkit}/image"
@@ -70,4 +73,22 @@ rm -f "$WORK/out/demo.png"
 "${PODMAN[@]}" run --rm "${RUN[@]}" -v "$WORK/out:/out" "$IMAGE" \
   --dnn FashionNet --attack UAP --defense True --out /out/demo.png
 [ -s "$WORK/out/demo.png" ] || { say "FAILED: the demo wrote no figure"; exit 1; }
+if [ -n "${MIRROR_DIR:-}" ]; then
+  net="${MIRROR_NET:-GoogLeNet}"
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  python3 -m http.server "$port" --bind 127.0.0.1 --directory "$MIRROR_DIR" >/dev/null 2>&1 &
+  server=$!
+  trap 'kill $server 2>/dev/null || true' EXIT
+  sleep 1
+  rm -rf "$WORK/data" && mkdir -p "$WORK/data"
+  published=(--dnn "$net" --attack UAP --defense True)
+  say "published command for $net from the mirror $MIRROR_DIR"
+  "${PODMAN[@]}" run --rm "${RUN[@]}" -v "$WORK/data:/data" -e FRU_WEIGHTS_MIRROR="http://127.0.0.1:$port" \
+    "$IMAGE" "${published[@]}" | tee "$WORK/out/published-1.txt"
+  kill "$server"
+  say "again with the mirror gone (cache in /data only)"
+  "${PODMAN[@]}" run --rm "${RUN[@]}" -v "$WORK/data:/data" -e FRU_WEIGHTS_MIRROR="http://127.0.0.1:9" \
+    "$IMAGE" "${published[@]}" | tee "$WORK/out/published-2.txt"
+  cmp -s "$WORK/out/published-1.txt" "$WORK/out/published-2.txt" || { say "FAILED: the cached run differs"; exit 1; }
+fi
 say "ok: demo figure $WORK/out/demo.png; build ${build_s} s, image $(( size / 1000000 )) MB"
