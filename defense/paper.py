@@ -215,7 +215,6 @@ def repo_files(net: str, defended: bool) -> Tuple[str, str]:
     return tuple(path.relative_to(REPO_ROOT).as_posix() for path in files)  # type: ignore[return-value]
 
 
-AUTHORS_REPO = "https://github.com/tsborkar/Selective-feature-regeneration"
 AUTHORS_COMMIT = "b5e2b93a94e2e7ca0bf2b5fa99676607cb8819ce"  # the README with the released models' Drive ids
 
 

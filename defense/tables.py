@@ -10,10 +10,10 @@ Each command evaluates the undefended baseline and the FRU-defended net of the w
 manifest on the published protocol (``defense.paper``): the first ``per_class`` images of
 each class of a validation index (``python -m defense.imagenet prepare val ...``), clean and
 with the published perturbation files (``--perturbations``: a local copy of the authors'
-``Attack_samples/``), or with the toolkit's own files
-(``--own``). Missing published files (caffemodels, perturbations) are downloaded, verified and
-cached first; ``--offline`` (or ``FRU_OFFLINE=1``) never downloads. It reports clean/perturbed top-1 and top-5, fooling rate and restoration accuracy,
-(clean top-1 + perturbed top-1) / (2 x baseline clean top-1), with the published denominator
+``Attack_samples/``), or with the toolkit's own files (``--own``). Missing published files
+(caffemodels, perturbations) are downloaded, verified and cached first; ``--offline`` (or
+``FRU_OFFLINE=1``) never downloads. It reports clean/perturbed top-1 and top-5, fooling rate
+and restoration accuracy, (clean top-1 + perturbed top-1) / (2 x baseline clean top-1), with the published denominator
 (``preset.baseline_top1``) and with the measured one, next to the published number.
 Outputs: ``<out>/<table>_<net>.json`` and ``.md``; ``.state.npz`` lets an interrupted run resume.
 
