@@ -166,6 +166,7 @@ WRITERS = [
     ("defense.train_baseline", "--epochs 0.01", "--out", "file"),
     ("defense.reproduce", "--quick", "--out", "folder"),
     ("defense.bench", "--nets FashionNet", "--out", "file"),
+    ("defense.bench", "--compare conv-batching --nets FashionNet", "--out", "file"),
     ("defense.export", "--format onnx --prototxt {w}/net.prototxt --weights {w}/net.caffemodel", "--out", "file"),
     ("defense.export", "--prototxt {w}/net.prototxt --weights {w}/net.caffemodel", "--out", "folder"),
     ("defense.tables", "same-norm --net CaffeNet --index {w}/bomb_index.jsonl", "--out", "folder"),
@@ -238,6 +239,8 @@ SILENT_CASES = [  # class 6: accepted without a word before
     Case("defense.tables", "same-norm --net CaffeNet --index {w}/bomb_index.jsonl --batch 0", "argument --batch"),
     Case("defense.imagenet", "check {w}/bomb_index.jsonl --batch 0", "argument --batch"),
     Case("attacks.bench", "--n-images 0", "argument --n-images"),
+    Case("defense.bench", "--compare conv-batching --batch 0 --out {w}/o.json", "--batch must list positive integers"),
+    Case("defense.bench", "--compare conv-batching --gpu 0 --out {w}/o.json", "drop --gpu"),
     Case("defense.imagenet", "check {w}/label_index.jsonl --dnn FashionNet", "{w}/label_index.jsonl"),
     Case("defense.generate", "--prototxt {w}/bad_net.prototxt --layers conv1 --out {w}/o", "{w}/bad_net.prototxt: Caffe cannot build"),
 ]
