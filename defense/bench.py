@@ -192,6 +192,9 @@ def bench_one(name: str, batch: int, reps: int, seed: int = 0, runtimes: Sequenc
 
 BATCHING_ENV = "CAFFE_CONV_BATCH"  # read by Caffe at each convolution (conv-batched-gemm.patch)
 BATCHING_CONFIGS = {"FashionNet": (32, 256), "CaffeNet": (16,), "VGG16": (16,)}
+BATCHING_KINDS = ("forward", "train", "uap")
+# a UAP pass (a DeepFool per image, forward and backward passes) takes minutes on the ImageNet nets
+DEFAULT_KINDS = {"FashionNet": BATCHING_KINDS}
 DEFAULT_BATCHING_OUT = Path("results") / "bench" / "conv_batching.json"
 UAP_DEEPFOOL = dict(num_classes=4, max_iter_df=3)  # one UAP pass, DeepFool kept short
 
@@ -290,7 +293,7 @@ def peak_rss(name: str, batch: int, kind: str, on: bool, seed: int = 0) -> int:
     return int(queue.get(timeout=10))
 
 
-def bench_batching(name: str, batch: int, reps: int, seed: int = 0, kinds: Sequence[str] = ("forward", "train", "uap"),
+def bench_batching(name: str, batch: int, reps: int, seed: int = 0, kinds: Sequence[str] = BATCHING_KINDS,
                    onnx: bool = True, rss: bool = True) -> Dict[str, object]:
     """One net at one batch size: for each kind of run (forward, FRU training step, one UAP pass),
     Caffe with batched convolution on and off (and onnxruntime for the forward pass), timed in
@@ -303,19 +306,23 @@ def bench_batching(name: str, batch: int, reps: int, seed: int = 0, kinds: Seque
         for run, _ in runs.values():
             run()  # warm-up
         times: Dict[str, List[float]] = {k: [] for k in runs}
+        cpu: Dict[str, List[float]] = {k: [] for k in runs}  # process CPU time, all threads
         order = list(runs)
         for rep in tqdm(range(reps), desc=f"{name} batch {batch} {kind}", leave=False):
             for label in order[rep % len(order):] + order[:rep % len(order)]:
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 runs[label][0]()
                 times[label].append(time.perf_counter() - start)
+                cpu[label].append(time.process_time() - start_cpu)
         for label, values in times.items():
             macs = runs[label][1]
             med = statistics.median(values)
             rows[label] = {"ms": 1e3 * med, "ms_min": 1e3 * min(values), "ms_all": [1e3 * t for t in values],
+                           "cpu_ms": 1e3 * statistics.median(cpu[label]),
                            "gmac_per_s": None if macs is None else macs / med / 1e9}
         on, off = f"{kind} caffe batching on", f"{kind} caffe batching off"
         ratios[f"{kind}: speed-up of batching (off / on)"] = paired_ratio(times[off], times[on])
+        ratios[f"{kind}: CPU time of batching off / on"] = paired_ratio(cpu[off], cpu[on])
         for label in (k for k in times if "onnxruntime" in k):
             for mode in (on, off):
                 ratios[f"caffe {mode.split()[-1]} speed / onnxruntime {label.split('onnxruntime ')[1]} speed"] = \
@@ -341,7 +348,8 @@ def run_batching(args) -> Dict[str, object]:
     for name in nets:
         batches = _batches(args.batch) if args.batch else BATCHING_CONFIGS.get(name, (16,))
         for batch in batches:
-            res = bench_batching(name, batch, args.reps, args.seed, onnx=onnx)
+            kinds = _kinds(args.kinds) if args.kinds else DEFAULT_KINDS.get(name, ("forward", "train"))
+            res = bench_batching(name, batch, args.reps, args.seed, kinds, onnx=onnx)
             results.append(res)
             print(f"{name} batch {batch}:")
             for label, row in res["runs"].items():
@@ -398,6 +406,13 @@ def batching_tables(results: Sequence[Dict[str, object]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _kinds(text: str) -> List[str]:
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    if not kinds or any(k not in BATCHING_KINDS for k in kinds):
+        raise ValueError(f"--kinds lists {', '.join(BATCHING_KINDS)}, got '{text}'")
+    return kinds
+
+
 def _batches(text: str) -> List[int]:
     batches = [int(b) for b in text.split(",") if b.strip()]
     if not batches or min(batches) < 1:
@@ -417,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     + "; ".join(f"{k} {','.join(map(str, v))}" for k, v in BATCHING_CONFIGS.items()) + ")")
     ap.add_argument("--reps", type=positive_int, default=5, help="timed repetitions per layout (5)")
     ap.add_argument("--seed", type=seed_int, default=0, help="seed of the random weights and input (0)")
+    ap.add_argument("--kinds", help="conv-batching: comma-separated runs among forward, train, uap "
+                                    "(default: all three on FashionNet, forward,train on the others)")
     ap.add_argument("--out", type=output_file,
                     help=f"JSON results (layouts: {DEFAULT_OUT}; conv-batching: {DEFAULT_BATCHING_OUT})")
     ap.add_argument("--layouts", help="comma-separated layouts to time (default all: baseline, [baseline_bn_folded,] "
@@ -466,6 +483,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     def _main_batching(args):
         _batches(args.batch or "1")  # checked before any work
+        if args.kinds:
+            _kinds(args.kinds)
         if args.gpu is not None:
             raise ValueError("--compare conv-batching times the CPU build; drop --gpu")
         set_mode(None, args.seed)
