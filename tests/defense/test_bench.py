@@ -91,3 +91,13 @@ def test_conv_batching_uap_pass_and_onnxruntime_rows():
     assert runs["uap caffe batching on"]["gmac_per_s"] is None  # a UAP pass has no fixed MAC count
     assert res["ratios"]["caffe on speed / onnxruntime 1 thread speed"] > 0
 
+
+
+def test_docs_batching_tables_come_from_the_committed_json(root):
+    """Every number of docs/benchmarks.md's conv-batching section is rendered from results/bench/."""
+    import json
+    doc = (root / "docs" / "benchmarks.md").read_text()
+    for path in sorted((root / "results" / "bench").glob("conv_batching*.json")):
+        results = json.loads(path.read_text())["results"]
+        assert results
+        assert bench.batching_tables(results) in doc, f"docs/benchmarks.md does not show the tables of {path.name}"
