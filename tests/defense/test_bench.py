@@ -74,7 +74,9 @@ def test_conv_batching_times_every_run_and_reports_ratios_and_peak_rss(monkeypat
     forward_macs = bench.net_macs(load_net(bench.with_batch(bench.layouts("FashionNet")["fru_explicit"][0], 2)))
     row = runs["forward caffe batching on"]
     assert row["gmac_per_s"] == pytest.approx(forward_macs / (row["ms"] / 1e3) / 1e9, rel=1e-9)
-    assert set(res["ratios"]) == {"forward: speed-up of batching (off / on)", "train: speed-up of batching (off / on)"}
+    assert set(res["ratios"]) == {f"{kind}: {what}" for kind in ("forward", "train")
+                                  for what in ("speed-up of batching (off / on)", "CPU time of batching off / on")}
+    assert all(r["cpu_ms"] > 0 for r in runs.values())
     assert all(v > 0 for v in res["ratios"].values())
     import os
     assert os.environ[bench.BATCHING_ENV] in ("0", "1")  # the switch was set before each call
