@@ -239,11 +239,11 @@ SILENT_CASES = [  # class 6: accepted without a word before
     Case("defense.tables", "same-norm --net CaffeNet --index {w}/bomb_index.jsonl --batch 0", "argument --batch"),
     Case("defense.imagenet", "check {w}/bomb_index.jsonl --batch 0", "argument --batch"),
     Case("attacks.bench", "--n-images 0", "argument --n-images"),
+    Case("defense.imagenet", "check {w}/label_index.jsonl --dnn FashionNet", "{w}/label_index.jsonl"),
+    Case("defense.generate", "--prototxt {w}/bad_net.prototxt --layers conv1 --out {w}/o", "{w}/bad_net.prototxt: Caffe cannot build"),
     Case("defense.bench", "--compare conv-batching --batch 0 --out {w}/o.json", "--batch must list positive integers"),
     Case("defense.bench", "--compare conv-batching --gpu 0 --out {w}/o.json", "drop --gpu"),
     Case("defense.bench", "--compare conv-batching --kinds forward,infer --out {w}/o.json", "--kinds lists forward"),
-    Case("defense.imagenet", "check {w}/label_index.jsonl --dnn FashionNet", "{w}/label_index.jsonl"),
-    Case("defense.generate", "--prototxt {w}/bad_net.prototxt --layers conv1 --out {w}/o", "{w}/bad_net.prototxt: Caffe cannot build"),
 ]
 
 FORMAT_CASES = [  # class 5: JSON and HDF5 attributes of the wrong type or missing
