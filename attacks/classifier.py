@@ -298,6 +298,25 @@ class CaffeClassifier:
             grads[:, m] = self.backward_batch({self.logits_blob: weights[:, m].reshape(shape)})
         return logits.reshape(len(x), -1), grads
 
+    def top_class_gradient(self, x: np.ndarray, blob: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For one batch, one forward and one backward pass: each image's top-1 class, the values
+        of ``blob`` and the gradient of the top-1 logit w.r.t. them (class activation maps).
+
+        The gradient is w.r.t. the blob as the layers above its producer read it, i.e. after its
+        in-place layers (a ReLU): the backward pass stops there.
+        :returns: labels (N,), values and gradients (the blob's shape).
+        """
+        values = self.forward_batch(x, [blob, self.logits_blob])
+        logits = values[self.logits_blob].reshape(len(x), -1)
+        labels = logits.argmax(axis=1)
+        diff = self.net.blobs[self.logits_blob].diff
+        diff[...] = 0.0
+        diff.reshape(len(x), -1)[np.arange(len(x)), labels] = 1.0
+        start, stop = self.producer(self.logits_blob), self.producer(blob) + 1
+        if stop <= start:
+            self.net._backward(start, stop)
+        return labels, values[blob], self.net.blobs[blob].diff.copy()
+
     def class_gradients(self, x: np.ndarray, classes: np.ndarray, batch_size: Optional[int] = None) -> np.ndarray:
         """Input gradients of the logits ``classes[i, m]`` of image i: (N, M, C, H, W)."""
         x = self._check_x(x)

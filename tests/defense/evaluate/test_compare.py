@@ -75,7 +75,7 @@ class DropSecondPixel(Preprocessor):
     def _check_params(self):
         pass
 
-    def _apply(self, x):
+    def _apply(self, x, classifier=None):
         out = x.copy()
         out[..., 1] = 0.0
         return out
