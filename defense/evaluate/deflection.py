@@ -50,12 +50,12 @@ def image_rng(seed: int, image: np.ndarray) -> np.random.Generator:
 
 def feature_blob(classifier) -> str:
     """The last convolutional feature map before the logits: the last 4-D blob with more than one
-    position that a layer other than pooling (or Caffe's Split) writes before the logits' layer."""
+    position that a layer other than the input, pooling (or Caffe's Split) writes before the logits' layer."""
     net = classifier.net
     end = classifier.producer(classifier.logits_blob)
     found = None
     for i, name in enumerate(classifier._layer_names[:end]):
-        if net.layers[i].type in ("Pooling", "Split"):
+        if net.layers[i].type in ("Input", "Pooling", "Split"):
             continue
         for top in net.top_names[name]:
             shape = net.blobs[top].data.shape

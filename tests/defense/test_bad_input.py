@@ -245,6 +245,8 @@ SILENT_CASES = [  # class 6: accepted without a word before
          "peer defence 'pd:map=saliency': map must be one of cam, uniform"),
     Case("defense.train", "--net FashionNet --perturbations {w}/pert.npy --out {w}/o --seed -1", "argument --seed"),
     Case("defense.tables", "same-norm --net CaffeNet --index {w}/bomb_index.jsonl --batch 0", "argument --batch"),
+    Case("defense.tables", "same-norm --net CaffeNet --index {w}/bomb_index.jsonl --peers pd:deflections=x",
+         "argument --peers: peer defence 'pd:deflections=x': deflections must be an integer"),
     Case("defense.imagenet", "check {w}/bomb_index.jsonl --batch 0", "argument --batch"),
     Case("attacks.bench", "--n-images 0", "argument --n-images"),
     Case("defense.imagenet", "check {w}/label_index.jsonl --dnn FashionNet", "{w}/label_index.jsonl"),
