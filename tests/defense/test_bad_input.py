@@ -247,6 +247,7 @@ SILENT_CASES = [  # class 6: accepted without a word before
     Case("defense.tables", "same-norm --net CaffeNet --index {w}/bomb_index.jsonl --batch 0", "argument --batch"),
     Case("defense.tables", "same-norm --net CaffeNet --index {w}/bomb_index.jsonl --peers pd:deflections=x",
          "argument --peers: peer defence 'pd:deflections=x': deflections must be an integer"),
+    Case("defense_example", "--dnn FashionNet --input fashion:0 --peers pd:map=x", "argument --peers: peer defence 'pd:map=x'"),
     Case("defense.imagenet", "check {w}/bomb_index.jsonl --batch 0", "argument --batch"),
     Case("attacks.bench", "--n-images 0", "argument --n-images"),
     Case("defense.imagenet", "check {w}/label_index.jsonl --dnn FashionNet", "{w}/label_index.jsonl"),
