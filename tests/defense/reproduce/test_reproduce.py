@@ -264,3 +264,11 @@ def test_timings_follow_the_order_the_stages_ended():
     records = {"b": {"ended_at": 20.0}, "a": {"ended_at": 10.0}, "c": {"ended_at": 30.0}}
     assert [name for name, _ in finish_order(records)] == ["a", "b", "c"]
     assert [name for name, _ in finish_order({"b": {}, "a": {"ended_at": 1.0}})] == ["b", "a"]  # older records
+
+
+def test_pd_is_a_column_and_set_peers_keeps_its_options_together():
+    assert ReproConfig().peers[-1] == "pd"
+    cfg = ReproConfig().with_overrides(["peers=median:3,pd:deflections=3,window=1"])
+    assert cfg.peers == ("median:3", "pd:deflections=3,window=1")
+    with pytest.raises(ValueError, match="peers: peer defence 'pd:window=0': window must be a positive integer"):
+        ReproConfig().with_overrides(["peers=pd:window=0"])
