@@ -177,6 +177,20 @@ class CaffeClassifier:
                     seen.append(top)
         return seen
 
+    def last_feature_map(self) -> Optional[str]:
+        """The last convolutional feature map before the logits (for class activation maps): the
+        last 4-D blob with more than one position that a layer other than the input, a pooling or
+        Caffe's Split writes before the logits' layer; None if there is none."""
+        found = None
+        for i, name in enumerate(self._layer_names[:self.producer(self.logits_blob)]):
+            if self.layer_type(i) in ("Input", "Pooling", "Split"):
+                continue
+            for top in self.net.top_names[name]:
+                shape = self.net.blobs[top].data.shape
+                if len(shape) == 4 and shape[2] * shape[3] > 1:
+                    found = top
+        return found
+
     # ------------------------------------------------------------ one batch
     def _check_x(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x)

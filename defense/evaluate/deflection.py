@@ -49,18 +49,8 @@ def image_rng(seed: int, image: np.ndarray) -> np.random.Generator:
 
 
 def feature_blob(classifier) -> str:
-    """The last convolutional feature map before the logits: the last 4-D blob with more than one
-    position that a layer other than the input, pooling (or Caffe's Split) writes before the logits' layer."""
-    net = classifier.net
-    end = classifier.producer(classifier.logits_blob)
-    found = None
-    for i, name in enumerate(classifier._layer_names[:end]):
-        if net.layers[i].type in ("Input", "Pooling", "Split"):
-            continue
-        for top in net.top_names[name]:
-            shape = net.blobs[top].data.shape
-            if len(shape) == 4 and shape[2] * shape[3] > 1:
-                found = top
+    """The blob the activation map is made from (``CaffeClassifier.last_feature_map``)."""
+    found = classifier.last_feature_map()
     if found is None:
         raise ToolkitError("pixel deflection's activation map needs a convolutional feature map before the "
                            "logits; this net has none (use map=uniform)")
