@@ -12,7 +12,7 @@ from defense.reproduce.config import (L2_PER_LINF, METRICS, NET, REQUIRED_MODELS
                                       eval_cases, stage_of, train_subsets)
 from defense.reproduce.pipeline import STAGE_NAMES, STAGES
 from defense.reproduce.report import check_targets, finish_order, ship, stages_wall_seconds
-from defense.reproduce.runner import Context, ready_stages
+from defense.reproduce.runner import Context, ready_tasks
 from defense.reproduce.stages import (_bottom_ranked, evaluation_images, fru_targets, masked_restoration,
                                       training_perturbations)
 from defense.paper import demo_defaults
@@ -28,10 +28,18 @@ def _cli(*args, cwd):
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory, root):
+def quick_seeds(tmp_path_factory, root):
+    """A 2-seed --quick reproduction (both replicas' stages in one pool of two workers)."""
     out = tmp_path_factory.mktemp("repro") / "fashion"
-    res = _cli("--quick", "--quiet", "--out", str(out), "--jobs", "2", cwd=root)
+    res = _cli("--quick", "--quiet", "--seeds", "2", "--out", str(out), "--jobs", "2", cwd=root)
     assert res.returncode == 0, res.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def quick_run(quick_seeds):
+    """The first replica (seed 0) of the 2-seed run, and its own summary."""
+    out = quick_seeds / "seed-0"
     return out, json.loads((out / "summary.json").read_text())
 
 
@@ -104,24 +112,27 @@ def test_masking_every_channel_gives_back_clean_accuracy(quick_run):
 
 
 @pytest.mark.slow
-def test_rerun_resumes_and_a_changed_field_redoes_only_downstream_stages(quick_run, root):
+def test_rerun_resumes_and_a_changed_field_redoes_only_downstream_stages(quick_seeds, quick_run, root):
     out, first = quick_run
     assert first["machine"]["jobs"] == 2  # the fixture ran stages side by side in two workers
     starts = {name: json.loads((out / name / "stage.json").read_text()) for name in STAGE_NAMES}
     for stage in STAGES:  # no stage started before its upstream stages ended
         for up in stage.upstream:
             assert starts[stage.name]["started_at"] >= starts[up]["ended_at"], (stage.name, up)
-    res = _cli("--quick", "--quiet", "--out", str(out), "--jobs", "1", cwd=root)
+    aggregate = json.loads((quick_seeds / "summary.json").read_text())
+    res = _cli("--quick", "--quiet", "--seeds", "2", "--out", str(quick_seeds), "--jobs", "1", cwd=root)
     assert res.returncode == 0, res.stderr[-2000:]
     again = json.loads((out / "summary.json").read_text())
     assert all(t["resumed"] for t in again["timings"].values())
     assert again["cases"] == first["cases"]
-    res = _cli("--quick", "--quiet", "--out", str(out), "--set", "test_images=150", cwd=root)
+    assert json.loads((quick_seeds / "summary.json").read_text())["cases"] == aggregate["cases"]
+    res = _cli("--quick", "--quiet", "--seeds", "2", "--out", str(quick_seeds), "--set", "test_images=150", cwd=root)
     assert res.returncode == 0, res.stderr[-2000:]
-    changed = json.loads((out / "summary.json").read_text())
-    redone = {name for name, t in changed["timings"].items() if not t["resumed"]}
-    assert redone == {"masking", "evaluate"}
-    assert changed["cases"]["same-norm"]["images"] == 150
+    for seed in (0, 1):
+        changed = json.loads((quick_seeds / f"seed-{seed}" / "summary.json").read_text())
+        redone = {name for name, t in changed["timings"].items() if not t["resumed"]}
+        assert redone == {"masking", "evaluate"}
+        assert changed["cases"]["same-norm"]["images"] == 150
 
 
 def test_bottom_ranked_weights_reverse_each_targets_ranking():
@@ -227,19 +238,33 @@ def test_ship_copies_models_with_records_naming_where_they_lie(quick_run, tmp_pa
 
 
 def test_ready_stages_wait_for_upstream_and_keep_the_stage_order():
-    names = lambda stages: [s.name for s in stages]  # noqa: E731
-    assert names(ready_stages(STAGES, set(), set())) == ["baseline"]
-    assert names(ready_stages(STAGES, {"baseline"}, set())) == ["train_attacks", "generate", "test_attacks"]
+    def names(done, running=()):
+        tasks = ready_tasks(STAGES, 1, {(0, n) for n in done}, {(0, n) for n in running})
+        assert {r for r, _ in tasks} <= {0}
+        return [s.name for _, s in tasks]
+    assert names(set()) == ["baseline"]
+    assert names({"baseline"}) == ["train_attacks", "generate", "test_attacks"]
     done = {"baseline", "train_attacks", "generate"}
-    assert names(ready_stages(STAGES, done, {"test_attacks"})) == ["train_fru", "ranking", "peers"]
+    assert names(done, {"test_attacks"}) == ["train_fru", "ranking", "peers"]
     done |= {"train_fru", "test_attacks"}
     # the secondary defence (on the longest chain) comes before the rest
-    assert names(ready_stages(STAGES, done, {"ranking"})) == ["secondary", "adaptive", "masking", "peers"]
+    assert names(done, {"ranking"}) == ["secondary", "adaptive", "masking", "peers"]
     done |= {"ranking", "masking", "peers", "secondary"}
-    assert names(ready_stages(STAGES, done, set())) == ["adaptive"]
+    assert names(done) == ["adaptive"]
     done |= {"adaptive"}
-    assert names(ready_stages(STAGES, done, set())) == ["evaluate"]
-    assert names(ready_stages(STAGES, done, {"evaluate"})) == []
+    assert names(done) == ["evaluate"]
+    assert names(done, {"evaluate"}) == []
+
+
+def test_replicas_share_the_pool_stage_by_stage_each_waiting_for_its_own_upstream():
+    pairs = lambda tasks: [(r, s.name) for r, s in tasks]  # noqa: E731
+    assert pairs(ready_tasks(STAGES, 3, set(), set())) == [(0, "baseline"), (1, "baseline"), (2, "baseline")]
+    # seed 1's baseline done: only seed 1's next stages, never another replica's
+    assert pairs(ready_tasks(STAGES, 2, {(1, "baseline")}, {(0, "baseline")})) == [
+        (1, "train_attacks"), (1, "generate"), (1, "test_attacks")]
+    done = {(r, n) for r in (0, 1) for n in ("baseline", "train_attacks", "generate")}
+    assert pairs(ready_tasks(STAGES, 2, done, {(0, "test_attacks")}))[:3] == [
+        (0, "train_fru"), (1, "train_fru"), (0, "ranking")]
 
 
 def test_stages_wall_time_spans_overlapping_stages():
