@@ -10,8 +10,10 @@ are defined in ``docs/reproduction.md`` ("The paper's claims").
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
+from ..core import ToolkitError, write_text
 from .config import COMPETITOR_MARGIN, RESTORATION_GAIN
 from .stats import format_interval, mean_interval, verdict
 
@@ -109,3 +111,24 @@ def claims_markdown(rows: Sequence[dict]) -> str:
         lines.append(f"| {r['claim']} | {r['statistic']} | {format_interval(d)}{bounds} | {r['op']} {r['threshold']:g} "
                      f"| {r['verdict']} |")
     return "\n".join(lines) + "\n"
+
+
+# The documents whose claims table is rewritten from a run shipped into the repository
+# (``make reproduce``), between these two markers.
+CLAIMS_DOCS = ("docs/reproduction.md", "README.md")
+BEGIN, END = "<!-- claims table: begin (written by python -m defense.reproduce) -->", "<!-- claims table: end -->"
+
+
+def claims_span(doc: Path) -> tuple:
+    """``(text, start, stop)``: the text of ``doc`` and where its claims table lies (checked before a run)."""
+    text = doc.read_text()
+    start, stop = text.find(BEGIN), text.find(END)
+    if start < 0 or stop < start:
+        raise ToolkitError(f"{doc}: no claims table markers ('{BEGIN}' then '{END}')")
+    return text, start + len(BEGIN), stop
+
+
+def write_claims_into(doc: Path, table: str) -> Path:
+    """Replace the text between ``BEGIN`` and ``END`` in ``doc`` by ``table`` (atomically)."""
+    text, start, stop = claims_span(doc)
+    return write_text(doc, text[:start] + "\n" + table + text[stop:])

@@ -13,6 +13,7 @@ from ..data import DataSource
 from .attack_stages import stage_adaptive, stage_test_attacks, stage_train_attacks
 from ..core import set_mode
 from .aggregate import write_aggregate
+from .claims import CLAIMS_DOCS, claims_markdown, claims_span, write_claims_into
 from .config import DEFAULT_SEEDS, ReproConfig
 from .report import ship, write_report
 from .runner import Context, Stage, run_parallel, run_stage, save_json
@@ -68,6 +69,8 @@ def reproduce(cfg: ReproConfig, out: Path, seeds: int = DEFAULT_SEEDS, force: bo
     """
     if seeds < 1:
         raise ValueError(f"seeds must be a positive integer, got {seeds}")
+    for doc in CLAIMS_DOCS if ship_to is not None else ():
+        claims_span(Path(ship_to) / doc)  # a document without its markers fails now, not after the run
     started, load_start = time.perf_counter(), os.getloadavg()
     parallel = jobs > 1 and train_source is None and test_source is None
     contexts = [Context(dataclasses.replace(cfg, seed=cfg.seed + i), replica_folder(out, cfg.seed + i), force=force,
@@ -89,7 +92,11 @@ def reproduce(cfg: ReproConfig, out: Path, seeds: int = DEFAULT_SEEDS, force: bo
     summary = write_aggregate(Path(out), cfg, replicas, [ctx.out for ctx in contexts],
                               [r for ctx in contexts for r in ctx.records.values()], started, load_start, jobs)
     if ship_to is not None:
-        # the first seed's files, paths relative to where they were shipped (the repository), never the machine's
-        summary["shipped"] = [Path(p).relative_to(ship_to).as_posix() for p in ship(contexts[0], ship_to)]
+        # the first seed's demo files and the docs' claims table; paths relative to where they
+        # were shipped (the repository), never the machine's
+        shipped = ship(contexts[0], ship_to)
+        table = claims_markdown(summary["claims"])
+        shipped += [write_claims_into(Path(ship_to) / doc, table) for doc in CLAIMS_DOCS]
+        summary["shipped"] = [Path(p).relative_to(ship_to).as_posix() for p in shipped]
         save_json(Path(out) / "summary.json", summary)
     return summary

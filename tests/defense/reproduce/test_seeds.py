@@ -5,7 +5,9 @@ import pytest
 from scipy import stats
 
 from defense.reproduce.aggregate import aggregate_cases, aggregate_masking, aggregate_targets, build_aggregate
-from defense.reproduce.claims import claims_markdown, judge_claims, paper_claims
+from defense.core import ToolkitError
+from defense.reproduce.claims import (BEGIN, CLAIMS_DOCS, END, claims_markdown, claims_span, judge_claims,
+                                      paper_claims, write_claims_into)
 from defense.reproduce.config import COMPETITORS, ReproConfig
 from defense.reproduce.report import best_competitor, competitor_row, ordered_models
 from defense.reproduce.stats import format_interval, mean_interval, verdict
@@ -182,3 +184,19 @@ def test_the_aggregate_summary_names_seeds_and_relative_replica_folders():
     assert summary["replicas"] == {"0": "seed-0/summary.json", "1": "seed-1/summary.json", "2": "seed-2/summary.json"}
     assert summary["baseline"]["test_top1"]["mean"] == pytest.approx(0.91, abs=1e-12)
     assert len(summary["claims"]) == 7 and summary["competitors"] == list(COMPETITORS)
+
+
+def test_the_claims_table_is_written_between_the_markers_of_each_document(tmp_path, root):
+    for doc in CLAIMS_DOCS:  # make reproduce checks these before it runs
+        claims_span(root / doc)
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"# title\n\n{BEGIN}\nold table\n{END}\n\nafter\n")
+    table = claims_markdown(judge_claims(paper_claims(aggregate_cases(REPLICAS), ["conv1"]), REPLICAS))
+    write_claims_into(doc, table)
+    assert doc.read_text() == f"# title\n\n{BEGIN}\n{table}{END}\n\nafter\n"
+    write_claims_into(doc, table)  # idempotent
+    assert doc.read_text() == f"# title\n\n{BEGIN}\n{table}{END}\n\nafter\n"
+    doc.write_text("no markers\n")
+    with pytest.raises(ToolkitError, match="doc.md: no claims table markers"):
+        write_claims_into(doc, table)
+    assert doc.read_text() == "no markers\n"
