@@ -72,8 +72,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     jobs = args.jobs if args.jobs is not None else (1 if args.gpu is not None else min(2, os.cpu_count() or 1))
     if jobs < 1:
         raise ToolkitError(f"--jobs must be a positive integer, got {jobs}")
-    summary = reproduce(cfg, args.out, seeds=args.seeds, force=args.force, progress=not args.quiet, ship_to=ship_to, jobs=jobs,
-                        gpu=args.gpu)
+    summary = reproduce(cfg, args.out, seeds=args.seeds, force=args.force, progress=not args.quiet, ship_to=ship_to,
+                        jobs=jobs, gpu=args.gpu)
     print((args.out / "results.md").read_text())
     verdicts = [t["verdict"] for t in summary["targets"]]
     claims = [c["verdict"] for c in summary["claims"]]

@@ -12,12 +12,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from ..core import write_text
 from .claims import claims_markdown, judge_claims, paper_claims
 from .config import COMPETITORS, NET, ReproConfig
-from .report import best_competitor, ordered_models, restoration_figure, stages_wall_seconds
+from .report import best_competitor, metric_tables, ordered_models, restoration_figure, stages_wall_seconds
 from .runner import save_json
 from .stats import LEVEL, format_interval, mean_interval, verdict
 
@@ -38,7 +38,7 @@ def aggregate_case(rows: Sequence[dict]) -> Dict[str, Dict[str, dict]]:
             for m in _keys(rows)}
 
 
-def competitor_interval(rows: Sequence[dict], models: Dict[str, Dict[str, dict]]) -> dict:
+def competitor_interval(rows: Sequence[dict], models: Dict[str, Dict[str, dict]]) -> Optional[dict]:
     """The competitor with the highest mean restoration, and the FRUs' margin over it, paired per seed."""
     best = best_competitor({m: cell["restoration"]["mean"] for m, cell in models.items() if "restoration" in cell})
     if best is None or "fru" not in models:
@@ -122,24 +122,20 @@ def markdown_aggregate(summary: dict) -> str:
              "attacks). Every cell: mean ± half-width of the 95% Student-t interval over the seeds; a verdict is "
              "decided from the whole interval (inside: met / reproduced; outside: missed / not reproduced; "
              "straddling: inconclusive).", "",
-             f"Baseline test top-1 {format_interval(summary['baseline']['test_top1'])} on {summary['baseline']['test_images']} "
+             f"Baseline test top-1 {format_interval(summary['baseline']['test_top1'])} on "
+             f"{summary['baseline']['test_images']} "
              f"images. Attacks: l_inf xi = {summary['config']['xi']:g}, l_2 xi = {summary['xi_l2']:g} (pixel units, "
              f"[0, 255]), computed on the training split. Evaluation: {summary['evaluation_images']} test images.", "",
              "## The paper's claims", "", claims_markdown(summary["claims"]),
              "Restoration accuracy = (clean top-1 + perturbed top-1) / (2 x baseline clean top-1).", ""]
-    for metric, title in (("restoration", "Restoration accuracy"), ("fooling_rate", "Fooling rate"),
-                          ("perturbed_top1", "Perturbed top-1"), ("clean_top1", "Clean top-1")):
-        lines += [f"## {title}", "", "| case | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
-        for key, case in cases.items():
-            cells = [format_interval(case["models"][m][metric]) if metric in case["models"].get(m, {}) else "-" for m in models]
-            lines.append(f"| {key}: {case['title']} | " + " | ".join(cells) + " |")
-        lines.append("")
+    lines += metric_tables(cases, models, format_interval)
     lines += ["## Best competitor per case", "", f"The competitor ({', '.join(summary['competitors'])}) with the "
               "highest mean restoration, and the FRUs' margin over it (paired over the seeds).", "",
               "| case | best competitor | its restoration | FRU restoration | FRU - best competitor |",
               "|---|---|---|---|---|"]
-    lines += [f"| {key} | {b['model']} | {format_interval(b['restoration'])} | {format_interval(c['models']['fru']['restoration'])} | "
-              f"{format_interval(b['fru_margin'])} |" for key, c in cases.items() for b in [c["best_competitor"]] if b]
+    lines += [f"| {key} | {b['model']} | {format_interval(b['restoration'])} | "
+              f"{format_interval(c['models']['fru']['restoration'])} | {format_interval(b['fru_margin'])} |"
+              for key, c in cases.items() for b in [c["best_competitor"]] if b]
     lines.append("")
     if summary["ranking"]["masking"]:
         lines += ["## Ranking experiment (masking)", "", "Same-norm restoration when the top- (bottom-) ranked half of "
@@ -151,7 +147,8 @@ def markdown_aggregate(summary: dict) -> str:
     lines += ["## Targets", "", "| target | value | verdict |", "|---|---|---|"]
     for t in summary["targets"]:
         value = format_interval(t["value"]) if isinstance(t["value"], dict) else f"{t['value']:.1f} s"
-        lines.append(f"| {t['target']} | {value} | {t['verdict'] if t['verdict'] == 'met' else '**' + t['verdict'] + '**'} |")
+        shown = t["verdict"] if t["verdict"] == "met" else f"**{t['verdict']}**"
+        lines.append(f"| {t['target']} | {value} | {shown} |")
     m = summary["machine"]
     lines += ["", "## Per-seed tables", ""]
     lines += [f"- seed {s}: [{Path(p).parent.as_posix()}/results.md]({Path(p).parent.as_posix()}/results.md)"
@@ -168,10 +165,10 @@ def write_aggregate(out: Path, cfg: ReproConfig, replicas: Sequence[dict], folde
     summary = build_aggregate(cfg, replicas, [Path(f).relative_to(out).as_posix() for f in folders], records,
                               started, load_start, jobs)
     cases = summary["cases"]
-    restoration_figure({k: {m: c["restoration"]["mean"] for m, c in case["models"].items()} for k, case in cases.items()},
-                       out / "restoration.png",
-                       errors={k: {m: c["restoration"]["half_width"] if c["restoration"]["half_width"] is not None
-                                   else float("nan") for m, c in case["models"].items()} for k, case in cases.items()},
+    def restoration(field: str) -> Dict[str, Dict[str, float]]:
+        return {k: {m: float("nan") if c["restoration"][field] is None else c["restoration"][field]
+                    for m, c in case["models"].items()} for k, case in cases.items()}
+    restoration_figure(restoration("mean"), out / "restoration.png", errors=restoration("half_width"),
                        subtitle=f" (mean and 95% interval, {len(replicas)} seeds)")
     save_json(out / "summary.json", summary)
     write_text(out / "claims.md", claims_markdown(summary["claims"]))

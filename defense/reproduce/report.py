@@ -9,7 +9,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -102,6 +102,19 @@ def ordered_models(cases: Dict[str, dict]) -> List[str]:
     return [m for m in MODEL_ORDER if m in present] + [m for m in dict.fromkeys(present) if m not in MODEL_ORDER]
 
 
+def metric_tables(cases: Dict[str, dict], models: Sequence[str], cell: Callable[[object], str]) -> List[str]:
+    """One markdown table per metric (cases x models), each cell written by ``cell``; "-" where missing."""
+    lines = []
+    for metric, title in (("restoration", "Restoration accuracy"), ("fooling_rate", "Fooling rate"),
+                          ("perturbed_top1", "Perturbed top-1"), ("clean_top1", "Clean top-1")):
+        lines += [f"## {title}", "", "| case | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
+        for key, case in cases.items():
+            cells = [cell(case["models"][m][metric]) if metric in case["models"].get(m, {}) else "-" for m in models]
+            lines.append(f"| {key}: {case['title']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 def markdown_report(summary: dict) -> str:
     cases = summary["cases"]
     models = ordered_models(cases)
@@ -116,13 +129,7 @@ def markdown_report(summary: dict) -> str:
                   f"perturbations each of {', '.join(extra)} (on their own training images) were added to the FRU and "
                   "fine-tuning training set, so those attacks are seen, not unseen, here.", ""]
     lines += ["Restoration accuracy = (clean top-1 + perturbed top-1) / (2 x baseline clean top-1).", ""]
-    for metric, title in (("restoration", "Restoration accuracy"), ("fooling_rate", "Fooling rate"),
-                          ("perturbed_top1", "Perturbed top-1"), ("clean_top1", "Clean top-1")):
-        lines += [f"## {title}", "", "| case | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
-        for key, case in cases.items():
-            cells = [f"{case['models'][m][metric]:.4f}" if m in case["models"] else "-" for m in models]
-            lines.append(f"| {key}: {case['title']} | " + " | ".join(cells) + " |")
-        lines.append("")
+    lines += metric_tables(cases, models, lambda value: f"{value:.4f}")
     lines += ["## Best competitor per case", "", f"The competitor ({', '.join(COMPETITORS)}) with the highest "
               "restoration, and the FRUs' margin over it.", "",
               "| case | best competitor | its restoration | FRU - best competitor |", "|---|---|---|---|"]

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from defense.reproduce.config import (L2_PER_LINF, METRICS, NET, REQUIRED_MODELS, ReproConfig, attack_sets,
-                                      eval_cases, stage_of, train_subsets)
+from defense.reproduce.config import (COMPETITORS, L2_PER_LINF, METRICS, NET, REQUIRED_MODELS, ReproConfig,
+                                      attack_sets, eval_cases, stage_of, train_subsets)
 from defense.reproduce.pipeline import STAGE_NAMES, STAGES
 from defense.reproduce.report import check_targets, finish_order, ship, stages_wall_seconds
 from defense.reproduce.runner import Context, ready_tasks
@@ -289,3 +289,53 @@ def test_timings_follow_the_order_the_stages_ended():
     records = {"b": {"ended_at": 20.0}, "a": {"ended_at": 10.0}, "c": {"ended_at": 30.0}}
     assert [name for name, _ in finish_order(records)] == ["a", "b", "c"]
     assert [name for name, _ in finish_order({"b": {}, "a": {"ended_at": 1.0}})] == ["b", "a"]  # older records
+
+
+@pytest.mark.slow
+def test_two_seed_run_writes_the_aggregate_the_error_bar_figure_and_the_claims(quick_seeds, tmp_path):
+    from PIL import Image
+    from scipy import stats
+
+    from defense.reproduce.claims import claims_markdown
+    from defense.reproduce.report import restoration_figure
+
+    out = quick_seeds
+    summary = json.loads((out / "summary.json").read_text())
+    replicas = [json.loads((out / f"seed-{s}" / "summary.json").read_text()) for s in (0, 1)]
+    assert summary["seeds"] == [0, 1] and [r["config"]["seed"] for r in replicas] == [0, 1]
+    assert summary["replicas"] == {"0": "seed-0/summary.json", "1": "seed-1/summary.json"}
+    assert replicas[0]["cases"] != replicas[1]["cases"]  # independent replicas, not copies
+    for name in ("results.md", "restoration.png", "feature_map.png"):  # per-seed tables and figures kept
+        assert (out / "seed-1" / name).stat().st_size > 100, name
+    assert list(summary["cases"]) == list(replicas[0]["cases"])
+    for key, case in summary["cases"].items():
+        assert set(case["models"]) == set(replicas[0]["cases"][key]["models"])
+        for model, cells in case["models"].items():
+            assert set(cells) == set(METRICS)
+            for metric, cell in cells.items():
+                values = np.array([r["cases"][key]["models"][model][metric] for r in replicas])
+                half = stats.t.ppf(0.975, 1) * values.std(ddof=1) / np.sqrt(2)
+                assert cell["values"] == list(values) and cell["n"] == 2
+                assert cell["mean"] == pytest.approx(values.mean(), abs=1e-12)
+                assert (cell["low"], cell["high"]) == (pytest.approx(values.mean() - half, abs=1e-12),
+                                                       pytest.approx(values.mean() + half, abs=1e-12))
+        best = case["best_competitor"]
+        assert best["model"] == max(COMPETITORS, key=lambda c: case["models"][c]["restoration"]["mean"])
+        rows = [r["cases"][key]["models"] for r in replicas]
+        margins = [m["fru"]["restoration"] - m[best["model"]]["restoration"] for m in rows]
+        assert best["fru_margin"]["mean"] == pytest.approx(np.mean(margins), abs=1e-12)
+    # claims: 1 competitor margin + same-norm, cross-norm, 1 stronger, 3 unseen + regeneration + 3 masking + 2 secondary
+    assert len(summary["claims"]) == 13
+    assert all(c["verdict"] in ("reproduced", "not reproduced", "inconclusive") for c in summary["claims"])
+    assert (out / "claims.md").read_text() == claims_markdown(summary["claims"])
+    results = (out / "results.md").read_text()
+    assert results.startswith("# Fashion-MNIST reproduction (FashionNet), 2 seeds")
+    assert claims_markdown(summary["claims"]) in results and "## Best competitor per case" in results
+    assert {t["verdict"] for t in summary["targets"]} <= {"met", "missed", "inconclusive"}
+    # the figure: error bars drawn over the bars of the means
+    figure = np.asarray(Image.open(out / "restoration.png").convert("L"))
+    means = {k: {m: c["restoration"]["mean"] for m, c in case["models"].items()} for k, case in summary["cases"].items()}
+    plain = np.asarray(Image.open(restoration_figure(means, tmp_path / "plain.png", subtitle=
+                                                     " (mean and 95% interval, 2 seeds)")).convert("L"))
+    assert figure.shape == plain.shape and figure.shape[1] > 1000
+    assert (figure != plain).mean() > 0.001
