@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=positive_int, default=DEFAULT_SEEDS, metavar="K",
                    help=f"independent replicas, seeds S..S+K-1 (S: the config's seed, default 0), each in "
                         f"OUT/seed-<s>/; the aggregate reports means and 95%% intervals (default {DEFAULT_SEEDS})")
-    p.add_argument("--quick", action="store_true", help="tiny sizes (about a minute): checks the pipeline, not the numbers")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny sizes (about a minute a seed): checks the pipeline, not the numbers")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a ReproConfig field, e.g. --set fru_iters=3000 (repeatable)")
     p.add_argument("--force", action="store_true", help="redo every stage even when its outputs are up to date")
