@@ -7,7 +7,7 @@ import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from ..data import DataSource
 from .attack_stages import stage_adaptive, stage_test_attacks, stage_train_attacks
@@ -92,11 +92,15 @@ def reproduce(cfg: ReproConfig, out: Path, seeds: int = DEFAULT_SEEDS, force: bo
     summary = write_aggregate(Path(out), cfg, replicas, [ctx.out for ctx in contexts],
                               [r for ctx in contexts for r in ctx.records.values()], started, load_start, jobs)
     if ship_to is not None:
-        # the first seed's demo files and the docs' claims table; paths relative to where they
-        # were shipped (the repository), never the machine's
-        shipped = ship(contexts[0], ship_to)
-        table = claims_markdown(summary["claims"])
-        shipped += [write_claims_into(Path(ship_to) / doc, table) for doc in CLAIMS_DOCS]
-        summary["shipped"] = [Path(p).relative_to(ship_to).as_posix() for p in shipped]
+        summary["shipped"] = ship_run(contexts[0], summary["claims"], Path(ship_to))
         save_json(Path(out) / "summary.json", summary)
     return summary
+
+
+def ship_run(ctx: Context, claims: Sequence[dict], root: Path) -> List[str]:
+    """Copy one replica's demo files (``report.ship``) and write the claims table into
+    ``CLAIMS_DOCS`` below ``root`` (the repository); returns the paths written, relative to
+    ``root`` (never the machine's)."""
+    table = claims_markdown(claims)
+    shipped = ship(ctx, root) + [write_claims_into(root / doc, table) for doc in CLAIMS_DOCS]
+    return [Path(p).relative_to(root).as_posix() for p in shipped]

@@ -339,3 +339,21 @@ def test_two_seed_run_writes_the_aggregate_the_error_bar_figure_and_the_claims(q
                                                      " (mean and 95% interval, 2 seeds)")).convert("L"))
     assert figure.shape == plain.shape and figure.shape[1] > 1000
     assert (figure != plain).mean() > 0.001
+
+
+@pytest.mark.slow
+def test_a_shipped_run_writes_seed_0s_demo_files_and_the_claims_table_into_the_docs(quick_seeds, tmp_path, root):
+    from defense.reproduce.claims import BEGIN, CLAIMS_DOCS, END, claims_markdown
+    from defense.reproduce.pipeline import ship_run
+
+    summary = json.loads((quick_seeds / "summary.json").read_text())
+    for doc in CLAIMS_DOCS:
+        (tmp_path / doc).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / doc).write_text(f"intro\n{BEGIN}\nplaceholder\n{END}\nrest\n")
+    shipped = ship_run(Context(QUICK, quick_seeds / "seed-0", progress=False), summary["claims"], tmp_path)
+    assert set(CLAIMS_DOCS) <= set(shipped) and demo_defaults(NET).fru[1] in shipped
+    assert all(not p.startswith("/") for p in shipped)
+    for doc in CLAIMS_DOCS:
+        assert (tmp_path / doc).read_text() == f"intro\n{BEGIN}\n{claims_markdown(summary['claims'])}{END}\nrest\n"
+    assert (tmp_path / demo_defaults(NET).fru[1]).read_bytes() == (
+        quick_seeds / "seed-0" / "train_fru" / "fashionnet_FRU.caffemodel").read_bytes()

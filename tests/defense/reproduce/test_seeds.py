@@ -167,13 +167,20 @@ def test_claims_are_paired_differences_with_verdicts():
     assert table[3].endswith("| >= 0.15 | reproduced |")
 
 
-def test_targets_are_judged_from_the_interval_and_the_whole_run_from_its_time():
-    targets = aggregate_targets(REPLICAS, wall_seconds=6000.0)
-    assert [t["target"] for t in targets] == ["same-norm: FRU restoration >= 0.95",
-                                              "whole 3-seed run under 90 minutes (first stage start to last stage end)"]
+def test_targets_are_judged_from_the_interval_and_the_run_from_its_widest_interval_and_time():
+    cases = aggregate_cases(REPLICAS)
+    targets = aggregate_targets(REPLICAS, 6000.0, cases)
+    assert [t["target"] for t in targets] == [
+        "same-norm: FRU restoration >= 0.95", "every same-norm cell's 95% interval narrower than +-0.03",
+        "whole 3-seed run under 90 minutes (5400 s, first stage start to last stage end)"]
     assert targets[0]["value"]["values"] == [0.96, 0.97, 0.95]
     assert targets[0]["verdict"] == "inconclusive"  # 0.96 +- 0.025
-    assert targets[1]["verdict"] == "missed" and aggregate_targets(REPLICAS, 5400.0)[1]["verdict"] == "met"
+    # the widest same-norm interval: adv_finetune's perturbed top-1, 2 x 0.9 x restoration (0.90, 0.88, 0.86) - 0.9
+    widest = max(c["half_width"] for cells in cases["same-norm"]["models"].values() for c in cells.values())
+    assert targets[1]["value"] == widest == pytest.approx(
+        1.8 * stats.t.ppf(0.975, 2) * np.std([0.90, 0.88, 0.86], ddof=1) / np.sqrt(3), abs=1e-12)
+    assert targets[1]["verdict"] == "missed"
+    assert targets[2]["verdict"] == "missed" and aggregate_targets(REPLICAS, 5400.0, cases)[2]["verdict"] == "met"
 
 
 def test_the_aggregate_summary_names_seeds_and_relative_replica_folders():
