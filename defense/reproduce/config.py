@@ -26,7 +26,7 @@ MODEL_ORDER = ("baseline", "fru", "fru_secondary", "fru_bottom", "median", "jpeg
 IMAGE_PEERS = ("median", "jpeg", "bits")
 # The defences the FRUs are compared with (the paper's ">10%" claim and the best-competitor row):
 # the one list of competitor columns; a new competitor defence adds its column name here.
-COMPETITORS = IMAGE_PEERS + ("adv_finetune",)
+COMPETITORS = IMAGE_PEERS + ("pd", "adv_finetune")
 REQUIRED_MODELS = ("baseline", "fru") + COMPETITORS
 # Thresholds shared by the targets and the claims: "FRUs restore an attack" means a restoration
 # gain over the undefended baseline of at least RESTORATION_GAIN; the paper's headline is a margin

@@ -52,7 +52,7 @@ def test_quick_run_reports_every_case_model_and_metric(quick_run):
     for key, case in summary["cases"].items():
         base_clean = case["models"]["baseline"]["clean_top1"]
         assert case["images"] == QUICK.test_images
-        for model in REQUIRED_MODELS + ("fru_secondary", "fru_bottom", "pd"):
+        for model in REQUIRED_MODELS + ("fru_secondary", "fru_bottom"):
             row = case["models"][model]
             assert set(METRICS) <= set(row), (key, model)
             for metric in ("clean_top1", "perturbed_top1", "fooling_rate"):
