@@ -357,3 +357,11 @@ def test_a_shipped_run_writes_seed_0s_demo_files_and_the_claims_table_into_the_d
         assert (tmp_path / doc).read_text() == f"intro\n{BEGIN}\n{claims_markdown(summary['claims'])}{END}\nrest\n"
     assert (tmp_path / demo_defaults(NET).fru[1]).read_bytes() == (
         quick_seeds / "seed-0" / "train_fru" / "fashionnet_FRU.caffemodel").read_bytes()
+
+
+def test_pd_is_a_column_and_set_peers_keeps_its_options_together():
+    assert ReproConfig().peers[-1] == "pd"
+    cfg = ReproConfig().with_overrides(["peers=median:3,pd:deflections=3,window=1"])
+    assert cfg.peers == ("median:3", "pd:deflections=3,window=1")
+    with pytest.raises(ValueError, match="peers: peer defence 'pd:window=0': window must be a positive integer"):
+        ReproConfig().with_overrides(["peers=pd:window=0"])

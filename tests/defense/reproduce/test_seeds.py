@@ -65,10 +65,15 @@ def _row(restoration, clean=0.9):
             "fooling_rate": 0.1}
 
 
+# the constructed summaries' competitor columns: a fixed subset of COMPETITORS, so that adding a
+# competitor column (pd, ...) to the reproduction leaves these numbers as they are
+REPLICA_COMPETITORS = ("median", "jpeg", "bits", "adv_finetune")
+
+
 def _replica(seed, fru, base, comps, bottom, secondary, masking, extra=None):
     """One seed's summary: restoration per model on same-norm, unseen-spgd and the adaptive cases."""
     same = {"baseline": _row(base), "fru": _row(fru), "fru_bottom": _row(bottom), "fru_secondary": _row(secondary),
-            **{c: _row(r) for c, r in zip(COMPETITORS, comps)}, **(extra or {})}
+            **{c: _row(r) for c, r in zip(REPLICA_COMPETITORS, comps, strict=True)}, **(extra or {})}
     summary = {"config": {"seed": seed, "xi": 50.0}, "xi_l2": 721.7, "evaluation_images": 200,
                "restoration_formula": "f", "baseline": {"test_top1": 0.90 + seed / 100, "test_images": 500},
                "cases": {"same-norm": {"title": "fresh", "group": "same-norm", "models": same},
