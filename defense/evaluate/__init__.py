@@ -5,6 +5,7 @@
 - ``peers``: image-domain peer defences (median, JPEG, bit depth);
 - ``report``: markdown table, the one bar-chart helper, the report files;
 - ``resources``: where a network's files and the published perturbations lie;
+- ``runtime``: ``classifier_for``, the one factory of Caffe or onnxruntime classifiers;
 - ``demo``: the single-image demo behind ``defense_example.py``;
 - ``__main__``: ``python -m defense.evaluate``.
 """

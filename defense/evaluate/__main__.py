@@ -13,15 +13,16 @@ from typing import Optional, Sequence
 import numpy as np
 
 from attacks.perturbation_io import load_perturbations
+from attacks.runtime import RUNTIME_CHOICES
 
 from ..core import ToolkitError, parse_args, positive_int, run_cli, seed_int, set_mode
 from ..data import DATA_SOURCES, open_source
-from ..generate.onnx_graph import RUNTIMES, classifier_for
 from ..outputs import output_dir
 from ..presets import get_preset
 from .compare import Model, evaluate
 from .peers import PEERS, make_peer
 from .report import markdown_table, write_reports
+from .runtime import classifier_for
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the perturbation draw (default 0, as published)")
     p.add_argument("--batch-size", type=positive_int, default=None, help="default: the preset's eval batch")
     p.add_argument("--gpu", type=int, default=None, metavar="N", help="run on GPU N (default: CPU)")
-    p.add_argument("--runtime", choices=RUNTIMES, default="caffe",
+    p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="caffe",
                    help="caffe (default), or onnx: the same nets exported to ONNX and run in onnxruntime (CPU)")
     p.add_argument("--out", type=output_dir, default=Path("results"), help="output folder (default results/)")
     p.add_argument("--stem", default="evaluation", help="output file stem (default evaluation)")

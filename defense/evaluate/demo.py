@@ -48,7 +48,8 @@ class DemoOptions:
     :param perturbation: a perturbation file replacing the attack's default file.
     :param perturbations_dir: the copy of ``Attack_samples/`` (default: ``attacks.published.published_dir()``).
     :param offline: never download; a missing published file is an error naming its address.
-    :param runtime: ``caffe``, or ``onnx`` (the nets exported to ONNX, run in onnxruntime).
+    :param runtime: ``caffe``, ``onnx`` (the nets exported to ONNX, run in onnxruntime, their top-1 on the
+        two images checked against Caffe's) or ``auto`` (onnx where onnxruntime is installed).
     """
 
     net: str = "ResNet152"
@@ -215,7 +216,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
                         files={"perturbation": v_file})
     batch = np.stack([image, perturbed]).astype(np.float32)
     for label, files, weights in nets:
-        clf = load_classifier(files, preset, batch_size=2, weights=weights, runtime=options.runtime)
+        clf = load_classifier(files, preset, batch_size=2, weights=weights, runtime=options.runtime, sample=batch)
         probs = clf.predict(batch)
         result.predictions[label] = Prediction(_top5(probs[0], names), _top5(probs[1], names))
         result.files[label] = str(weights)
