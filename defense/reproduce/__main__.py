@@ -18,6 +18,11 @@ UAPs + synthetic) and generate -> train_fru, ranking (bottom-ranked FRUs), peers
 fine-tuning); baseline -> test_attacks -> masking; train_fru -> adaptive, secondary; all ->
 evaluate -> report (-> ship: copies the demo files to the paths of ``paper.DEMO``). With
 ``--jobs 2`` (the default on a CPU) independent stages run side by side.
+
+Forward-only passes (the evaluation's predictions, the unseen attacks' xi calibration) run in
+onnxruntime where it is installed (``--runtime auto``, the default on a CPU), each model's top-1
+checked against Caffe's on a sample first; ``--runtime caffe`` keeps everything in Caffe, the
+reference, which also runs every attack and every training.
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ import logging
 import os
 import sys
 from typing import Optional, Sequence
+
+from attacks.runtime import RUNTIME_CHOICES, resolve_runtime
 
 from ..core import ToolkitError, parse_args, positive_int, run_cli, set_mode
 from ..outputs import output_dir
@@ -50,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=positive_int, default=None, metavar="J",
                    help="stages run side by side in J worker processes (default: 2 on a CPU with 2 or more "
                         "cores, 1 on a GPU)")
+    p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
+                   help="where forward-only passes run: onnx (onnxruntime, checked against Caffe on a sample), "
+                        "caffe, or auto (default: onnx where onnxruntime is installed and no --gpu, else caffe)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -63,8 +73,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     jobs = args.jobs if args.jobs is not None else (1 if args.gpu is not None else min(2, os.cpu_count() or 1))
     if jobs < 1:
         raise ToolkitError(f"--jobs must be a positive integer, got {jobs}")
+    runtime = "caffe" if args.runtime == "auto" and args.gpu is not None else resolve_runtime(args.runtime)
     summary = reproduce(cfg, args.out, force=args.force, progress=not args.quiet, ship_to=ship_to, jobs=jobs,
-                        gpu=args.gpu)
+                        gpu=args.gpu, runtime=runtime)
     print((args.out / "results.md").read_text())
     met = sum(t["met"] for t in summary["targets"])
     print(f"targets met: {met}/{len(summary['targets'])}; wrote {args.out / 'summary.json'}")

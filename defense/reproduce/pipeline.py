@@ -39,28 +39,30 @@ STAGES: Tuple[Stage, ...] = (
     Stage("ranking", stage_ranking, ("seed", "fru_iters", "fru_lr", "fru_clean_fraction"),
           ("train_attacks", "generate")),
     Stage("test_attacks", stage_test_attacks, _SUBSET_FIELDS + _UAP_FIELDS + _ATTACK_FIELDS + (
-        "xi_l2", "unseen_min_fooling", "unseen_xi_steps"), ("baseline",)),
+        "xi_l2", "unseen_min_fooling", "unseen_xi_steps"), ("baseline",), forward=True),
     Stage("masking", stage_masking, ("test_images", "eval_seed"), ("baseline", "test_attacks")),
     Stage("peers", stage_peers, ("seed", "fru_iters", "fru_batch", "advft_solver", "advft_lr", "fru_clean_fraction"),
           ("train_attacks", "baseline")),
     Stage("evaluate", stage_evaluate, ("test_images", "eval_seed", "peers"),
-          ("test_attacks", "train_fru", "ranking", "adaptive", "secondary", "peers")),
+          ("test_attacks", "train_fru", "ranking", "adaptive", "secondary", "peers"), forward=True),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
 
 def reproduce(cfg: ReproConfig, out: Path, force: bool = False, progress: bool = True,
               ship_to: Optional[Path] = None, train_source: Optional[DataSource] = None,
-              test_source: Optional[DataSource] = None, jobs: int = 1, gpu: Optional[int] = None) -> dict:
+              test_source: Optional[DataSource] = None, jobs: int = 1, gpu: Optional[int] = None,
+              runtime: str = "caffe") -> dict:
     """Run (or resume) every stage, then write summary.json, results.md and the figures.
 
     :param jobs: worker processes for independent stages (1: every stage in this process, in
         order; also when custom data sources are given).
+    :param runtime: where the forward-only stages' passes run, ``caffe`` or ``onnx`` (resolved).
     """
     started, load_start = time.perf_counter(), os.getloadavg()
     parallel = jobs > 1 and train_source is None and test_source is None
     ctx = Context(cfg, Path(out), force=force, progress=progress, gpu=gpu, jobs=jobs if parallel else 1,
-                  train_source=train_source, test_source=test_source)
+                  train_source=train_source, test_source=test_source, runtime=runtime)
     ctx.out.mkdir(parents=True, exist_ok=True)
     save_json(ctx.out / "config.json", dataclasses.asdict(cfg))
     if parallel:
@@ -68,7 +70,7 @@ def reproduce(cfg: ReproConfig, out: Path, force: bool = False, progress: bool =
     else:
         for stage in STAGES:
             run_stage(ctx, stage)
-    summary = write_report(ctx, started, load_start)
+    summary = write_report(ctx, started, load_start, {s.name: s.upstream for s in STAGES})
     if ship_to is not None:
         # paths relative to where they were shipped (the repository), never the machine's
         summary["shipped"] = [Path(p).relative_to(ship_to).as_posix() for p in ship(ctx, ship_to)]

@@ -234,12 +234,13 @@ def evaluation_images(ctx: Context) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def evaluation_models(ctx: Context) -> Dict[str, object]:
-    """name -> ``evaluate.Model``: the trained nets, and the baseline behind each image-domain peer."""
-    models = {m: Model(m, ctx.classifier(m)) for m in ("baseline", "fru", "fru_secondary", "fru_bottom")}
+    """name -> ``evaluate.Model``: the trained nets, and the baseline behind each image-domain peer
+    (forward passes in ``ctx.runtime``)."""
+    models = {m: Model(m, ctx.forward_classifier(m)) for m in ("baseline", "fru", "fru_secondary", "fru_bottom")}
     for spec in ctx.cfg.peers:
         peer = make_peer(spec)
-        models[peer.key] = Model(peer.key, ctx.classifier("baseline"), peer)
-    models["adv_finetune"] = Model("adv_finetune", ctx.classifier("adv_finetune"))
+        models[peer.key] = Model(peer.key, ctx.forward_classifier("baseline"), peer)
+    models["adv_finetune"] = Model("adv_finetune", ctx.forward_classifier("adv_finetune"))
     return models
 
 
@@ -273,10 +274,12 @@ def predict_models(ctx: Context, names: Sequence[str], state: Path):
                               progress=ctx.progress, desc="evaluate")
 
 
-def _predict_worker(cfg: ReproConfig, out: Path, gpu: Optional[int], keys: Dict[str, str], names: Sequence[str],
-                    state: Path):
+def _predict_worker(cfg: ReproConfig, out: Path, gpu: Optional[int], jobs: int, runtime: str, keys: Dict[str, str],
+                    names: Sequence[str], state: Path):
+    """``predict_models`` in a worker process; also returns the worker's runtime checks."""
     set_mode(gpu, cfg.seed)
-    return predict_models(Context(cfg, out, progress=False, gpu=gpu, keys=dict(keys)), names, state)
+    ctx = Context(cfg, out, progress=False, gpu=gpu, jobs=jobs, keys=dict(keys), runtime=runtime)
+    return predict_models(ctx, names, state) + (ctx.runtime_checks,)
 
 
 def stage_evaluate(ctx: Context) -> dict:
@@ -289,9 +292,11 @@ def stage_evaluate(ctx: Context) -> dict:
         groups = [names[i::ctx.jobs] for i in range(ctx.jobs)]
         with ProcessPoolExecutor(len(groups), mp_context=multiprocessing.get_context("spawn")) as pool:
             parts = list(pool.map(_predict_worker, *zip(*[
-                (ctx.cfg, ctx.out, ctx.gpu, dict(ctx.keys), g, folder / f"predictions_{i}.npz")
+                (ctx.cfg, ctx.out, ctx.gpu, ctx.jobs, ctx.runtime, dict(ctx.keys), g, folder / f"predictions_{i}.npz")
                 for i, g in enumerate(groups)])))
-        labels, preds = parts[0][0], {m: p for _, part in parts for m, p in part.items()}
+        labels, preds = parts[0][0], {m: p for _, part, _ in parts for m, p in part.items()}
+        for _, _, checks in parts:
+            ctx.runtime_checks.update(checks)
     else:
         labels, preds = predict_models(ctx, names, folder / "predictions.npz")
     out = {}
