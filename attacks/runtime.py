@@ -33,12 +33,13 @@ def onnxruntime_available() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
 
 
-def resolve_runtime(requested: str) -> str:
-    """``auto`` -> ``onnx`` where onnxruntime is installed, else ``caffe``; ``onnx`` without it is an error."""
+def resolve_runtime(requested: str, gpu: Optional[int] = None) -> str:
+    """``auto`` -> ``onnx`` where onnxruntime is installed and Caffe runs on the CPU (``gpu`` None),
+    else ``caffe``; ``onnx`` without onnxruntime is an error."""
     if requested not in RUNTIME_CHOICES:
         raise ValueError(f"--runtime must be one of {', '.join(RUNTIME_CHOICES)}, got '{requested}'")
     if requested == "auto":
-        return "onnx" if onnxruntime_available() else "caffe"
+        return "onnx" if gpu is None and onnxruntime_available() else "caffe"
     if requested == "onnx" and not onnxruntime_available():
         raise ToolkitError("--runtime onnx needs the onnx and onnxruntime packages: pip install '.[onnx]' "
                            "(or use --runtime caffe)")

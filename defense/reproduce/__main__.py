@@ -73,9 +73,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     jobs = args.jobs if args.jobs is not None else (1 if args.gpu is not None else min(2, os.cpu_count() or 1))
     if jobs < 1:
         raise ToolkitError(f"--jobs must be a positive integer, got {jobs}")
-    runtime = "caffe" if args.runtime == "auto" and args.gpu is not None else resolve_runtime(args.runtime)
     summary = reproduce(cfg, args.out, force=args.force, progress=not args.quiet, ship_to=ship_to, jobs=jobs,
-                        gpu=args.gpu, runtime=runtime)
+                        gpu=args.gpu, runtime=resolve_runtime(args.runtime, args.gpu))
     print((args.out / "results.md").read_text())
     met = sum(t["met"] for t in summary["targets"])
     print(f"targets met: {met}/{len(summary['targets'])}; wrote {args.out / 'summary.json'}")

@@ -70,7 +70,7 @@ def reproduce(cfg: ReproConfig, out: Path, force: bool = False, progress: bool =
     else:
         for stage in STAGES:
             run_stage(ctx, stage)
-    summary = write_report(ctx, started, load_start, {s.name: s.upstream for s in STAGES})
+    summary = write_report(ctx, started, load_start)
     if ship_to is not None:
         # paths relative to where they were shipped (the repository), never the machine's
         summary["shipped"] = [Path(p).relative_to(ship_to).as_posix() for p in ship(ctx, ship_to)]

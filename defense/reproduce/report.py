@@ -121,8 +121,8 @@ def markdown_report(summary: dict) -> str:
     lines += ["", f"First stage start to last stage end: {summary['wall_seconds_all_stages']:.1f} s "
               f"({m.get('jobs', 1)} worker process{'es' if m.get('jobs', 1) > 1 else ''}; independent stages overlap)."]
     if sched.get("critical_path"):
-        lines += ["", f"Critical path (each stage's last upstream stage to end): {' -> '.join(sched['critical_path'])}, "
-                  f"{sched['critical_path_seconds']:.1f} s of stage time."]
+        lines += ["", f"Critical path (back from the last stage, what each one waited for: its inputs or a free "
+                  f"worker): {' -> '.join(sched['critical_path'])}, {sched['critical_path_seconds']:.1f} s of stage time."]
     if sched.get("cpu_utilisation") is not None:
         lines += ["", f"CPU time of the stages / ({m.get('jobs', 1)} workers x wall time): "
                   f"{sched['cpu_utilisation']:.2f} (below 1: idle workers, or a loaded machine)."]
@@ -206,23 +206,25 @@ def stage_timings(records: Dict[str, dict]) -> Dict[str, dict]:
     return out
 
 
-def critical_path(records: Mapping[str, dict], upstream: Mapping[str, Sequence[str]]) -> List[str]:
-    """The chain that set the run's length: from the stage that ended last, back through each
-    stage's upstream stage that ended last, to a stage with none."""
+def critical_path(records: Mapping[str, dict], slack: float = 1.0) -> List[str]:
+    """The chain that set the run's length: from the stage that ended last, back through what each
+    stage waited for, the stage that ended last before it started (within ``slack`` seconds): an
+    upstream stage, or the stage whose worker it took."""
     if not records or not all("ended_at" in r for r in records.values()):
         return []
     chain = [max(records, key=lambda n: records[n]["ended_at"])]
     while True:
-        ups = [u for u in upstream.get(chain[-1], ()) if u in records]
-        if not ups:
+        start = records[chain[-1]]["started_at"]
+        before = [n for n in records if n not in chain and records[n]["ended_at"] <= start + slack]
+        if not before:
             return chain[::-1]
-        chain.append(max(ups, key=lambda u: records[u]["ended_at"]))
+        chain.append(max(before, key=lambda n: records[n]["ended_at"]))
 
 
-def schedule_summary(ctx: Context, upstream: Mapping[str, Sequence[str]]) -> dict:
+def schedule_summary(ctx: Context) -> dict:
     """How the stages filled the workers: the critical path, and CPU time over workers x wall time."""
     rec = ctx.records
-    path = critical_path(rec, upstream)
+    path = critical_path(rec)
     wall = stages_wall_seconds(rec.values())
     fresh = [r for r in rec.values() if not r.get("resumed") and r.get("cpu_seconds") is not None]
     cpu = round(sum(r["cpu_seconds"] for r in fresh), 1) if len(fresh) == len(rec) else None
@@ -258,8 +260,7 @@ def finish_order(records: Dict[str, dict]) -> List[Tuple[str, dict]]:
     return items
 
 
-def build_summary(ctx: Context, started: float, load_start: Sequence[float],
-                  upstream: Mapping[str, Sequence[str]]) -> dict:
+def build_summary(ctx: Context, started: float, load_start: Sequence[float]) -> dict:
     cases = {}
     rec = ctx.records
     for case in eval_cases(ctx.cfg):
@@ -283,7 +284,7 @@ def build_summary(ctx: Context, started: float, load_start: Sequence[float],
         "adaptive": adaptive_results(rec),
         "perturbation_sets": perturbation_sets(rec),
         "timings": stage_timings(rec), "wall_seconds_this_run": round(time.perf_counter() - started, 1),
-        "wall_seconds_all_stages": stages_wall_seconds(rec.values()), "schedule": schedule_summary(ctx, upstream),
+        "wall_seconds_all_stages": stages_wall_seconds(rec.values()), "schedule": schedule_summary(ctx),
         "runtime": runtime_summary(ctx),
         "machine": {"cpus": os.cpu_count(), "jobs": ctx.jobs, "loadavg_start": [round(a, 2) for a in load_start],
                     "loadavg_end": [round(a, 2) for a in os.getloadavg()]},
@@ -292,10 +293,8 @@ def build_summary(ctx: Context, started: float, load_start: Sequence[float],
     return summary
 
 
-def write_report(ctx: Context, started: float, load_start: Sequence[float],
-                 upstream: Mapping[str, Sequence[str]]) -> dict:
-    """summary.json, results.md and the figures; ``upstream``: each stage's upstream stages."""
-    summary = build_summary(ctx, started, load_start, upstream)
+def write_report(ctx: Context, started: float, load_start: Sequence[float]) -> dict:
+    summary = build_summary(ctx, started, load_start)
     _, fmap = feature_map_figure(ctx, ctx.out / "feature_map.png")
     summary["feature_map"] = fmap
     restoration_figure(summary, ctx.out / "restoration.png")
