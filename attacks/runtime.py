@@ -26,6 +26,7 @@ RUNTIME_CHOICES = ("auto",) + RUNTIMES  # auto: onnx where onnxruntime is instal
 # |logit|) is a tie that float32 rounding may break either way, not a mismatch: the two runtimes
 # sum in different orders, about 1e-6 relative apart on the shipped nets.
 TIE_TOLERANCE = 1e-4
+CHECK_IMAGES = 16  # images of the check against Caffe where a command has no cheaper sample of its own
 
 
 def onnxruntime_available() -> bool:

@@ -41,7 +41,7 @@ import numpy as np
 from attacks.metrics import bootstrap_ci
 from attacks.perturbation_io import load_any, load_perturbations
 from attacks.published import published_dir
-from attacks.runtime import RUNTIME_CHOICES, OnnxClassifier, resolve_runtime
+from attacks.runtime import CHECK_IMAGES, RUNTIME_CHOICES, OnnxClassifier, resolve_runtime
 
 from .core import ToolkitError, parse_args, positive_int, run_cli, set_mode, write_text
 from .data import Subset
@@ -60,7 +60,6 @@ INDEX_ENV = "FRU_IMAGENET_VAL_INDEX"
 DEFAULT_OUT = Path("results") / "tables"
 MODELS = ("baseline", "fru")
 RUN_METRICS = ("perturbed_top1", "perturbed_top5", "fooling_rate")
-RUNTIME_CHECK_IMAGES = 16  # the first evaluated images, on which onnxruntime's top-1 must equal Caffe's
 
 
 # ---------------------------------------------------------------- protocol -> arrays
@@ -242,7 +241,7 @@ def run_table(table: str, net: str, options: TableOptions) -> dict:
             raise ToolkitError(f"{pair.baseline.prototxt if name == 'baseline' else pair.fru.prototxt}: input shape "
                                f"{clf.input_shape} does not match the {preset.name} preset's {shape}")
     fast = {name: clf for name, clf in classifiers.items() if isinstance(clf, OnnxClassifier)}
-    sample = source.take(np.arange(min(RUNTIME_CHECK_IMAGES, len(source))))[0] if fast else None
+    sample = source.take(np.arange(min(CHECK_IMAGES, len(source))))[0] if fast else None
     checks = {name: clf.verify(sample) for name, clf in fast.items()}
     out = Path(options.out)
     stem = f"{table}_{preset.name}"
@@ -313,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--clip", action="store_true", help="clip perturbed images to [0, 255] (the published tables do not)")
     ap.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
                     help="where the forward passes run: onnx (onnxruntime, checked against Caffe on the first "
-                         f"{RUNTIME_CHECK_IMAGES} images), caffe, or auto (default: onnx where onnxruntime is "
+                         f"{CHECK_IMAGES} images), caffe, or auto (default: onnx where onnxruntime is "
                          "installed and no --gpu, else caffe)")
     ap.add_argument("--out", type=output_dir, default=DEFAULT_OUT, help="output folder (default: %(default)s)")
     ap.add_argument("--no-resume", action="store_true", help="ignore a saved state file and start over")
