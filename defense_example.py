@@ -21,10 +21,10 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from attacks.runtime import RUNTIME_CHOICES
 from defense.core import parse_args, run_cli, set_mode
 from defense.evaluate.demo import LABELS_ENV, DemoOptions, run_demo, save_figure
 from defense.evaluate.peers import peer_specs
-from defense.generate.onnx_graph import RUNTIMES
 from defense.outputs import check_output, output_file
 from defense.paper import DEMO, DEMO_ATTACKS
 
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "class indices when absent)")
     ap.add_argument("--manifest", type=Path, help="weights manifest (default: weights/manifest.json)")
     ap.add_argument("--gpu", type=int, default=None, help="GPU id (default: CPU)")
-    ap.add_argument("--runtime", choices=RUNTIMES, default="caffe",
+    ap.add_argument("--runtime", choices=RUNTIME_CHOICES, default="caffe",
                     help="caffe (default), or onnx: the nets exported to ONNX and run in onnxruntime (CPU)")
     ap.add_argument("--out", type=output_file, help="the figure's PNG (default: results/demo/<dnn>_<attack>.png)")
     return ap

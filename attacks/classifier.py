@@ -177,6 +177,12 @@ class CaffeClassifier:
                     seen.append(top)
         return seen
 
+    @property
+    def caffe_classifier(self) -> "CaffeClassifier":
+        """The Caffe classifier that computes gradients and inner blobs: itself (an
+        ``attacks.runtime.OnnxClassifier`` answers with its Caffe reference)."""
+        return self
+
     def last_feature_map(self) -> Optional[str]:
         """The last convolutional feature map before the logits (for class activation maps): the
         last 4-D blob with more than one position that a layer other than the input, a pooling or

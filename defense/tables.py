@@ -17,6 +17,9 @@ and restoration accuracy, (clean top-1 + perturbed top-1) / (2 x baseline clean 
 (``preset.baseline_top1``) and with the measured one, next to the published number.
 ``--peers pd,median:3`` adds the baseline behind image-domain defences (``defense.evaluate.peers``).
 Outputs: ``<out>/<table>_<net>.json`` and ``.md``; ``.state.npz`` lets an interrupted run resume.
+The forward passes run in onnxruntime where it is installed (``--runtime auto``, the default
+without ``--gpu``), both nets' top-1 checked against Caffe's on the first images first;
+``--runtime caffe`` runs them in Caffe.
 
 Differences from the published scripts, by design: images within a class are taken in sorted
 file-name order (the scripts used ``os.listdir`` order), so which image gets which of the K
@@ -39,6 +42,7 @@ import numpy as np
 from attacks.metrics import bootstrap_ci
 from attacks.perturbation_io import load_any, load_perturbations
 from attacks.published import published_dir
+from attacks.runtime import CHECK_IMAGES, RUNTIME_CHOICES, OnnxClassifier, resolve_runtime
 
 from .core import ToolkitError, parse_args, positive_int, run_cli, set_mode, write_text
 from .data import Subset
@@ -139,7 +143,8 @@ def markdown(report: dict) -> str:
     lines = [f"## {report['title']}: {report['net']}", "",
              f"{report['images']} images ({report['per_class_note']}), clipping: "
              f"{'[0, 255]' if report['clip'] else 'none (as published)'}, "
-             f"restoration-accuracy denominators: published {_fmt(den['published'])}, measured {_fmt(den['measured'])}.",
+             f"restoration-accuracy denominators: published {_fmt(den['published'])}, measured {_fmt(den['measured'])}; "
+             f"forward passes in {report['runtime']['forward_passes']}.",
              "",
              "| attack | model | clean top-1 | perturbed top-1 | clean top-5 | perturbed top-5 | fooling rate "
              "| restoration acc. | restoration acc. (measured denom.) | published |",
@@ -176,6 +181,7 @@ class TableOptions:
     resume: bool = True
     progress: bool = True
     command: str = ""
+    runtime: str = "auto"  # where the forward passes run: auto, caffe or onnx (attacks.runtime)
 
 
 def _own_case(table: str, net: str, cases: Sequence[TableCase], names: Tuple[str, ...],
@@ -229,8 +235,9 @@ def run_table(table: str, net: str, options: TableOptions) -> dict:
         by_case[case.key] = case_conditions(case, arrays, len(protocol), selected)
         conditions += by_case[case.key]
     batch = int(options.batch or preset.eval_batch)
-    classifiers = {"baseline": load_classifier(pair.baseline, preset, batch),
-                   "fru": load_classifier(pair.fru, preset, batch)}
+    runtime = resolve_runtime(options.runtime)
+    classifiers = {"baseline": load_classifier(pair.baseline, preset, batch, runtime=runtime),
+                   "fru": load_classifier(pair.fru, preset, batch, runtime=runtime)}
     for name, clf in classifiers.items():
         if tuple(clf.input_shape) != shape:
             raise ToolkitError(f"{pair.baseline.prototxt if name == 'baseline' else pair.fru.prototxt}: input shape "
@@ -240,11 +247,14 @@ def run_table(table: str, net: str, options: TableOptions) -> dict:
         models[peer.key] = Model(peer.key, classifiers["baseline"], peer)
     described = {"baseline": pair.baseline.describe(), "fru": pair.fru.describe(),
                  **{m: f"baseline+{model.preprocessor.describe()}" for m, model in models.items() if m not in MODELS}}
+    fast = {name: clf for name, clf in classifiers.items() if isinstance(clf, OnnxClassifier)}
+    sample = source.take(np.arange(min(CHECK_IMAGES, len(source))))[0] if fast else None
+    checks = {name: clf.verify(sample) for name, clf in fast.items()}
     out = Path(options.out)
     stem = f"{table}_{preset.name}"
     config = {"table": table, "net": preset.name, "index": str(Path(options.index).resolve()), "images": len(source),
               "limit": options.limit, "clip": options.clip, "models": described,
-              "conditions": [[c.name, list(c.files)] for c in conditions]}
+              "conditions": [[c.name, list(c.files)] for c in conditions], "runtime": runtime}
     state = out / f"{stem}.state.npz"
     if not options.resume and state.exists():
         state.unlink()
@@ -261,6 +271,7 @@ def run_table(table: str, net: str, options: TableOptions) -> dict:
                                                              if options.limit and len(source) < len(protocol) else ""),
         "clip": options.clip, "clipping": "[0, 255]" if options.clip else "none (published table scripts do not clip)",
         "batch_size": batch, "models": described,
+        "runtime": {"forward_passes": runtime, "checks": checks},
         "denominators": {"published": preset.baseline_top1, "measured": measured},
         "cases": [], "command": options.command,
     }
@@ -308,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--workers", type=positive_int, default=4, help="image decoding threads (default: 4)")
     ap.add_argument("--gpu", type=int, default=None, help="GPU id (default: CPU)")
     ap.add_argument("--clip", action="store_true", help="clip perturbed images to [0, 255] (the published tables do not)")
+    ap.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
+                    help="where the forward passes run: onnx (onnxruntime, checked against Caffe on the first "
+                         f"{CHECK_IMAGES} images), caffe, or auto (default: onnx where onnxruntime is "
+                         "installed and no --gpu, else caffe)")
     ap.add_argument("--out", type=output_dir, default=DEFAULT_OUT, help="output folder (default: %(default)s)")
     ap.add_argument("--no-resume", action="store_true", help="ignore a saved state file and start over")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -331,7 +346,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            defense=args.defense, perturbations=args.perturbations, offline=args.offline,
                            own=tuple(args.own), peers=tuple(args.peers), limit=args.limit, batch=args.batch, workers=args.workers,
                            clip=args.clip, out=args.out, resume=not args.no_resume, progress=not args.quiet,
-                           command=command)
+                           command=command,
+                           runtime=resolve_runtime(args.runtime, args.gpu))
     set_mode(args.gpu, seed=0)
     report = run_table(args.table, net, options)
     print(markdown(report), end="")

@@ -6,6 +6,7 @@
 - ``deflection``: pixel deflection's steps (activation map, deflection, wavelet denoising);
 - ``report``: markdown table, the one bar-chart helper, the report files;
 - ``resources``: where a network's files and the published perturbations lie;
+- ``runtime``: ``classifier_for``, the one factory of Caffe or onnxruntime classifiers;
 - ``demo``: the single-image demo behind ``defense_example.py``;
 - ``__main__``: ``python -m defense.evaluate``.
 """

@@ -13,15 +13,16 @@ from typing import Optional, Sequence
 import numpy as np
 
 from attacks.perturbation_io import load_perturbations
+from attacks.runtime import CHECK_IMAGES, RUNTIME_CHOICES, resolve_runtime
 
 from ..core import ToolkitError, parse_args, positive_int, run_cli, seed_int, set_mode
 from ..data import DATA_SOURCES, open_source
-from ..generate.onnx_graph import RUNTIMES, classifier_for
 from ..outputs import output_dir
 from ..presets import get_preset
 from .compare import Model, evaluate
 from .peers import PEERS, make_peer, peer_specs
 from .report import markdown_table, write_reports
+from .runtime import classifier_for
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,8 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the perturbation draw (default 0, as published)")
     p.add_argument("--batch-size", type=positive_int, default=None, help="default: the preset's eval batch")
     p.add_argument("--gpu", type=int, default=None, metavar="N", help="run on GPU N (default: CPU)")
-    p.add_argument("--runtime", choices=RUNTIMES, default="caffe",
-                   help="caffe (default), or onnx: the same nets exported to ONNX and run in onnxruntime (CPU)")
+    p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="caffe",
+                   help="caffe (default), onnx: the same nets exported to ONNX and run in onnxruntime (CPU), their "
+                        f"top-1 checked against Caffe's on the first {CHECK_IMAGES} images, or auto: onnx where "
+                        "onnxruntime is installed and no --gpu")
     p.add_argument("--out", type=output_dir, default=Path("results"), help="output folder (default results/)")
     p.add_argument("--stem", default="evaluation", help="output file stem (default evaluation)")
     return p
@@ -66,13 +69,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.limit:
         source = source.sample(args.limit, np.random.default_rng(args.seed))
     perturbations = load_perturbations(args.perturbations)
+    runtime = resolve_runtime(args.runtime, args.gpu)
+    sample = source.take(np.arange(min(CHECK_IMAGES, len(source))))[0] if runtime == "onnx" else None
     base = classifier_for(args.baseline_prototxt or preset.deploy, args.baseline_weights or preset.weights(),
-                          preset.mean_bgr, args.runtime, batch_size=batch)
+                          preset.mean_bgr, runtime, sample=sample, batch_size=batch)
     models = [Model("baseline", base)]
     if not args.no_defended:
         models.append(Model("FRU", classifier_for(args.defended_prototxt or preset.deploy_fru,
                                                   args.defended_weights or preset.weights(defended=True),
-                                                  preset.mean_bgr, args.runtime, batch_size=batch)))
+                                                  preset.mean_bgr, runtime, sample=sample, batch_size=batch)))
     for spec in args.peers:
         peer = make_peer(spec)
         models.append(Model(f"baseline+{peer.describe()}", base, peer))
@@ -82,7 +87,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result = evaluate(models, source, perturbations, seed=args.seed, baseline_top1=denominator, batch_size=batch,
                       clip=args.clip)
     result.update(network=preset.name, perturbation_files=[str(p) for p in args.perturbations],
-                  runtime=args.runtime, command="python -m defense.evaluate " + " ".join(sys.argv[1:] if argv is None else argv))
+                  runtime=runtime, command="python -m defense.evaluate " + " ".join(sys.argv[1:] if argv is None else argv))
     for path in write_reports(result, args.out, args.stem):
         print(path)
     print(markdown_table(result), end="")

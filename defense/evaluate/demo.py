@@ -52,7 +52,8 @@ class DemoOptions:
     :param perturbation: a perturbation file replacing the attack's default file.
     :param perturbations_dir: the copy of ``Attack_samples/`` (default: ``attacks.published.published_dir()``).
     :param offline: never download; a missing published file is an error naming its address.
-    :param runtime: ``caffe``, or ``onnx`` (the nets exported to ONNX, run in onnxruntime).
+    :param runtime: ``caffe``, ``onnx`` (the nets exported to ONNX, run in onnxruntime, their top-1 on the
+        two images checked against Caffe's) or ``auto`` (onnx where onnxruntime is installed).
     :param peers: image-domain defences (``make_peer`` specs) shown on the baseline, ``baseline+<key>``.
     """
 
@@ -224,7 +225,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
     models = []
     for label, files, weights in nets:
         models.append(Model(label, load_classifier(files, preset, batch_size=2, weights=weights,
-                                                   runtime=options.runtime)))
+                                                   runtime=options.runtime, sample=batch)))
         result.files[label] = str(weights)
     models += [Model(f"baseline+{peer.key}", models[0].classifier, peer) for peer in peers]
     for model in models:

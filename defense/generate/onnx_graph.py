@@ -10,8 +10,8 @@ checked with ``onnx.checker``. Caffe's semantics are kept exactly where ONNX dif
 - BatchNorm divides its stored statistics by the moving-average factor in blob 2;
 - InnerProduct flattens from its axis (Flatten + Gemm with the weights transposed).
 
-``OnnxClassifier`` runs such a graph in onnxruntime behind the ``CaffeClassifier`` interface, and
-``classifier_for`` is the one switch between the two runtimes (demo, evaluation).
+The runtime that runs such a graph, ``attacks.runtime.OnnxClassifier``, lives beside the Caffe
+classifier; ``defense.evaluate.runtime.classifier_for`` picks between the two.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from attacks.classifier import CaffeClassifier
+from attacks.runtime import onnx_session
 
 from ..core import ToolkitError, caffe, caffe_pb2, load_net, read_net_param, write_bytes
 
@@ -260,60 +260,3 @@ def export_onnx(prototxt: os.PathLike | str, weights: os.PathLike | str, out: os
     if check:
         summary["max_rel_diff"] = compare_with_caffe(net, model, seed=seed)
     return summary
-
-
-def onnx_session(model, threads: int = 0):
-    """An onnxruntime CPU session for a model (ModelProto, serialized bytes or a path);
-    ``threads`` 0: onnxruntime's default."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise ToolkitError("running ONNX models needs onnxruntime: pip install '.[onnx]'") from None
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = int(threads)
-    options.log_severity_level = 3
-    source = model.SerializeToString() if hasattr(model, "SerializeToString") else (
-        model if isinstance(model, bytes) else str(model))
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-
-
-class OnnxClassifier(CaffeClassifier):
-    """A ``CaffeClassifier`` whose forward passes run in onnxruntime: same preprocessing, batching
-    and metrics, the graph exported from the Caffe net; forward to the logits only, no gradients."""
-
-    def __init__(self, clf: CaffeClassifier, param: "caffe_pb2.NetParameter", threads: int = 0):
-        super().__init__(clf.net, clf.mean, clf.input_blob, clf.logits_blob, clip=clf.clip, scale=clf.scale,
-                         batch_size=clf.batch_size)
-        extra = [] if clf.logits_blob in clf.net.outputs else [clf.logits_blob]
-        self.session = onnx_session(onnx_model(clf.net, param, extra), threads)
-        outputs = list(clf.net.outputs) + extra
-        self._onnx_input = self.session.get_inputs()[0].name
-        self._onnx_logits = self.session.get_outputs()[outputs.index(clf.logits_blob)].name
-
-    @classmethod
-    def from_files(cls, prototxt, weights, mean=None, preset=None, threads: int = 0, **kw) -> "OnnxClassifier":
-        return cls(CaffeClassifier.from_files(prototxt, weights, mean, preset, **kw), read_net_param(prototxt), threads)
-
-    def forward_batch(self, x: np.ndarray, blobs: Sequence[str] = ()) -> Dict[str, np.ndarray]:
-        if list(blobs) not in ([], [self.logits_blob]):
-            raise ToolkitError("the ONNX runtime computes the logits only; use the Caffe runtime for other blobs")
-        x = self._check_x(x)
-        out = self.session.run([self._onnx_logits], {self._onnx_input: self.preprocess(x).astype(np.float32)})[0]
-        return {self.logits_blob: out}
-
-    def backward_batch(self, blob_diffs) -> np.ndarray:
-        raise ToolkitError("gradients need the Caffe runtime (attacks run on Caffe)")
-
-
-RUNTIMES = ("caffe", "onnx")
-
-
-def classifier_for(prototxt: os.PathLike | str, weights: os.PathLike | str, mean, runtime: str = "caffe",
-                   **kw) -> CaffeClassifier:
-    """The one place that picks a runtime: Caffe, or the same net exported to onnxruntime."""
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got '{runtime}'")
-    if runtime == "onnx":
-        return OnnxClassifier.from_files(prototxt, weights, mean, **kw)
-    return CaffeClassifier.from_files(prototxt, weights, mean, **kw)

@@ -24,6 +24,11 @@ UAPs + synthetic) and generate -> train_fru, ranking (bottom-ranked FRUs), peers
 fine-tuning); baseline -> test_attacks -> masking; train_fru -> adaptive, secondary; all ->
 evaluate -> report (-> ship: copies the demo files to the paths of ``paper.DEMO``). With
 ``--jobs 2`` (the default on a CPU) independent stages, of every seed, run side by side.
+
+Forward-only passes (the evaluation's predictions, the unseen attacks' xi calibration) run in
+onnxruntime where it is installed (``--runtime auto``, the default on a CPU), each model's top-1
+checked against Caffe's on a sample first; ``--runtime caffe`` keeps everything in Caffe, the
+reference, which also runs every attack and every training.
 """
 from __future__ import annotations
 
@@ -32,6 +37,8 @@ import logging
 import os
 import sys
 from typing import Optional, Sequence
+
+from attacks.runtime import RUNTIME_CHOICES, resolve_runtime
 
 from ..core import ToolkitError, parse_args, positive_int, run_cli, set_mode
 from ..outputs import output_dir
@@ -60,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=positive_int, default=None, metavar="J",
                    help="stages run side by side in J worker processes (default: 2 on a CPU with 2 or more "
                         "cores, 1 on a GPU)")
+    p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
+                   help="where forward-only passes run: onnx (onnxruntime, checked against Caffe on a sample), "
+                        "caffe, or auto (default: onnx where onnxruntime is installed and no --gpu, else caffe)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -74,7 +84,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if jobs < 1:
         raise ToolkitError(f"--jobs must be a positive integer, got {jobs}")
     summary = reproduce(cfg, args.out, seeds=args.seeds, force=args.force, progress=not args.quiet, ship_to=ship_to,
-                        jobs=jobs, gpu=args.gpu)
+                        jobs=jobs, gpu=args.gpu, runtime=resolve_runtime(args.runtime, args.gpu))
     print((args.out / "results.md").read_text())
     verdicts = [t["verdict"] for t in summary["targets"]]
     claims = [c["verdict"] for c in summary["claims"]]

@@ -94,6 +94,13 @@ def aggregate_targets(replicas: Sequence[dict], wall_seconds: float, cases: Dict
     return out
 
 
+def aggregate_runtime(replicas: Sequence[dict]) -> dict:
+    """Where the replicas' forward-only passes ran, and each replica's checks against Caffe."""
+    used = sorted({r["runtime"]["forward_passes"] for r in replicas if "runtime" in r})
+    return {"forward_passes": used[0] if len(used) == 1 else used, "gradients": "caffe",
+            "checks": {str(r["config"]["seed"]): r["runtime"]["checks"] for r in replicas if "runtime" in r}}
+
+
 def build_aggregate(cfg: ReproConfig, replicas: Sequence[dict], folders: Sequence[str], records: Sequence[dict],
                     started: float, load_start: Sequence[float], jobs: int) -> dict:
     """The aggregate summary of the per-seed summaries ``replicas`` (in ``folders``, relative to ``--out``)."""
@@ -115,7 +122,7 @@ def build_aggregate(cfg: ReproConfig, replicas: Sequence[dict], folders: Sequenc
         "restoration_formula": replicas[0]["restoration_formula"],
         "cases": cases, "ranking": {"masking": masking},
         "claims": judge_claims(paper_claims(cases, list(masking)), replicas),
-        "targets": aggregate_targets(replicas, wall, cases),
+        "targets": aggregate_targets(replicas, wall, cases), "runtime": aggregate_runtime(replicas),
         "wall_seconds_this_run": round(time.perf_counter() - started, 1), "wall_seconds_all_stages": wall,
         "machine": {"cpus": os.cpu_count(), "jobs": jobs, "loadavg_start": [round(a, 2) for a in load_start],
                     "loadavg_end": [round(a, 2) for a in os.getloadavg()]},
@@ -165,7 +172,9 @@ def markdown_aggregate(summary: dict) -> str:
               for s, p in summary["replicas"].items()]
     lines += ["", f"First stage start to last stage end, every seed: {summary['wall_seconds_all_stages']:.1f} s "
               f"({m['jobs']} worker process{'es' if m['jobs'] > 1 else ''}). Machine: {m['cpus']} CPUs, load average "
-              f"at start {m['loadavg_start']}, at end {m['loadavg_end']}.", ""]
+              f"at start {m['loadavg_start']}, at end {m['loadavg_end']}. Forward-only passes (evaluation, xi "
+              f"calibration) ran in {summary['runtime']['forward_passes']}, attacks and training in Caffe; each "
+              "seed's results.md gives its stages' start, end and CPU times and its critical path.", ""]
     return "\n".join(lines)
 
 

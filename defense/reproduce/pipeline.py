@@ -42,12 +42,12 @@ STAGES: Tuple[Stage, ...] = (
     Stage("ranking", stage_ranking, ("seed", "fru_iters", "fru_lr", "fru_clean_fraction"),
           ("train_attacks", "generate")),
     Stage("test_attacks", stage_test_attacks, _SUBSET_FIELDS + _UAP_FIELDS + _ATTACK_FIELDS + (
-        "xi_l2", "unseen_min_fooling", "unseen_xi_steps"), ("baseline",)),
+        "xi_l2", "unseen_min_fooling", "unseen_xi_steps"), ("baseline",), forward=True),
     Stage("masking", stage_masking, ("test_images", "eval_seed"), ("baseline", "test_attacks")),
     Stage("peers", stage_peers, ("seed", "fru_iters", "fru_batch", "advft_solver", "advft_lr", "fru_clean_fraction"),
           ("train_attacks", "baseline")),
     Stage("evaluate", stage_evaluate, ("test_images", "eval_seed", "peers"),
-          ("test_attacks", "train_fru", "ranking", "adaptive", "secondary", "peers")),
+          ("test_attacks", "train_fru", "ranking", "adaptive", "secondary", "peers"), forward=True),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
@@ -59,13 +59,15 @@ def replica_folder(out: Path, seed: int) -> Path:
 
 def reproduce(cfg: ReproConfig, out: Path, seeds: int = DEFAULT_SEEDS, force: bool = False, progress: bool = True,
               ship_to: Optional[Path] = None, train_source: Optional[DataSource] = None,
-              test_source: Optional[DataSource] = None, jobs: int = 1, gpu: Optional[int] = None) -> dict:
+              test_source: Optional[DataSource] = None, jobs: int = 1, gpu: Optional[int] = None,
+              runtime: str = "caffe") -> dict:
     """Run (or resume) every stage of ``seeds`` independent replicas (seeds ``cfg.seed`` ..
     ``cfg.seed + seeds - 1``, each in ``out/seed-<s>/`` with its own report), then write the
     aggregate (means and 95% intervals over the seeds, the claims) into ``out``.
 
     :param jobs: worker processes for independent stages, of every replica (1: every stage in
         this process, replica by replica; also when custom data sources are given).
+    :param runtime: where the forward-only stages' passes run, ``caffe`` or ``onnx`` (resolved).
     """
     if seeds < 1:
         raise ValueError(f"seeds must be a positive integer, got {seeds}")
@@ -75,7 +77,7 @@ def reproduce(cfg: ReproConfig, out: Path, seeds: int = DEFAULT_SEEDS, force: bo
     parallel = jobs > 1 and train_source is None and test_source is None
     contexts = [Context(dataclasses.replace(cfg, seed=cfg.seed + i), replica_folder(out, cfg.seed + i), force=force,
                         progress=progress, gpu=gpu, jobs=jobs if parallel else 1, train_source=train_source,
-                        test_source=test_source) for i in range(seeds)]
+                        test_source=test_source, runtime=runtime) for i in range(seeds)]
     Path(out).mkdir(parents=True, exist_ok=True)
     save_json(Path(out) / "config.json", dataclasses.asdict(cfg))
     for ctx in contexts:

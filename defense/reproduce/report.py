@@ -9,7 +9,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -149,13 +149,26 @@ def markdown_report(summary: dict) -> str:
     lines += ["## Targets", "", "| target | value | met |", "|---|---|---|"]
     lines += [f"| {t['target']} | {t['value']:.4f} | {'yes' if t['met'] else '**no**'} {t['detail']} |"
               for t in summary["targets"]]
-    lines += ["", "## Stage timings (seconds)", "", "| stage | seconds | note |", "|---|---|---|"]
-    lines += [f"| {name} | {t['seconds']:.1f} | {'from an earlier run' if t['resumed'] else ''} |"
-              for name, t in summary["timings"].items()]
-    m = summary["machine"]
+    lines += ["", "## Stage timings (seconds)", "",
+              "Start and end are counted from the first stage's start; CPU is the stage's processes' CPU time.", "",
+              "| stage | start | end | seconds | CPU | note |", "|---|---|---|---|---|---|"]
+    cell = lambda t, k: "-" if t.get(k) is None else f"{t[k]:.1f}"  # noqa: E731
+    lines += [f"| {name} | {cell(t, 'start')} | {cell(t, 'end')} | {t['seconds']:.1f} | {cell(t, 'cpu_seconds')} "
+              f"| {'from an earlier run' if t['resumed'] else ''} |" for name, t in summary["timings"].items()]
+    m, sched = summary["machine"], summary.get("schedule", {})
     lines += ["", f"First stage start to last stage end: {summary['wall_seconds_all_stages']:.1f} s "
-              f"({m.get('jobs', 1)} worker process{'es' if m.get('jobs', 1) > 1 else ''}; independent stages overlap).",
-              "", f"Machine: {m['cpus']} CPUs, load average at start {m['loadavg_start']}, at end {m['loadavg_end']}.", ""]
+              f"({m.get('jobs', 1)} worker process{'es' if m.get('jobs', 1) > 1 else ''}; independent stages overlap)."]
+    if sched.get("critical_path"):
+        lines += ["", f"Critical path (back from the last stage, what each one waited for: its inputs or a free "
+                  f"worker): {' -> '.join(sched['critical_path'])}, {sched['critical_path_seconds']:.1f} s of stage time."]
+    if sched.get("cpu_utilisation") is not None:
+        lines += ["", f"CPU time of the stages / ({m.get('jobs', 1)} workers x wall time): "
+                  f"{sched['cpu_utilisation']:.2f} (below 1: idle workers, or a loaded machine)."]
+    if "runtime" in summary:
+        rt = summary["runtime"]
+        lines += ["", f"Forward-only passes (evaluation, xi calibration) ran in {rt['forward_passes']}; attacks and "
+                  f"training in Caffe. {rt['note']}"]
+    lines += ["", f"Machine: {m['cpus']} CPUs, load average at start {m['loadavg_start']}, at end {m['loadavg_end']}.", ""]
     return "\n".join(lines)
 
 
@@ -222,6 +235,59 @@ def stages_wall_seconds(records) -> float:
     return round(sum(r["seconds"] for r in records), 1)
 
 
+def stage_timings(records: Dict[str, dict]) -> Dict[str, dict]:
+    """Per stage, in the order they ended: wall and CPU seconds, whether an earlier run made it, and
+    its start and end counted from the first stage's start (records that kept their times)."""
+    starts = [r["started_at"] for r in records.values() if "started_at" in r]
+    origin = min(starts) if starts else None
+    out = {}
+    for name, r in finish_order(records):
+        t = {"seconds": r["seconds"], "resumed": r.get("resumed", False), "cpu_seconds": r.get("cpu_seconds")}
+        if origin is not None and "started_at" in r:
+            t.update(start=round(r["started_at"] - origin, 1), end=round(r["ended_at"] - origin, 1))
+        out[name] = t
+    return out
+
+
+def critical_path(records: Mapping[str, dict], slack: float = 1.0) -> List[str]:
+    """The chain that set the run's length: from the stage that ended last, back through what each
+    stage waited for, the stage that ended last before it started (within ``slack`` seconds): an
+    upstream stage, or the stage whose worker it took."""
+    if not records or not all("ended_at" in r for r in records.values()):
+        return []
+    chain = [max(records, key=lambda n: records[n]["ended_at"])]
+    while True:
+        start = records[chain[-1]]["started_at"]
+        before = [n for n in records if n not in chain and records[n]["ended_at"] <= start + slack]
+        if not before:
+            return chain[::-1]
+        chain.append(max(before, key=lambda n: records[n]["ended_at"]))
+
+
+def schedule_summary(ctx: Context) -> dict:
+    """How the stages filled the workers: the critical path, and CPU time over workers x wall time."""
+    rec = ctx.records
+    path = critical_path(rec)
+    wall = stages_wall_seconds(rec.values())
+    fresh = [r for r in rec.values() if not r.get("resumed") and r.get("cpu_seconds") is not None]
+    cpu = round(sum(r["cpu_seconds"] for r in fresh), 1) if len(fresh) == len(rec) else None
+    return {"critical_path": path, "critical_path_seconds": round(sum(rec[n]["seconds"] for n in path), 1),
+            "cpu_seconds": cpu, "cpu_utilisation": round(cpu / (ctx.jobs * wall), 3) if cpu is not None and wall else None}
+
+
+def runtime_summary(ctx: Context) -> dict:
+    """Where the forward-only passes ran, and each model's check against Caffe (from the stage records)."""
+    checks: Dict[str, dict] = {}
+    used = set()
+    for r in ctx.records.values():
+        if "runtime" in r:
+            used.add(r["runtime"]["forward_passes"])
+            checks.update(r["runtime"]["checks"])
+    return {"forward_passes": ctx.runtime if len(used) <= 1 else sorted(used), "gradients": "caffe",
+            "checks": checks, "note": "Each onnxruntime model's top-1 equalled Caffe's on the sample images "
+            "(ties within attacks.runtime.TIE_TOLERANCE excepted)." if checks else "No onnxruntime model was used."}
+
+
 def adaptive_results(records: Dict[str, dict]) -> dict:
     """The white-box sets and the secondary training, from both stages that make them."""
     return {**records.get("adaptive", {}).get("result", {}), **records.get("secondary", {}).get("result", {})}
@@ -250,7 +316,6 @@ def build_summary(ctx: Context, started: float, load_start: Sequence[float]) -> 
         cases[case.key]["best_competitor"] = competitor_row(cases[case.key]["models"])
     rec = ctx.records
     base = rec["baseline"]["result"]
-    timings = {name: {"seconds": r["seconds"], "resumed": r.get("resumed", False)} for name, r in finish_order(rec)}
     summary = {
         "network": NET, "command": "python -m defense.reproduce " + " ".join(sys.argv[1:]),
         "config": dataclasses.asdict(ctx.cfg), "xi_l2": ctx.cfg.l2_radius,
@@ -262,8 +327,9 @@ def build_summary(ctx: Context, started: float, load_start: Sequence[float]) -> 
                     "bottom_ranked_training": rec.get("ranking", {}).get("result", {})},
         "adaptive": adaptive_results(rec),
         "perturbation_sets": perturbation_sets(rec),
-        "timings": timings, "wall_seconds_this_run": round(time.perf_counter() - started, 1),
-        "wall_seconds_all_stages": stages_wall_seconds(rec.values()),
+        "timings": stage_timings(rec), "wall_seconds_this_run": round(time.perf_counter() - started, 1),
+        "wall_seconds_all_stages": stages_wall_seconds(rec.values()), "schedule": schedule_summary(ctx),
+        "runtime": runtime_summary(ctx),
         "machine": {"cpus": os.cpu_count(), "jobs": ctx.jobs, "loadavg_start": [round(a, 2) for a in load_start],
                     "loadavg_end": [round(a, 2) for a in os.getloadavg()]},
         "stage_keys": dict(ctx.keys),

@@ -3,6 +3,10 @@
 Each stage owns a folder under ``--out`` and records in it a key (a hash of the config fields it
 reads and of its upstream stages' keys). A stage whose record matches is skipped, so a re-run
 resumes; a changed field reruns that stage and everything downstream; ``--force`` redoes all.
+
+Forward-only work (predictions, xi calibration) runs in the context's ``runtime``: Caffe, or
+onnxruntime (``defense.evaluate.runtime``), each model checked against Caffe on a sample of
+training images first. Attacks and training always run in Caffe.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import json
 import logging
 import multiprocessing
 import os
+import resource
 import shutil
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -26,16 +31,22 @@ from attacks.perturbation_io import load_any
 
 from ..core import ToolkitError, atomic_path, set_mode, write_text
 from ..data import DataSource, FashionMnist
+from ..evaluate.runtime import onnx_classifier
 from ..presets import NetPreset, get_preset
 from .config import NET, ReproConfig, stage_of
 
 log = logging.getLogger(__name__)
 
+RUNTIME_CHECK_IMAGES = 100  # training images on which each onnxruntime model's top-1 must equal Caffe's
+
 
 # ---------------------------------------------------------------- run context
 @dataclass
 class Context:
-    """What every stage needs: options, folders, data, and lazily built classifiers."""
+    """What every stage needs: options, folders, data, and lazily built classifiers.
+
+    :param runtime: where forward-only passes run, ``caffe`` or ``onnx`` (already resolved).
+    """
 
     cfg: ReproConfig
     out: Path
@@ -47,7 +58,10 @@ class Context:
     test_source: Optional[DataSource] = None
     keys: Dict[str, str] = field(default_factory=dict)
     records: Dict[str, dict] = field(default_factory=dict)
+    runtime: str = "caffe"
+    runtime_checks: Dict[str, dict] = field(default_factory=dict)  # model -> OnnxClassifier.verify's record
     _classifiers: Dict[str, CaffeClassifier] = field(default_factory=dict)
+    _forward: Dict[str, CaffeClassifier] = field(default_factory=dict)
 
     @property
     def preset(self) -> NetPreset:
@@ -94,6 +108,20 @@ class Context:
                                                                   batch_size=self.cfg.eval_batch)
         return self._classifiers[model]
 
+    def forward_classifier(self, model: str) -> CaffeClassifier:
+        """A classifier for forward passes only, in ``runtime``: with ``onnx``, the Caffe net exported
+        to onnxruntime (one thread per worker when stages run side by side), its top-1 checked
+        against Caffe's on ``RUNTIME_CHECK_IMAGES`` training images first."""
+        if self.runtime == "caffe":
+            return self.classifier(model)
+        if model not in self._forward:
+            deploy = self.fru_deploy if model.startswith("fru") else self.baseline_deploy
+            clf = onnx_classifier(self.classifier(model), deploy, threads=1 if self.jobs > 1 else 0)
+            sample = self.train_data().take(np.arange(RUNTIME_CHECK_IMAGES))[0]
+            self.runtime_checks[model] = clf.verify(sample)
+            self._forward[model] = clf
+        return self._forward[model]
+
     def perturbations(self, set_name: str) -> List[np.ndarray]:
         stage = stage_of(set_name)
         folder = self.folder(stage) / set_name
@@ -109,11 +137,16 @@ class Stage:
     run: Callable[[Context], dict]
     fields: Tuple[str, ...]
     upstream: Tuple[str, ...] = ()
+    forward: bool = False  # runs forward passes in ``Context.runtime`` (its key and record name it)
 
 
 def stage_key(ctx: Context, stage: Stage) -> str:
+    """A hash of the fields ``stage`` reads, its upstream keys and, for a forward stage run in
+    onnxruntime, the runtime (Caffe's keys are those of runs made before the runtime choice)."""
     payload = {"fields": {f: getattr(ctx.cfg, f) for f in stage.fields},
                "upstream": {u: ctx.keys[u] for u in stage.upstream}, "stage": stage.name}
+    if stage.forward and ctx.runtime != "caffe":
+        payload["runtime"] = ctx.runtime
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -138,16 +171,26 @@ def run_stage(ctx: Context, stage: Stage) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     write_text(key_file, key)
     log.info("stage %s: running", stage.name)
-    start, started_at = time.perf_counter(), time.time()
+    start, started_at, cpu_start = time.perf_counter(), time.time(), cpu_seconds()
     result = stage.run(ctx)
-    record = {"key": key, "seconds": round(time.perf_counter() - start, 1), "result": result,
+    record = {"key": key, "seconds": round(time.perf_counter() - start, 1),
+              "cpu_seconds": round(cpu_seconds() - cpu_start, 1), "result": result,
               "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "started_at": started_at, "ended_at": time.time(),
               "loadavg": list(os.getloadavg())}
+    if stage.forward:
+        record["runtime"] = {"forward_passes": ctx.runtime, "checks": dict(ctx.runtime_checks)}
     write_text(record_path, json.dumps(record, indent=2, default=_json_default) + "\n")
     record["resumed"] = False
     ctx.records[stage.name] = record
     log.info("stage %s: %.1f s", stage.name, record["seconds"])
     return record
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its finished child processes (a stage's
+    own workers, reaped when it ends)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _json_default(o):
@@ -181,12 +224,12 @@ def ready_tasks(stages: Sequence[Stage], replicas: int, done: set, running: set)
             if (r, s.name) not in done | running and all((r, u) in done for u in s.upstream)]
 
 
-def _stage_worker(cfg: ReproConfig, out: Path, force: bool, gpu: Optional[int], jobs: int, keys: Dict[str, str],
-                  stage: Stage, log_level: int) -> dict:
+def _stage_worker(cfg: ReproConfig, out: Path, force: bool, gpu: Optional[int], jobs: int, runtime: str,
+                  keys: Dict[str, str], stage: Stage, log_level: int) -> dict:
     """One stage in a worker process (fresh interpreter: its own Caffe, data and classifiers)."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     set_mode(gpu, cfg.seed)
-    ctx = Context(cfg, out, force=force, progress=False, gpu=gpu, jobs=jobs, keys=dict(keys))
+    ctx = Context(cfg, out, force=force, progress=False, gpu=gpu, jobs=jobs, keys=dict(keys), runtime=runtime)
     return run_stage(ctx, stage)
 
 
@@ -218,8 +261,8 @@ def run_parallel(contexts: Sequence[Context], stages: Sequence[Stage], jobs: int
                 for r, stage in ready_tasks(stages, len(contexts), done, set(running.values()))[:jobs - len(running)]:
                     ctx = contexts[r]
                     log.info("stage %s (seed %d): starting in a worker", stage.name, ctx.cfg.seed)
-                    running[pool.submit(_stage_worker, ctx.cfg, ctx.out, ctx.force, ctx.gpu, jobs, dict(ctx.keys),
-                                        stage, logging.getLogger().level)] = (r, stage.name)
+                    running[pool.submit(_stage_worker, ctx.cfg, ctx.out, ctx.force, ctx.gpu, jobs, ctx.runtime,
+                                        dict(ctx.keys), stage, logging.getLogger().level)] = (r, stage.name)
                 bar.set_postfix(running=",".join(sorted(label(*t) for t in running.values())))
                 finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for future in finished:

@@ -233,14 +233,17 @@ def evaluation_images(ctx: Context) -> Tuple[np.ndarray, np.ndarray]:
     return test.arrays()
 
 
-def evaluation_models(ctx: Context) -> Dict[str, object]:
-    """name -> ``evaluate.Model``: the trained nets, and the baseline behind each image-domain peer."""
-    models = {m: Model(m, ctx.classifier(m)) for m in ("baseline", "fru", "fru_secondary", "fru_bottom")}
-    for spec in ctx.cfg.peers:
-        peer = make_peer(spec)
-        models[peer.key] = Model(peer.key, ctx.classifier("baseline"), peer)
-    models["adv_finetune"] = Model("adv_finetune", ctx.classifier("adv_finetune"))
-    return models
+def evaluation_model_names(cfg: ReproConfig) -> List[str]:
+    """The evaluated models: the trained nets, and an image-domain peer in front of the baseline."""
+    return ["baseline", "fru", "fru_secondary", "fru_bottom"] + [make_peer(s).key for s in cfg.peers] + ["adv_finetune"]
+
+
+def evaluation_models(ctx: Context, names: Optional[Sequence[str]] = None) -> Dict[str, Model]:
+    """name -> ``evaluate.Model`` for ``names`` (default: all), forward passes in ``ctx.runtime``;
+    only the nets these models need are loaded (and, in onnxruntime, checked)."""
+    peers = {peer.key: peer for peer in map(make_peer, ctx.cfg.peers)}
+    return {name: Model(name, ctx.forward_classifier("baseline"), peers[name]) if name in peers
+            else Model(name, ctx.forward_classifier(name)) for name in names or evaluation_model_names(ctx.cfg)}
 
 
 def case_result(case: Case, models: Sequence[str], labels: np.ndarray, preds: dict, n_perts: int,
@@ -267,16 +270,18 @@ def predict_models(ctx: Context, names: Sequence[str], state: Path):
     """Labels and ``{model: {condition: Predictions}}`` of the models ``names`` (resumable)."""
     x, y = evaluation_images(ctx)
     source = ArraySource(x, y, name=f"fashion-mnist-test[{len(y)}]")
-    models = {m: model for m, model in evaluation_models(ctx).items() if m in names}
+    models = evaluation_models(ctx, names)
     return predict_conditions(models, source, evaluation_conditions(ctx, len(y)), ctx.cfg.eval_batch, clip=False,
                               state=state, config={"key": ctx.keys["evaluate"], "models": list(names)},
                               progress=ctx.progress, desc="evaluate")
 
 
-def _predict_worker(cfg: ReproConfig, out: Path, gpu: Optional[int], keys: Dict[str, str], names: Sequence[str],
-                    state: Path):
+def _predict_worker(cfg: ReproConfig, out: Path, gpu: Optional[int], jobs: int, runtime: str, keys: Dict[str, str],
+                    names: Sequence[str], state: Path):
+    """``predict_models`` in a worker process; also returns the worker's runtime checks."""
     set_mode(gpu, cfg.seed)
-    return predict_models(Context(cfg, out, progress=False, gpu=gpu, keys=dict(keys)), names, state)
+    ctx = Context(cfg, out, progress=False, gpu=gpu, jobs=jobs, keys=dict(keys), runtime=runtime)
+    return predict_models(ctx, names, state) + (ctx.runtime_checks,)
 
 
 def stage_evaluate(ctx: Context) -> dict:
@@ -284,14 +289,16 @@ def stage_evaluate(ctx: Context) -> dict:
     (``defense.conditions``: clean images classified once per model; resumable). With
     ``jobs`` > 1 the models are split between worker processes."""
     folder = ctx.folder("evaluate")
-    names = list(evaluation_models(ctx))
+    names = evaluation_model_names(ctx.cfg)
     if ctx.jobs > 1:
         groups = [names[i::ctx.jobs] for i in range(ctx.jobs)]
         with ProcessPoolExecutor(len(groups), mp_context=multiprocessing.get_context("spawn")) as pool:
             parts = list(pool.map(_predict_worker, *zip(*[
-                (ctx.cfg, ctx.out, ctx.gpu, dict(ctx.keys), g, folder / f"predictions_{i}.npz")
+                (ctx.cfg, ctx.out, ctx.gpu, ctx.jobs, ctx.runtime, dict(ctx.keys), g, folder / f"predictions_{i}.npz")
                 for i, g in enumerate(groups)])))
-        labels, preds = parts[0][0], {m: p for _, part in parts for m, p in part.items()}
+        labels, preds = parts[0][0], {m: p for _, part, _ in parts for m, p in part.items()}
+        for _, _, checks in parts:
+            ctx.runtime_checks.update(checks)
     else:
         labels, preds = predict_models(ctx, names, folder / "predictions.npz")
     out = {}

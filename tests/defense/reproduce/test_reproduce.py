@@ -1,7 +1,9 @@
 """The Fashion-MNIST reproduction (defense.reproduce): a --quick run end to end, resuming,
 per-stage invalidation, the ranking helpers and the target checks."""
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -11,10 +13,11 @@ import pytest
 from defense.reproduce.config import (COMPETITORS, L2_PER_LINF, METRICS, NET, REQUIRED_MODELS, ReproConfig,
                                       attack_sets, eval_cases, stage_of, train_subsets)
 from defense.reproduce.pipeline import STAGE_NAMES, STAGES
-from defense.reproduce.report import check_targets, finish_order, ship, stages_wall_seconds
-from defense.reproduce.runner import Context, ready_tasks
-from defense.reproduce.stages import (_bottom_ranked, evaluation_images, fru_targets, masked_restoration,
-                                      training_perturbations)
+from attacks.runtime import TIE_TOLERANCE, onnxruntime_available
+from defense.reproduce.report import check_targets, critical_path, finish_order, ship, stages_wall_seconds
+from defense.reproduce.runner import RUNTIME_CHECK_IMAGES, Context, ready_tasks
+from defense.reproduce.stages import (_bottom_ranked, evaluation_conditions, evaluation_images, evaluation_models,
+                                      fru_targets, masked_restoration, training_perturbations)
 from defense.paper import demo_defaults
 from defense.presets import get_preset, fru_names
 from defense.generate.ranking import permutation_from_matrix, rank_channels
@@ -22,9 +25,9 @@ from defense.generate.ranking import permutation_from_matrix, rank_channels
 QUICK = ReproConfig.quick()
 
 
-def _cli(*args, cwd):
+def _cli(*args, cwd, env=None):
     return subprocess.run([sys.executable, "-m", "defense.reproduce", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=900, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +73,107 @@ def test_quick_run_reports_every_case_model_and_metric(quick_run):
     for name in ("results.md", "restoration.png", "feature_map.png", "config.json"):
         assert (out / name).stat().st_size > 100, name
     assert "| same-norm: fresh l_inf UAPs" in (out / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_quick_run_records_its_runtime_checks_and_schedule(quick_run):
+    """By default (auto) forward passes run in onnxruntime, every evaluated model checked first."""
+    out, summary = quick_run
+    runtime = summary["runtime"]
+    assert runtime["forward_passes"] == ("onnx" if onnxruntime_available() else "caffe")
+    assert runtime["gradients"] == "caffe"
+    if runtime["forward_passes"] == "onnx":
+        assert set(runtime["checks"]) == {"baseline", "fru", "fru_secondary", "fru_bottom", "adv_finetune"}
+        for check in runtime["checks"].values():
+            assert check["images"] == RUNTIME_CHECK_IMAGES == check["top1_equal"] + check["ties"]
+            assert 0.0 <= check["max_rel_logit_diff"] < 1e-4
+    for name in STAGE_NAMES:
+        t = summary["timings"][name]
+        assert 0.0 <= t["start"] <= t["end"] <= summary["wall_seconds_all_stages"] + 0.1
+        assert t["end"] - t["start"] == pytest.approx(t["seconds"], abs=0.2) and t["cpu_seconds"] > 0
+    path = summary["schedule"]["critical_path"]
+    assert path[0] == "baseline" and path[-1] == "evaluate"
+    assert summary["schedule"]["critical_path_seconds"] <= summary["wall_seconds_all_stages"] + 0.1
+    assert 0.0 < summary["schedule"]["cpu_utilisation"] <= 1.0
+    assert "Critical path" in (out / "results.md").read_text()
+
+
+def _blocked_onnx(folder):
+    """A PYTHONPATH entry on which importing onnx or onnxruntime fails (in every process)."""
+    folder.mkdir()
+    for name in ("onnx", "onnxruntime"):
+        (folder / f"{name}.py").write_text(f"raise ImportError('{name} is blocked by the test')\n")
+    return {**os.environ, "PYTHONPATH": str(folder)}
+
+
+def _predictions(folder):
+    out = {}
+    for path in sorted(folder.glob("predictions*.npz")):
+        with np.load(path, allow_pickle=False) as data:
+            out.update({k: data[k] for k in data.files if k.endswith("|top1")})
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not onnxruntime_available(), reason="onnxruntime is not installed")
+def test_caffe_runtime_uses_no_onnxruntime_and_gives_the_same_predictions(quick_run, tmp_path, root):
+    """``--runtime caffe`` with onnx and onnxruntime unimportable: the forward stages (xi calibration,
+    evaluation) are redone in Caffe; the same perturbations, and the same top-1 for every image,
+    model and condition, but where Caffe's own top two logits tie (within TIE_TOLERANCE)."""
+    out, first = quick_run
+    copy = tmp_path / "fashion"
+    shutil.copytree(out.parent, copy)
+    res = _cli("--quick", "--quiet", "--seeds", "1", "--out", str(copy), "--jobs", "2", "--runtime", "caffe", cwd=root,
+               env=_blocked_onnx(tmp_path / "blocked"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((copy / "summary.json").read_text())["runtime"]["forward_passes"] == "caffe"
+    copy = copy / out.name
+    again = json.loads((copy / "summary.json").read_text())
+    assert again["runtime"] == {"forward_passes": "caffe", "gradients": "caffe", "checks": {},
+                                "note": "No onnxruntime model was used."}
+    assert {name for name, t in again["timings"].items() if not t["resumed"]} == {"test_attacks", "masking",
+                                                                                 "evaluate"}
+    for npy in sorted((out / "test_attacks").rglob("*.npy")):
+        assert npy.read_bytes() == (copy / npy.relative_to(out)).read_bytes(), npy
+    onnx_preds, caffe_preds = _predictions(out / "evaluate"), _predictions(copy / "evaluate")
+    assert set(onnx_preds) == set(caffe_preds) and len(onnx_preds) == 8 * 9
+    ctx = Context(QUICK, copy, progress=False)
+    x, _ = evaluation_images(ctx)
+    conditions = {c.name: c for c in evaluation_conditions(ctx, len(x))}
+    models = evaluation_models(ctx)
+    flips = 0
+    for key, expected in caffe_preds.items():
+        model, condition, _ = key.split("|")
+        for i in np.flatnonzero(onnx_preds[key] != expected):
+            c = conditions[condition]
+            xi = x[i:i + 1] if c.perturbations is None else x[i:i + 1] + c.perturbations[c.choice[i]]
+            z = models[model].logits(xi, 1)[0]
+            assert (z[expected[i]] - z[onnx_preds[key][i]]) / np.abs(z).max() <= TIE_TOLERANCE, (key, i)
+            flips += 1
+    if flips == 0:
+        assert again["cases"] == first["cases"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not onnxruntime_available(), reason="onnxruntime is not installed")
+def test_a_wrong_onnx_model_stops_the_run_in_one_line(quick_run, tmp_path, monkeypatch, capsys):
+    from defense.core import run_cli
+    from defense.generate import onnx_graph
+    from defense.reproduce.__main__ import main
+    from onnx_faults import negated_logits
+
+    out, _ = quick_run
+    copy = tmp_path / "fashion"
+    shutil.copytree(out.parent, copy)
+    monkeypatch.setattr("defense.evaluate.runtime.onnx_model", negated_logits(onnx_graph.onnx_model))
+    code = run_cli(main, ["--quick", "--quiet", "--seeds", "1", "--out", str(copy), "--jobs", "1",
+                          "--set", "test_images=150"])
+    copy = copy / out.name
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: {copy / 'baseline' / 'deploy.prototxt'}: onnxruntime's top-1 differs from "
+                          "Caffe's on ")
+    assert f" of {RUNTIME_CHECK_IMAGES} sample images (image " in err and err.endswith("run with --runtime caffe\n")
 
 
 @pytest.mark.slow
@@ -283,6 +387,16 @@ def test_committed_results_carry_no_machine_paths(root):
         strings = re.findall(r'"((?:[^"\\]|\\.)*)"', path.read_text())
         absolute = [s for s in strings if s.startswith("/") or re.match(r"^[A-Za-z]:\\", s)]
         assert not absolute, (path, absolute[:3])
+
+
+def test_critical_path_follows_what_each_stage_waited_for():
+    records = {"a": {"started_at": 0.0, "ended_at": 10.0}, "b": {"started_at": 10.0, "ended_at": 50.0},
+               "c": {"started_at": 10.2, "ended_at": 20.0}, "d": {"started_at": 20.1, "ended_at": 30.0},
+               "e": {"started_at": 50.3, "ended_at": 60.0}}
+    assert critical_path(records) == ["a", "b", "e"]  # e waited for b (its inputs or its worker)
+    records["e"]["started_at"] = 30.5
+    assert critical_path(records) == ["a", "c", "d", "e"]
+    assert critical_path({"a": {"seconds": 1.0}}) == []  # records of older runs
 
 
 def test_timings_follow_the_order_the_stages_ended():
