@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "smaller below)")
         if name == "gap":
             p.add_argument("--blocks", type=positive_int, help="residual blocks (default: 6 from 128 pixels up, else 3)")
-            p.add_argument("--loss", choices=["least_likely", "clean"], help=f"default {d['loss']}")
+            p.add_argument("--loss", choices=["clean", "least_likely"], help=f"default {d['loss']}")
         else:
             p.add_argument("--layer", help="blob of the diversity loss (default: the last conv output)")
             p.add_argument("--diversity-weight", type=float, help=f"default {d['diversity_weight']}")

