@@ -27,7 +27,7 @@ import numpy as np
 from defense.core import L, P, caffe
 
 from .classifier import softmax
-from .generative import GenerativeAttack, _net_blob
+from .generative import GenerativeAttack, net_blob
 
 LOSSES = ("clean", "least_likely")
 PAPER_SIZE = (64, 6)  # (filters, residual blocks) of GAP's ResnetGenerator
@@ -88,33 +88,33 @@ class GAP(GenerativeAttack):
               deconv: bool = False):
         """conv (or 4x4 stride-2 up-conv), BatchNorm (batch statistics), Scale, [ReLU]."""
         if deconv:
-            top = _net_blob(n, name, L.Deconvolution(bottom, name=name, convolution_param=dict(
+            top = net_blob(n, name, L.Deconvolution(bottom, name=name, convolution_param=dict(
                 num_output=num, kernel_size=4, stride=2, pad=1, bias_term=False)))
         else:
-            top = _net_blob(n, name, L.Convolution(bottom, name=name, num_output=num, kernel_size=kernel,
+            top = net_blob(n, name, L.Convolution(bottom, name=name, num_output=num, kernel_size=kernel,
                                                    stride=stride, pad=kernel // 2, bias_term=False))
-        _net_blob(n, f"{name}_bn", L.BatchNorm(top, name=f"{name}_bn", use_global_stats=False, in_place=True))
-        _net_blob(n, f"{name}_scale", L.Scale(top, name=f"{name}_scale", bias_term=True, in_place=True))
+        net_blob(n, f"{name}_bn", L.BatchNorm(top, name=f"{name}_bn", use_global_stats=False, in_place=True))
+        net_blob(n, f"{name}_scale", L.Scale(top, name=f"{name}_scale", bias_term=True, in_place=True))
         if relu:
-            _net_blob(n, f"{name}_relu", L.ReLU(top, name=f"{name}_relu", in_place=True))
+            net_blob(n, f"{name}_relu", L.ReLU(top, name=f"{name}_relu", in_place=True))
         return top
 
     def _build(self, n: "caffe.NetSpec"):
         c, h, w = self.classifier.input_shape
-        noise = _net_blob(n, self.input_blob, L.Input(name=self.input_blob, shape=dict(dim=[1, c, h, w])))
+        noise = net_blob(n, self.input_blob, L.Input(name=self.input_blob, shape=dict(dim=[1, c, h, w])))
         x = self._conv(n, "g_conv0", noise, self.ngf, 7)
         x = self._conv(n, "g_down1", x, 2 * self.ngf, 3, stride=2)
         x = self._conv(n, "g_down2", x, 4 * self.ngf, 3, stride=2)
         for b in range(1, self.blocks + 1):
             y = self._conv(n, f"g_res{b}a", x, 4 * self.ngf, 3)
             y = self._conv(n, f"g_res{b}b", y, 4 * self.ngf, 3, relu=False)
-            x = _net_blob(n, f"g_res{b}", L.Eltwise(x, y, name=f"g_res{b}", operation=P.Eltwise.SUM))
+            x = net_blob(n, f"g_res{b}", L.Eltwise(x, y, name=f"g_res{b}", operation=P.Eltwise.SUM))
         x = self._conv(n, "g_up1", x, 2 * self.ngf, 4, deconv=True)
         x = self._conv(n, "g_up2", x, self.ngf, 4, deconv=True)
-        x = _net_blob(n, "g_out", L.Convolution(x, name="g_out", num_output=c, kernel_size=7, pad=3))
+        x = net_blob(n, "g_out", L.Convolution(x, name="g_out", num_output=c, kernel_size=7, pad=3))
         made = (4 * math.ceil(math.ceil(h / 2) / 2), 4 * math.ceil(math.ceil(w / 2) / 2))
         x = self._crop(n, x, made, noise)
-        return _net_blob(n, "generated", L.TanH(x, name="generated")), 1
+        return net_blob(n, "generated", L.TanH(x, name="generated")), 1
 
     # ------------------------------------------------------------ the attack
     def _noise(self, seed: int) -> np.ndarray:

@@ -47,7 +47,7 @@ WEIGHTED = ("Convolution", "Deconvolution", "InnerProduct")
 RESUME_FIX = "resume with the run's options, data and seed, or start over"
 
 
-def _net_blob(n: "caffe.NetSpec", name: str, top) -> object:
+def net_blob(n: "caffe.NetSpec", name: str, top) -> object:
     """``n[name] = top``, returning it (NetSpec names the top by the key)."""
     n[name] = top
     return top
@@ -116,9 +116,9 @@ class GenerativeAttack(UniversalAttack):
         """The generator, then ``loss = sum(u * grad)`` (``grad``: an input blob fed by the loop)."""
         n = caffe.NetSpec()
         out, count = self._build(n)
-        grad = _net_blob(n, GRAD, L.Input(name=GRAD, shape=dict(dim=[count, *self.classifier.input_shape])))
-        weighted = _net_blob(n, "weighted", L.Eltwise(out, grad, name="weighted", operation=P.Eltwise.PROD))
-        _net_blob(n, "loss", L.Reduction(weighted, name="loss", operation=P.Reduction.SUM, loss_weight=1.0))
+        grad = net_blob(n, GRAD, L.Input(name=GRAD, shape=dict(dim=[count, *self.classifier.input_shape])))
+        weighted = net_blob(n, "weighted", L.Eltwise(out, grad, name="weighted", operation=P.Eltwise.PROD))
+        net_blob(n, "loss", L.Reduction(weighted, name="loss", operation=P.Reduction.SUM, loss_weight=1.0))
         net = n.to_proto()
         net.name = f"{self.name}_generator"
         return net
@@ -127,7 +127,7 @@ class GenerativeAttack(UniversalAttack):
         """Crop ``top`` to the input's (H, W) when the generator makes more (sizes not a power-of-2 multiple)."""
         if tuple(size) == tuple(self.classifier.input_shape[1:]):
             return top
-        return _net_blob(n, "g_crop", L.Crop(top, reference, name="g_crop", axis=2, offset=0))
+        return net_blob(n, "g_crop", L.Crop(top, reference, name="g_crop", axis=2, offset=0))
 
     def _solver(self) -> "caffe.Solver":
         prefix = str((Path(self.snapshot_dir) / self.name).resolve()) if self.snapshot_dir is not None else None

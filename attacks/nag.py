@@ -25,7 +25,7 @@ import numpy as np
 from defense.core import L, caffe
 
 from .classifier import softmax
-from .generative import GenerativeAttack, _net_blob
+from .generative import GenerativeAttack, net_blob
 
 PAPER_NGF = 64
 SMALL_NGF = 32
@@ -109,20 +109,20 @@ class NAG(GenerativeAttack):
         batch = self.batch_size
         k, (bh, bw) = upsampling_plan((h, w))
         widths = [self.ngf * 2 ** (k - 1 - j) for j in range(k)] + [c]
-        latent = _net_blob(n, self.input_blob, L.Input(name=self.input_blob, shape=dict(dim=[batch, self.latent_dim])))
-        x = _net_blob(n, "g_fc", L.InnerProduct(latent, name="g_fc", num_output=widths[0] * bh * bw))
-        x = _net_blob(n, "g_map", L.Reshape(x, name="g_map", shape=dict(dim=[0, widths[0], bh, bw])))
-        _net_blob(n, "g_map_relu", L.ReLU(x, name="g_map_relu", negative_slope=0.2, in_place=True))
+        latent = net_blob(n, self.input_blob, L.Input(name=self.input_blob, shape=dict(dim=[batch, self.latent_dim])))
+        x = net_blob(n, "g_fc", L.InnerProduct(latent, name="g_fc", num_output=widths[0] * bh * bw))
+        x = net_blob(n, "g_map", L.Reshape(x, name="g_map", shape=dict(dim=[0, widths[0], bh, bw])))
+        net_blob(n, "g_map_relu", L.ReLU(x, name="g_map_relu", negative_slope=0.2, in_place=True))
         for j in range(k):
             name = f"g_up{j + 1}"
-            x = _net_blob(n, name, L.Deconvolution(x, name=name, convolution_param=dict(
+            x = net_blob(n, name, L.Deconvolution(x, name=name, convolution_param=dict(
                 num_output=widths[j + 1], kernel_size=4, stride=2, pad=1)))
             if j + 1 < k:
-                _net_blob(n, f"{name}_relu", L.ReLU(x, name=f"{name}_relu", negative_slope=0.2, in_place=True))
+                net_blob(n, f"{name}_relu", L.ReLU(x, name=f"{name}_relu", negative_slope=0.2, in_place=True))
         if (bh * 2 ** k, bw * 2 ** k) != (h, w):
-            ref = _net_blob(n, "g_size", L.Input(name="g_size", shape=dict(dim=[1, 1, h, w])))
+            ref = net_blob(n, "g_size", L.Input(name="g_size", shape=dict(dim=[1, 1, h, w])))
             x = self._crop(n, x, (bh * 2 ** k, bw * 2 ** k), ref)
-        return _net_blob(n, "generated", L.TanH(x, name="generated")), batch
+        return net_blob(n, "generated", L.TanH(x, name="generated")), batch
 
     # ------------------------------------------------------------ the attack
     def _latents(self, count: int, rng: np.random.Generator) -> np.ndarray:

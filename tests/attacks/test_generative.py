@@ -170,7 +170,7 @@ def random_noise_rate(clf, data):
 @pytest.mark.parametrize("make", [
     lambda c: GAP(c, xi=XI, max_iter=30, verbose=False),
     lambda c: GAP(c, xi=XI, max_iter=30, loss="least_likely", verbose=False),
-    lambda c: NAG(c, xi=XI, max_iter=40, batch_size=16, verbose=False),
+    lambda c: NAG(c, xi=XI, max_iter=40, batch_size=16, lr=0.02, verbose=False),
 ], ids=["gap", "gap-least-likely", "nag"])
 def test_generative_attack_beats_random_noise(clf, data, random_noise_rate, make):
     x, held = data
