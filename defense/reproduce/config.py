@@ -41,6 +41,9 @@ class ReproConfig:
         on their own training subsets) join the FRU and fine-tuning training set: a diagnostic of
         what the FRUs can learn, outside the paper's protocol; such an attack is reported as
         seen, not unseen.
+    :param nag_diversity: NAG's diversity weight; the paper's 10 suits ResNet-50's res4f, whose squared
+        feature distances are small; FashionNet's last conv has distances of ~200, where 10 leaves the
+        fooling loss no say.
     :param fru_iters: FRU training iterations (also adversarial fine-tuning's).
     :param test_images: test images evaluated (None: all 10,000), a seeded random subset.
     """
@@ -76,8 +79,9 @@ class ReproConfig:
     svuap_q: float = 5.0
     svuap_images: int = 128
     svuap_iters: int = 30
-    gap_iters: int = 150
-    nag_iters: int = 150
+    gap_iters: int = 50
+    nag_iters: int = 60
+    nag_diversity: float = 0.05
     fru_batch: int = 32
     fru_iters: int = 5000
     fru_lr: float = 0.01
@@ -110,6 +114,8 @@ class ReproConfig:
         for name in ("xi", "fru_lr", "secondary_lr", "advft_lr", "baseline_epochs"):
             if not float(getattr(self, name)) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.nag_diversity >= 0:
+            raise ValueError(f"nag_diversity must be 0 or positive, got {self.nag_diversity}")
         if self.xi_l2 is not None and not self.xi_l2 > 0:
             raise ValueError(f"xi_l2 must be positive or None, got {self.xi_l2}")
         if not all(f > 0 for f in self.stronger):
