@@ -22,6 +22,7 @@ from .synthetic import synthesize  # noqa: F401
 from .uap import UAP
 
 __all__ = ["ToolkitError", "UapResult", "UniversalAttack", "CaffeClassifier", "UAP", "SPGD", "FFF", "GDUAP",
-           "SVUAP", "GAP", "NAG", "ATTACKS", "attack_defaults", "make_attack", "FORMATS", "load_any", "load_perturbations",
+           "SVUAP", "GAP", "NAG", "ATTACKS", "attack_defaults", "make_attack", "FORMATS", "load_any",
+           "load_perturbations",
            "PUBLISHED_LOADERS", "PerturbationMeta", "load_mat", "load_perturbation",
            "load_published", "save_perturbation", "lp_norm", "project_lp", "synthesize"]

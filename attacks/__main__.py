@@ -115,13 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext)
         _attack_args(p, data_required=True)
         d = attack_defaults(name)
-        p.add_argument("--max-iter", type=positive_int, help=f"generator training iterations (default {d['max_iter']}); "
-                       "--batch-size images each")
+        p.add_argument("--max-iter", type=positive_int,
+                       help=f"generator training iterations (default {d['max_iter']}); --batch-size images each")
         p.add_argument("--lr", type=float, help=f"Adam learning rate (default {d['lr']})")
         p.add_argument("--ngf", type=positive_int, help="generator width (default: the paper's from 128 pixels up, "
                        "smaller below)")
         if name == "gap":
-            p.add_argument("--blocks", type=positive_int, help="residual blocks (default: 6 from 128 pixels up, else 3)")
+            p.add_argument("--blocks", type=positive_int,
+                           help="residual blocks (default: 6 from 128 pixels up, else 3)")
             p.add_argument("--loss", choices=["clean", "least_likely"], help=f"default {d['loss']}")
         else:
             p.add_argument("--layer", help="blob of the diversity loss (default: the last conv output)")

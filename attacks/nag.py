@@ -11,9 +11,11 @@ released code: lambda 10, mean squared distance, ResNet-50's res4f). Both passes
 batch of 2B images. ``sample(count, rng)`` draws as many perturbations as asked.
 
 The learning rate defaults to 0.005 (the code's 0.001 is for 60 ImageNet epochs; the toolkit's
-runs are a few hundred iterations). Caffe's up-convolutions are 4x4, stride 2, pad 1 (exact doubling; the code's 5x5 'SAME' has no
-Caffe equivalent). Inputs of at least 128 pixels get the paper's widths (64 x 16 = 1024 at
-7x7 down to 64); smaller ones start from 32 filters.
+runs are a few hundred iterations). Caffe's up-convolutions are 4x4, stride 2, pad 1 (exact
+doubling; the code's 5x5 'SAME' has no Caffe equivalent). Inputs of at least 128 pixels get the
+paper's widths (64 x 16 = 1024 at 7x7 down to 64); smaller ones start from 32 filters. The
+diversity weight's scale depends on the layer's: 10 suits res4f; FashionNet's last conv, with
+squared distances of ~200, needs ~0.05 (the reproduction's ``nag_diversity``).
 """
 from __future__ import annotations
 
