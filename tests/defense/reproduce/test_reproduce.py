@@ -206,6 +206,8 @@ def test_config_values_are_validated():
         ReproConfig().with_overrides(["fru_iters=0"])
     with pytest.raises(ValueError, match="unknown unseen attack 'cw'; valid: spgd, gduap, fff, svuap, gap, nag"):
         ReproConfig(unseen=("spgd", "cw"))
+    with pytest.raises(ValueError, match="nag_diversity must be 0 or positive, got -1"):
+        ReproConfig().with_overrides(["nag_diversity=-1"])
     with pytest.raises(ValueError, match="--set takes key=value"):
         ReproConfig().with_overrides(["fru_iters"])
     cfg = ReproConfig().with_overrides(["stronger=1.5,3", "test_images=none", "xi=40"])
