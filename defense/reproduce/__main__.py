@@ -7,7 +7,13 @@ default rule on its three convs and trained on half-clean / half-perturbed batch
 everything is evaluated on the *test* split beside image-domain peers (median, JPEG,
 bit depth) and adversarial fine-tuning of the whole baseline on the same batches.
 
-One stage function per step; each owns a folder under ``--out`` and records in it a key
+Seeds: ``--seeds K`` (default 5) independent replicas, seeds 0..K-1 (from the config's ``seed``),
+each with its own baseline, UAPs, defences and attacks, in ``--out/seed-<s>/`` with its own
+``summary.json``, ``results.md`` and figures; the aggregate in ``--out`` reports every cell as
+the mean and 95% Student-t interval over the seeds, the paper's claims (``claims.md``) and every
+target's verdict (met / missed / inconclusive) from the interval.
+
+One stage function per step; each owns a folder under ``--out/seed-<s>`` and records in it a key
 (a hash of the config fields it reads and of its upstream stages' keys). A stage whose
 record matches is skipped, so a re-run resumes; a changed field reruns that stage and
 everything downstream; ``--force`` redoes all. Within a stage, finished files (one UAP,
@@ -17,7 +23,7 @@ Stages (``STAGES``, each naming its upstream stages): baseline -> train_attacks 
 UAPs + synthetic) and generate -> train_fru, ranking (bottom-ranked FRUs), peers (adversarial
 fine-tuning); baseline -> test_attacks -> masking; train_fru -> adaptive, secondary; all ->
 evaluate -> report (-> ship: copies the demo files to the paths of ``paper.DEMO``). With
-``--jobs 2`` (the default on a CPU) independent stages run side by side.
+``--jobs 2`` (the default on a CPU) independent stages, of every seed, run side by side.
 """
 from __future__ import annotations
 
@@ -30,7 +36,7 @@ from typing import Optional, Sequence
 from ..core import ToolkitError, parse_args, positive_int, run_cli, set_mode
 from ..outputs import output_dir
 from ..presets import REPO_ROOT
-from .config import DEFAULT_OUT, ReproConfig
+from .config import DEFAULT_OUT, DEFAULT_SEEDS, ReproConfig
 from .pipeline import reproduce
 
 
@@ -39,7 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m defense.reproduce", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=output_dir, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
-    p.add_argument("--quick", action="store_true", help="tiny sizes (about a minute): checks the pipeline, not the numbers")
+    p.add_argument("--seeds", type=positive_int, default=DEFAULT_SEEDS, metavar="K",
+                   help=f"independent replicas, seeds S..S+K-1 (S: the config's seed, default 0), each in "
+                        f"OUT/seed-<s>/; the aggregate reports means and 95%% intervals (default {DEFAULT_SEEDS})")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny sizes (about a minute a seed): checks the pipeline, not the numbers")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a ReproConfig field, e.g. --set fru_iters=3000 (repeatable)")
     p.add_argument("--force", action="store_true", help="redo every stage even when its outputs are up to date")
@@ -63,11 +73,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     jobs = args.jobs if args.jobs is not None else (1 if args.gpu is not None else min(2, os.cpu_count() or 1))
     if jobs < 1:
         raise ToolkitError(f"--jobs must be a positive integer, got {jobs}")
-    summary = reproduce(cfg, args.out, force=args.force, progress=not args.quiet, ship_to=ship_to, jobs=jobs,
-                        gpu=args.gpu)
+    summary = reproduce(cfg, args.out, seeds=args.seeds, force=args.force, progress=not args.quiet, ship_to=ship_to,
+                        jobs=jobs, gpu=args.gpu)
     print((args.out / "results.md").read_text())
-    met = sum(t["met"] for t in summary["targets"])
-    print(f"targets met: {met}/{len(summary['targets'])}; wrote {args.out / 'summary.json'}")
+    verdicts = [t["verdict"] for t in summary["targets"]]
+    claims = [c["verdict"] for c in summary["claims"]]
+    print(f"targets met: {verdicts.count('met')}/{len(verdicts)} ({verdicts.count('inconclusive')} inconclusive); "
+          f"claims reproduced: {claims.count('reproduced')}/{len(claims)} ({claims.count('inconclusive')} "
+          f"inconclusive); wrote {args.out / 'summary.json'}")
     return 0
 
 

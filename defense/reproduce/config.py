@@ -21,7 +21,18 @@ DEFAULT_OUT = Path("results/fashion")
 L2_PER_LINF = 200.0 * float(np.sqrt(28 * 28 / (224 * 224 * 3)))
 MODEL_ORDER = ("baseline", "fru", "fru_secondary", "fru_bottom", "median", "jpeg", "bits", "adv_finetune")
 IMAGE_PEERS = ("median", "jpeg", "bits")
-REQUIRED_MODELS = ("baseline", "fru") + IMAGE_PEERS + ("adv_finetune",)
+# The defences the FRUs are compared with (the paper's ">10%" claim and the best-competitor row):
+# the one list of competitor columns; a new competitor defence adds its column name here.
+COMPETITORS = IMAGE_PEERS + ("adv_finetune",)
+REQUIRED_MODELS = ("baseline", "fru") + COMPETITORS
+# Thresholds shared by the targets and the claims: "FRUs restore an attack" means a restoration
+# gain over the undefended baseline of at least RESTORATION_GAIN; the paper's headline is a margin
+# of more than COMPETITOR_MARGIN over the best competitor.
+RESTORATION_GAIN = 0.15
+COMPETITOR_MARGIN = 0.10
+# Independent replicas (seeds seed .. seed + K - 1) of ``make reproduce``: every cell is reported
+# as a mean with its 95% interval over them (issue 20).
+DEFAULT_SEEDS = 5
 METRICS = ("clean_top1", "perturbed_top1", "restoration", "fooling_rate")
 
 
