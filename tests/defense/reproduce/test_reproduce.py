@@ -326,8 +326,10 @@ def test_two_seed_run_writes_the_aggregate_the_error_bar_figure_and_the_claims(q
         rows = [r["cases"][key]["models"] for r in replicas]
         margins = [m["fru"]["restoration"] - m[best["model"]]["restoration"] for m in rows]
         assert best["fru_margin"]["mean"] == pytest.approx(np.mean(margins), abs=1e-12)
-    # claims: 1 competitor margin + same-norm, cross-norm, 1 stronger, 3 unseen + regeneration + 3 masking + 2 secondary
-    assert len(summary["claims"]) == 13
+    # claims: 1 competitor margin + same-norm, cross-norm, 1 stronger, 5 unseen (NAG and GAP included) + regeneration
+    # + 3 masking + 2 secondary
+    assert len(summary["claims"]) == 15
+    assert {"unseen-gap", "unseen-nag"} <= {c["statistic"].rsplit(" on ", 1)[-1] for c in summary["claims"]}
     assert all(c["verdict"] in ("reproduced", "not reproduced", "inconclusive") for c in summary["claims"])
     assert (out / "claims.md").read_text() == claims_markdown(summary["claims"])
     results = (out / "results.md").read_text()
