@@ -34,7 +34,10 @@ def make_set_attack(ctx: Context, s: AttackSet, classifier) -> UniversalAttack:
               "gduap": dict(max_iter=cfg.gduap_iters, prior=cfg.gduap_prior),
               "fff": dict(max_iter=cfg.gduap_iters),
               "svuap": dict(norm=s.norm, layer=cfg.svuap_layer, q=cfg.svuap_q, n_images=cfg.svuap_images,
-                            max_iter=cfg.svuap_iters, batch_size=cfg.uap_batch)}
+                            max_iter=cfg.svuap_iters, batch_size=cfg.uap_batch),
+              "gap": dict(norm=s.norm, max_iter=cfg.gap_iters),
+              "nag": dict(norm=s.norm, max_iter=cfg.nag_iters, diversity_weight=cfg.nag_diversity,
+                          lr=cfg.nag_lr)}
     if s.kind not in params:
         raise ValueError(f"unknown attack kind '{s.kind}'")
     return make_attack(s.kind, classifier, xi=s.xi, verbose=ctx.progress, **params[s.kind])

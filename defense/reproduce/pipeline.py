@@ -25,7 +25,8 @@ from .stages import (stage_baseline, stage_evaluate, stage_generate, stage_maski
 _SUBSET_FIELDS = ("seed", "uap_images", "train_uaps", "test_uaps", "l2_uaps", "stronger", "stronger_uaps", "unseen",
                   "unseen_per_attack", "gduap_prior")
 _UAP_FIELDS = ("xi", "uap_passes", "uap_delta", "uap_classes", "uap_batch")
-_ATTACK_FIELDS = ("spgd_epochs", "gduap_iters", "svuap_layer", "svuap_q", "svuap_images", "svuap_iters")
+_ATTACK_FIELDS = ("spgd_epochs", "gduap_iters", "svuap_layer", "svuap_q", "svuap_images", "svuap_iters", "gap_iters",
+                  "nag_iters", "nag_diversity", "nag_lr")
 # In priority order: on two workers the FRU training -> secondary chain, the longest, goes first.
 STAGES: Tuple[Stage, ...] = (
     Stage("baseline", stage_baseline, ("seed", "baseline_epochs", "baseline_train_images", "baseline_test_images")),

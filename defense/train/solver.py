@@ -7,21 +7,20 @@ training.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
-import signal
 import tempfile
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from google.protobuf import text_format
+
+from attacks.interrupt import sigint_flag
 
 from ..core import (ToolkitError, caffe, caffe_pb2, check_finite_params, copy_weights, read_binary_proto,
                     read_caffemodel, read_net_param, validate_net_param, write_text)
@@ -178,27 +177,6 @@ def _digests(net: "caffe.Net", names: Sequence[str]) -> Dict[str, str]:
             for name in names if name in net.params}
 
 
-@contextlib.contextmanager
-def _sigint_flag() -> Iterator[Dict[str, bool]]:
-    """Turn Ctrl-C into a flag the loop checks between iterations (so it can snapshot first)."""
-    flag = {"stop": False}
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum, frame):
-        if flag["stop"]:  # second Ctrl-C: give up at once
-            raise KeyboardInterrupt
-        flag["stop"] = True
-        log.warning("Ctrl-C: finishing this iteration, then writing a snapshot")
-
-    old = signal.signal(signal.SIGINT, handler)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, old)
-
-
 # ---------------------------------------------------------------- the solver wrapper
 class SolverWrapper:
     """A Caffe solver fed from Python, owning its snapshots (py-faster-rcnn's pattern).
@@ -321,7 +299,7 @@ class SolverWrapper:
         last_good: Optional[Path] = self.resume  # the newest snapshot, written before any divergence
         bar = tqdm(total=self.max_iter, initial=self.iter, desc="train", unit="it",
                    disable=not self.options.progress or rank != 0)
-        with _sigint_flag() as flag, bar:
+        with sigint_flag() as flag, bar:
             while self.iter < self.max_iter:
                 x, y, _ = mixed_batch(source, perts, sampler, batch, self.iter, self.options, rank, world)
                 caffe.set_random_seed(caffe_seed(self.options.seed, self.iter, rank))

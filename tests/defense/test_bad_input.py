@@ -178,6 +178,8 @@ WRITERS = [
     ("attacks", f"uap --prototxt {{w}}/net.prototxt --weights {{w}}/net.caffemodel --preset FashionNet "
                 "--data {w}/images.npy --out {w}/new.h5", "--state", "file"),
     ("attacks", "fetch UAP", "--dest", "folder"),
+    ("attacks", "gap --prototxt {w}/net.prototxt --weights {w}/net.caffemodel --preset FashionNet "
+                "--data {w}/images.npy --out {w}/new.h5", "--snapshots", "folder"),
 ]
 UNWRITABLE = [  # (place, culprit) for a file output and for a folder output
     ("{ro}/x", "{option} {ro}/x: cannot write in {ro}", "{option} {ro}/x: cannot write in {ro}"),
@@ -278,7 +280,19 @@ ABORT_CASES = [  # classes 1 and 2: Caffe aborted (or glibc stopped) the process
          child=True),
 ]
 
-CASES = OUTPUT_CASES + BOMB_CASES + SILENT_CASES + FORMAT_CASES + ABORT_CASES
+GEN = f"{NET} --data {{w}}/images.npy --out {{w}}/o.h5"
+GENERATOR_CASES = [  # the generative attacks' options (issue 20)
+    Case("attacks", f"gap {GEN} --max-iter 0", "argument --max-iter"),
+    Case("attacks", f"nag {GEN} --samples 0", "argument --samples"),
+    Case("attacks", f"nag {GEN} --batch-size 1", "batch_size must be at least 2 for nag, got 1"),
+    Case("attacks", f"nag {GEN} --layer nosuch", "the network has no blob 'nosuch'"),
+    Case("attacks", f"gap {GEN} --snapshot-every -1", "snapshot_every must be 0 or a positive integer, got -1"),
+    Case("attacks", f"gap {GEN} --resume {{w}}/nope.solverstate", "{w}/nope.solverstate: solverstate not found"),
+    Case("attacks", f"gap {GEN} --resume {{w}}/afile", "{w}/afile: "),
+    Case("attacks", f"nag {NET} --out {{w}}/o.h5", "--data"),
+]
+
+CASES = OUTPUT_CASES + BOMB_CASES + SILENT_CASES + FORMAT_CASES + ABORT_CASES + GENERATOR_CASES
 
 
 def _run(case: Case, fill: Dict[str, str], root: Path, capfd) -> tuple:

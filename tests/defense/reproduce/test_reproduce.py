@@ -51,7 +51,7 @@ def test_quick_run_reports_every_case_model_and_metric(quick_run):
     out, summary = quick_run
     assert list(summary["cases"]) == [c.key for c in eval_cases(QUICK)]
     assert list(summary["cases"]) == ["same-norm", "cross-norm", "stronger-x2", "unseen-spgd", "unseen-gduap",
-                                      "unseen-svuap", "adaptive", "adaptive-secondary"]
+                                      "unseen-svuap", "unseen-gap", "unseen-nag", "adaptive", "adaptive-secondary"]
     for key, case in summary["cases"].items():
         base_clean = case["models"]["baseline"]["clean_top1"]
         assert case["images"] == QUICK.test_images
@@ -319,8 +319,10 @@ def test_config_values_are_validated():
         ReproConfig().with_overrides(["fru_iters=abc"])
     with pytest.raises(ValueError, match="fru_iters must be a positive integer, got 0"):
         ReproConfig().with_overrides(["fru_iters=0"])
-    with pytest.raises(ValueError, match="unknown unseen attack 'nag'"):
-        ReproConfig(unseen=("spgd", "nag"))
+    with pytest.raises(ValueError, match="unknown unseen attack 'cw'; valid: spgd, gduap, fff, svuap, gap, nag"):
+        ReproConfig(unseen=("spgd", "cw"))
+    with pytest.raises(ValueError, match="nag_diversity must be 0 or positive, got -1"):
+        ReproConfig().with_overrides(["nag_diversity=-1"])
     with pytest.raises(ValueError, match="--set takes key=value"):
         ReproConfig().with_overrides(["fru_iters"])
     cfg = ReproConfig().with_overrides(["stronger=1.5,3", "test_images=none", "xi=40"])
@@ -438,8 +440,10 @@ def test_two_seed_run_writes_the_aggregate_the_error_bar_figure_and_the_claims(q
         rows = [r["cases"][key]["models"] for r in replicas]
         margins = [m["fru"]["restoration"] - m[best["model"]]["restoration"] for m in rows]
         assert best["fru_margin"]["mean"] == pytest.approx(np.mean(margins), abs=1e-12)
-    # claims: 1 competitor margin + same-norm, cross-norm, 1 stronger, 3 unseen + regeneration + 3 masking + 2 secondary
-    assert len(summary["claims"]) == 13
+    # claims: 1 competitor margin + same-norm, cross-norm, 1 stronger, 5 unseen (NAG and GAP included) + regeneration
+    # + 3 masking + 2 secondary
+    assert len(summary["claims"]) == 15
+    assert {"unseen-gap", "unseen-nag"} <= {c["statistic"].rsplit(" on ", 1)[-1] for c in summary["claims"]}
     assert all(c["verdict"] in ("reproduced", "not reproduced", "inconclusive") for c in summary["claims"])
     assert (out / "claims.md").read_text() == claims_markdown(summary["claims"])
     results = (out / "results.md").read_text()
