@@ -74,14 +74,43 @@ def write_bytes(path: os.PathLike | str, data: bytes) -> Path:
     return Path(path)
 
 
+# ---------------------------------------------------------------- input files
+def input_file(path: os.PathLike | str, what: str, fix: str = "check the path") -> Path:
+    """The one checked way an input file is reached: it exists, is a file, and this process may
+    read it (tried by opening it: modes do not stop root, a dropped CAP_DAC_OVERRIDE does).
+
+    :param what: how the message names the file (``caffemodel``, ``.npy file`` ...);
+        ``fix``: what the user should do when it is missing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        if path.is_dir():
+            raise ToolkitError(f"{path}: is a folder, not a {what}; {fix}")
+        raise ToolkitError(f"{path}: {what} not found; {fix}")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ToolkitError(f"{path}: {what} cannot be read ({exc.strerror or exc}); "
+                           "make it readable to this user") from None
+    return path
+
+
+def read_input_text(path: os.PathLike | str, what: str, fix: str = "check the path") -> str:
+    """An input text file's content (UTF-8): a file that does not decode is refused naming it."""
+    path = input_file(path, what, fix)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ToolkitError(f"{path}: {what} is not UTF-8 text (byte {exc.start}); give the text file") from None
+
+
 # ---------------------------------------------------------------- prototxt
 def read_net_param(path: os.PathLike | str) -> "caffe_pb2.NetParameter":
     """Parse a text prototxt, raising ToolkitError (not a C++ abort) when it is bad."""
-    path = Path(path)
-    if not path.is_file():
-        raise ToolkitError(f"{path}: prototxt not found; check the path")
+    path = input_file(path, "prototxt")
     try:
-        return text_format.Parse(path.read_text(), caffe_pb2.NetParameter())
+        return text_format.Parse(path.read_text(encoding="utf-8"), caffe_pb2.NetParameter())
     except (text_format.ParseError, UnicodeDecodeError) as exc:
         msg = str(exc).splitlines()[0]
         raise ToolkitError(f"{path}: not a valid Caffe prototxt ({msg}); fix or regenerate it") from None
@@ -100,9 +129,7 @@ def write_net_param(path: os.PathLike | str, net: "caffe_pb2.NetParameter", head
 # ---------------------------------------------------------------- caffemodel
 def read_binary_proto(path: os.PathLike | str, message, kind: str, missing_fix: str, corrupt_fix: str):
     """Parse a binary protobuf file (caffemodel, solverstate) into ``message``, or one-line ToolkitError."""
-    path = Path(path)
-    if not path.is_file():
-        raise ToolkitError(f"{path}: {kind} not found; {missing_fix}")
+    path = input_file(path, kind, missing_fix)
     try:
         message.ParseFromString(path.read_bytes())
     except DecodeError:
@@ -199,9 +226,7 @@ def read_idx(path: os.PathLike | str, ndim: int, fix: str) -> np.ndarray:
 
     :param fix: the command that repairs a missing or corrupt file, quoted in the error.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ToolkitError(f"{path}: file not found; install it with '{fix}'")
+    path = input_file(path, "file", f"install it with '{fix}'")
     header = 4 + 4 * ndim
     try:
         with gzip.open(path, "rb") as fh:  # the header first: its shape bounds what is read after it
@@ -243,13 +268,14 @@ def _stored_shape(blob: "caffe_pb2.BlobProto") -> Tuple[int, ...]:
 
 def caffemodel_shapes(path: "os.PathLike | str | caffe_pb2.NetParameter", label: Optional[str] = None) -> Shapes:
     """``{layer: [blob shapes]}`` of a caffemodel (a file, or one already parsed), read without
-    converting its data; a blob whose stored values do not fill its shape is a ToolkitError."""
+    converting its data; a blob whose stored values do not fill its shape is a ToolkitError.
+
+    Layers without blobs are kept (as ``[]``): Caffe's ``copy_from`` aborts on a layer whose name
+    matches a parameter layer of the net but that holds no blobs, so the fit check must see it."""
     model = path if isinstance(path, caffe_pb2.NetParameter) else read_caffemodel(path)
     label = label or str(path)
     shapes: Shapes = {}
     for layer in _layers(model):
-        if not layer.blobs:
-            continue
         shapes[layer.name] = []
         for blob in layer.blobs:
             shape, stored = _stored_shape(blob), len(blob.double_data) or len(blob.data)
@@ -445,15 +471,35 @@ def validate_net_param(param: "caffe_pb2.NetParameter", source: os.PathLike | st
 
 
 def cuda_runtime_path() -> Optional[str]:
-    """The libcudart this process's pycaffe loaded, or None for a CPU-only Caffe build."""
+    """The libcudart this process's pycaffe loaded, or None for a CPU-only Caffe build (or no procfs)."""
+    paths = _loaded_libraries("libcudart.so")
+    return paths[0] if paths else None
+
+
+def _loaded_libraries(fragment: str) -> List[str]:
+    """Paths of the shared libraries this process has mapped whose name holds ``fragment``."""
     try:
         with open("/proc/self/maps") as maps:
-            for line in maps:
-                path = line.split()[-1]
-                if "/libcudart.so" in path:
-                    return path
-    except OSError:  # no procfs: not Linux, so not a CUDA build of ours
-        pass
+            paths = {line.split()[-1] for line in maps if fragment in line.rsplit("/", 1)[-1]}
+    except OSError:
+        return []
+    return sorted(paths)
+
+
+def blas_threads() -> Optional[int]:
+    """Threads of the OpenBLAS that Caffe computes with, or None when it links another BLAS.
+
+    Caffe's CPU results depend on it (each thread sums its own block of a GEMM), so a resumed run
+    is byte-identical only with the same count; numpy's and scipy's own OpenBLAS copies (their
+    wheels' ``.libs`` folders) are not the one Caffe uses."""
+    import ctypes
+
+    for path in _loaded_libraries("libopenblas"):
+        if ".libs/" not in path:
+            try:
+                return int(ctypes.CDLL(path).openblas_get_num_threads())
+            except (OSError, AttributeError):
+                return None
     return None
 
 
@@ -543,6 +589,19 @@ def seed_int(text: str) -> int:
     if not 0 <= value < 2 ** 32:
         raise argparse.ArgumentTypeError(f"must be an integer from 0 to 4294967295, got '{text}'")
     return value
+
+
+def number_list(text: str, option: str, kind: type = int) -> List:
+    """Comma-separated numbers given to ``option`` (``0,1``, ``104,117,123``); a bad one is a
+    one-line error naming the option (not Python's "invalid literal for int()")."""
+    try:
+        values = [kind(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        values = None
+    if not values or not all(math.isfinite(v) for v in values):
+        noun = "integers" if kind is int else "numbers"
+        raise ToolkitError(f"{option} takes {noun} separated by commas, got '{text}'")
+    return values
 
 
 def _parsers(parser: argparse.ArgumentParser, args: Optional[argparse.Namespace] = None) -> Iterator:

@@ -35,11 +35,11 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from attacks.metrics import bootstrap_ci
+from attacks.metrics import bootstrap_ci, restoration_accuracy
 from attacks.perturbation_io import load_any, load_perturbations
 from attacks.published import published_dir
 
-from .core import ToolkitError, parse_args, positive_int, run_cli, set_mode, write_text
+from .core import ToolkitError, input_file, parse_args, positive_int, run_cli, set_mode, write_text
 from .data import Subset
 from .data.imagenet import ImageNetIndex
 from .evaluate.compare import add_restoration, metric_row, metric_rows
@@ -114,7 +114,7 @@ def summarize_case(case: TableCase, conditions: Sequence[Condition], labels: np.
         row["published_restoration_accuracy"] = case.published.baseline if model == "baseline" else case.published.fru
         if published_denominator:
             pert_hit = np.mean([preds[model][c].top1 == labels for c in names], axis=0)
-            per_image = ((preds[model]["clean"].top1 == labels).astype(np.float64) + pert_hit) / (2 * published_denominator)
+            per_image = restoration_accuracy(preds[model]["clean"].top1 == labels, pert_hit, published_denominator)
             row["restoration_accuracy_ci95"] = list(bootstrap_ci(per_image, seed=ci_seed))
         if len(names) > 1:
             row["runs"] = {}
@@ -189,12 +189,8 @@ def _perturbation_arrays(cases: Sequence[TableCase], options: TableOptions, tabl
                          shape: tuple) -> Tuple[List[TableCase], Dict[str, np.ndarray]]:
     if options.own:
         for path in options.own:
-            if not Path(path).is_file():
-                raise ToolkitError(f"{path}: perturbation file not found; check --own")
-        stack = load_perturbations(options.own)
-        bad = [tuple(v.shape) for v in stack if tuple(v.shape) != shape]
-        if bad:
-            raise ToolkitError(f"--own: perturbation shape {bad[0]} does not fit the {net} input {shape}")
+            input_file(path, "perturbation file", "check --own")
+        stack = load_perturbations(options.own, expect=shape)
         names = tuple(f"own[{i}]" for i in range(len(stack)))
         return [_own_case(table, net, cases, names, options.own)], dict(zip(names, stack))
     names = [f for c in cases for f in c.files]
@@ -212,7 +208,7 @@ def run_table(table: str, net: str, options: TableOptions) -> dict:
     if not Path(options.index).is_file():
         raise ToolkitError(f"{options.index}: validation index not found; make one with "
                            "'python -m defense.imagenet prepare val --images DIR --labels val.txt --out val.jsonl'")
-    shape = (preset.channels, preset.input_size, preset.input_size)
+    shape = preset.input_shape
     cases, arrays = _perturbation_arrays(cases, options, table, preset.name, shape)
     for files in (pair.baseline, pair.fru):
         require_weights(files, preset.name, offline=options.offline)

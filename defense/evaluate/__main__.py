@@ -63,7 +63,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     source = open_source(args.data, args.split, preset)
     if args.limit:
         source = source.sample(args.limit, np.random.default_rng(args.seed))
-    perturbations = load_perturbations(args.perturbations)
+    perturbations = load_perturbations(args.perturbations, expect=preset.input_shape)
     base = classifier_for(args.baseline_prototxt or preset.deploy, args.baseline_weights or preset.weights(),
                           preset.mean_bgr, args.runtime, batch_size=batch)
     models = [Model("baseline", base)]

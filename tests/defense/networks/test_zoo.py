@@ -16,9 +16,9 @@ from defense.networks.netspec_helpers import inception, input_layer
 from defense.networks import BUILDERS, build_baseline, write_baselines
 from defense.networks import __main__ as cli
 from defense.networks.vgg import build_vgg16
-from defense.presets import get_preset
+from defense.presets import PUBLISHED_NETS, get_preset
 
-NETS = ["CaffeNet", "VGG_F", "GoogLeNet", "VGG16", "ResNet152"]
+NETS = PUBLISHED_NETS
 
 
 def published_file(reference: Path, name: str) -> Path:
