@@ -28,8 +28,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .core import (caffe, caffe_pb2, load_net, number_list, param_shapes, parse_args, positive_int, run_cli, seed_int, set_mode,
-                   set_net_blobs, write_text)
+from .core import (caffe, caffe_pb2, load_net, number_list, param_shapes, parse_args, positive_int, run_cli, seed_int,
+                   set_mode, set_net_blobs, write_text)
 from .generate.export import blob_channels, fast_layout, find_fru_blocks, fold_batchnorm
 from .generate.fru import insert_frus
 from .generate.onnx_graph import onnx_model, onnx_session
