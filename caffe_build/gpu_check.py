@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import numpy as np  # noqa: E402
 
-from defense.core import caffe, cuda_device_count, write_text  # noqa: E402
+from defense.core import caffe, write_text  # noqa: E402
+from defense.devices import cuda_device_count  # noqa: E402
 from defense.presets import PUBLISHED_NETS, get_preset  # noqa: E402
 
 

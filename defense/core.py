@@ -35,6 +35,8 @@ except ImportError as exc:  # pragma: no cover - only without a Caffe build
 from google.protobuf import text_format  # noqa: E402
 from google.protobuf.message import DecodeError  # noqa: E402
 
+from .devices import cuda_device_count  # noqa: E402
+
 Blobs = Dict[str, List[np.ndarray]]
 """Layer name -> its parameter blobs, in Caffe's order (weights, bias, ...)."""
 
@@ -79,8 +81,7 @@ def input_file(path: os.PathLike | str, what: str, fix: str = "check the path") 
     """The one checked way an input file is reached: it exists, is a file, and this process may
     read it (tried by opening it: modes do not stop root, a dropped CAP_DAC_OVERRIDE does).
 
-    :param what: how the message names the file (``caffemodel``, ``.npy file`` ...);
-        ``fix``: what the user should do when it is missing.
+    :param what: how the message names the file; ``fix``: what to do when it is missing.
     """
     path = Path(path)
     if not path.is_file():
@@ -88,8 +89,7 @@ def input_file(path: os.PathLike | str, what: str, fix: str = "check the path") 
             raise ToolkitError(f"{path}: is a folder, not a {what}; {fix}")
         raise ToolkitError(f"{path}: {what} not found; {fix}")
     try:
-        with open(path, "rb"):
-            pass
+        open(path, "rb").close()
     except OSError as exc:
         raise ToolkitError(f"{path}: {what} cannot be read ({exc.strerror or exc}); "
                            "make it readable to this user") from None
@@ -470,63 +470,6 @@ def validate_net_param(param: "caffe_pb2.NetParameter", source: os.PathLike | st
         blobs.update(layer.top)
 
 
-def cuda_runtime_path() -> Optional[str]:
-    """The libcudart this process's pycaffe loaded, or None for a CPU-only Caffe build (or no procfs)."""
-    paths = _loaded_libraries("libcudart.so")
-    return paths[0] if paths else None
-
-
-def _loaded_libraries(fragment: str) -> List[str]:
-    """Paths of the shared libraries this process has mapped whose name holds ``fragment``."""
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if fragment in line.rsplit("/", 1)[-1]}
-    except OSError:
-        return []
-    return sorted(paths)
-
-
-def blas_threads() -> Optional[int]:
-    """Threads of the OpenBLAS that Caffe computes with, or None when it links another BLAS.
-
-    Caffe's CPU results depend on it (each thread sums its own block of a GEMM), so a resumed run
-    is byte-identical only with the same count; numpy's and scipy's own OpenBLAS copies (their
-    wheels' ``.libs`` folders) are not the one Caffe uses."""
-    import ctypes
-
-    for path in _loaded_libraries("libopenblas"):
-        if ".libs/" not in path:
-            try:
-                return int(ctypes.CDLL(path).openblas_get_num_threads())
-            except (OSError, AttributeError):
-                return None
-    return None
-
-
-def cuda_device_count() -> tuple:
-    """``(count, reason)`` from the CUDA runtime pycaffe links; ``(None, why)`` on a CPU-only build.
-
-    Asked through ctypes because Caffe aborts the process (not raises) on a bad device.
-    """
-    path = cuda_runtime_path()
-    if path is None:
-        return None, "this Caffe build has no CUDA"
-    import ctypes
-
-    try:
-        ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return 0, "no NVIDIA driver: libcuda.so.1 not found"
-    cudart = ctypes.CDLL(path)
-    cudart.cudaGetErrorString.restype = ctypes.c_char_p
-    count = ctypes.c_int(0)
-    status = cudart.cudaGetDeviceCount(ctypes.byref(count))
-    if status != 0:
-        cudart.cudaGetLastError()
-        return 0, cudart.cudaGetErrorString(status).decode(errors="replace")
-    return count.value, "ok" if count.value else "no CUDA device"
-
-
 def check_gpus(gpus: Sequence[int], option: str = "--gpu") -> None:
     """Refuse device numbers this build or machine cannot serve, before Caffe CHECKs (and aborts) on them."""
     count, reason = cuda_device_count()
@@ -558,7 +501,7 @@ def gpu_available() -> bool:
     """True when this pycaffe was built with CUDA and a device answers (asked in a child process,
     so that this one's CUDA state stays uninitialised for forked workers)."""
     import subprocess
-    code = ("import os; os.environ['GLOG_minloglevel']='3'; from defense.core import cuda_device_count; "
+    code = ("import os; os.environ['GLOG_minloglevel']='3'; from defense.devices import cuda_device_count; "
             "print((cuda_device_count()[0] or 0) > 0)")
     try:
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

@@ -23,10 +23,11 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from google.protobuf import text_format
 
-from ..core import (ToolkitError, blas_threads, caffe, caffe_pb2, check_finite_params, check_weights_fit, copy_weights,
+from ..core import (ToolkitError, caffe, caffe_pb2, check_finite_params, check_weights_fit, copy_weights,
                     input_file, param_shapes, read_binary_proto, read_caffemodel, read_net_param, validate_net_param,
                     write_text)
 from ..data import DataSource
+from ..devices import blas_threads
 from .batches import EpochSampler, TrainOptions, caffe_seed, mixed_batch, stack_perturbations, subtract_mean
 
 log = logging.getLogger(__name__)

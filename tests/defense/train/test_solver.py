@@ -195,7 +195,7 @@ def test_resume_refuses_a_run_that_would_draw_other_batches(setup, change, messa
 
 def test_resume_refuses_another_blas_thread_count_and_says_how_to_match_it(setup):
     """Caffe's CPU sums depend on the OpenBLAS thread count: the record stores it (issue 22)."""
-    from defense.core import blas_threads
+    from defense.devices import blas_threads
     tmp, init, source, perts = setup
     _, first = run(tmp, init, source, perts, max_iter=2)
     record = json.loads(record_path(first.solverstate).read_text())
