@@ -89,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delta", type=float, help=f"stop at fooling rate 1-delta (default {d['delta']})")
     p.add_argument("--max-passes", type=positive_int, help=f"passes over the data (default {d['max_passes']})")
     p.add_argument("--overshoot", type=float, help=f"DeepFool overshoot (default {d['overshoot']})")
-    p.add_argument("--max-iter-df", type=int, help=f"DeepFool iterations (default {d['max_iter_df']})")
-    p.add_argument("--num-classes", type=int, help=f"DeepFool's top-k classes (default {d['num_classes']})")
+    p.add_argument("--max-iter-df", type=positive_int, help=f"DeepFool iterations (default {d['max_iter_df']})")
+    p.add_argument("--num-classes", type=positive_int, help=f"DeepFool's top-k classes (default {d['num_classes']})")
     p.add_argument("--state", type=output_file, help="resume file (default: --out with .state.npz); rerun to resume")
 
     p = sub.add_parser("spgd", help="sPGD (Mummadi et al. 2019): stochastic PGD on one perturbation")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from tokenize import TokenError
 from typing import Dict, Optional
 
 import numpy as np
@@ -42,8 +43,9 @@ def _npy_header(path: Path) -> None:
             version = np.lib.format.read_magic(fh)
             read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape, _, dtype = read(fh)
-        except (ValueError, OSError, EOFError) as exc:
-            raise ToolkitError(f"{path}: not a valid .npy array ({exc}); write it again with np.save") from None
+        except (ValueError, OSError, EOFError, SyntaxError, TokenError) as exc:  # the header is a Python literal
+            raise ToolkitError(f"{path}: not a valid .npy array ({type(exc).__name__}: {exc}); write it again with "
+                               "np.save") from None
     check_array_bytes(shape, dtype.itemsize, path)
 
 

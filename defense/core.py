@@ -96,15 +96,6 @@ def input_file(path: os.PathLike | str, what: str, fix: str = "check the path") 
     return path
 
 
-def read_input_text(path: os.PathLike | str, what: str, fix: str = "check the path") -> str:
-    """An input text file's content (UTF-8): a file that does not decode is refused naming it."""
-    path = input_file(path, what, fix)
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ToolkitError(f"{path}: {what} is not UTF-8 text (byte {exc.start}); give the text file") from None
-
-
 # ---------------------------------------------------------------- prototxt
 def read_net_param(path: os.PathLike | str) -> "caffe_pb2.NetParameter":
     """Parse a text prototxt, raising ToolkitError (not a C++ abort) when it is bad."""
@@ -581,6 +572,11 @@ def parse_args(parser, argv: Optional[Sequence[str]] = None):
             sys.stderr.write(captured.getvalue())
         raise
     sys.stderr.write(captured.getvalue())
+    for p in _parsers(parser, args):  # Python 3.11's argparse drops the value of '--opt=--', leaving []
+        for a in p._actions:
+            if a.option_strings and a.nargs is None and getattr(args, a.dest, None) == [] and a.default != []:
+                print(f"{p.prog}: error: argument {'/'.join(a.option_strings)}: expected one argument", file=sys.stderr)
+                raise SystemExit(2)
     outputs = [a for p in _parsers(parser, args) for a in _outputs(p)]
     for action in outputs:
         if getattr(args, action.dest, None) is not None:

@@ -205,9 +205,8 @@ def run_table(table: str, net: str, options: TableOptions) -> dict:
     preset: NetPreset = get_preset(net)
     cases = list(table_cases(table, preset.name))
     pair: ModelPair = model_pair(preset.name, options.manifest, options.weights_dir, options.defense)
-    if not Path(options.index).is_file():
-        raise ToolkitError(f"{options.index}: validation index not found; make one with "
-                           "'python -m defense.imagenet prepare val --images DIR --labels val.txt --out val.jsonl'")
+    input_file(options.index, "validation index", "make one with 'python -m defense.imagenet prepare val "
+               "--images DIR --labels val.txt --out val.jsonl'")  # a local input: checked before any download
     shape = preset.input_shape
     cases, arrays = _perturbation_arrays(cases, options, table, preset.name, shape)
     for files in (pair.baseline, pair.fru):

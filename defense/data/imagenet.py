@@ -35,7 +35,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from ..core import ToolkitError, input_file, read_input_text, write_text
+from ..core import ToolkitError, input_file, write_text
 from ..presets import NetPreset
 from .base import DataSource
 from .preprocess import PUBLISHED_RESAMPLE, RESAMPLE, load_image, preprocess
@@ -68,6 +68,15 @@ def _check_wnids(wnids: Sequence[str], path: Path) -> None:
         raise ToolkitError(f"{path}: a WordNet id appears twice; check the synset file")
 
 
+def _read_text(path: os.PathLike | str, what: str, fix: str = "check the path") -> str:
+    """A text input (synsets, labels)'s content (UTF-8): a file that does not decode is refused naming it."""
+    path = input_file(path, what, fix)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ToolkitError(f"{path}: {what} is not UTF-8 text (byte {exc.start}); give the text file") from None
+
+
 def load_synsets(path: os.PathLike | str) -> Synsets:
     """Read a synset mapping in one of these forms (chosen by content):
 
@@ -79,7 +88,7 @@ def load_synsets(path: os.PathLike | str) -> Synsets:
     path = input_file(path, "synset file", "check --synsets")
     if path.suffix == ".mat":
         return _synsets_from_mat(path)
-    text = read_input_text(path, "synset file (text, JSON or .mat)")
+    text = _read_text(path, "synset file (text, JSON or .mat)")
     if path.suffix == ".json":
         try:
             data = json.loads(text)
@@ -116,7 +125,7 @@ def _synsets_from_mat(path: Path) -> Synsets:
 def read_val_labels(path: os.PathLike | str, synsets: Optional[Synsets] = None) -> List[Item]:
     """``(file name, label)`` pairs from Caffe's val.txt or the devkit ground-truth file."""
     path = input_file(path, "label file", "check --labels")
-    rows = [(n, line.split()) for n, line in enumerate(read_input_text(path, "label file").splitlines(), 1) if line.strip()]
+    rows = [(n, line.split()) for n, line in enumerate(_read_text(path, "label file").splitlines(), 1) if line.strip()]
     if not rows:
         raise ToolkitError(f"{path}: label file is empty")
     if len(rows[0][1]) == 2:  # Caffe val.txt

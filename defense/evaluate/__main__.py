@@ -73,6 +73,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                   preset.mean_bgr, args.runtime, batch_size=batch)))
     for name in filter(None, (s.strip() for s in args.peers.split(","))):
         peer = make_peer(name)
+        peer.check_images(source.image_shape)
         models.append(Model(f"baseline+{peer.describe()}", base, peer))
     denominator = preset.baseline_top1 if args.published_denominator else None
     if args.published_denominator and denominator is None:

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from ..core import (ToolkitError, caffe, check_net_builds, net_param_text, parse_args, read_net_param, run_cli,
-                    seed_int, set_mode)
+from ..core import (ToolkitError, caffe, check_net_builds, net_param_text, parse_args, positive_int, read_net_param,
+                    run_cli, seed_int, set_mode)
 from ..networks import build_baseline
 from ..outputs import check_output, output_dir
 from ..presets import PRESETS, get_preset
@@ -36,13 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--layers", help="comma-separated target conv layers (default for a preset: the published ones)")
     ap.add_argument("--ratio", type=float, default=0.5, help="N = ratio x channels for non-preset targets (0.5)")
     depth = ap.add_mutually_exclusive_group()
-    depth.add_argument("--depth", type=int, help="FRU depth D for non-preset targets")
+    depth.add_argument("--depth", type=positive_int, help="FRU depth D for non-preset targets")
     depth.add_argument("--depth-ratio", type=float, default=1.0, help="D = depth-ratio x N (1.0)")
     ap.add_argument("--mode", choices=MODES, help="permutation layout (default: the preset's, else explicit)")
     ap.add_argument("--weights", type=Path, help="baseline caffemodel: rank channels and write init.caffemodel")
     ap.add_argument("--out", type=output_dir, help="output folder (with --all: root instead of prototxt/)")
     ap.add_argument("--norm", choices=NORMS, default="l1", help="filter norm used for ranking (l1)")
-    ap.add_argument("--batch", type=int, default=32, help="batch size of the train net (32)")
+    ap.add_argument("--batch", type=positive_int, default=32, help="batch size of the train net (32)")
     ap.add_argument("--seed", type=seed_int, default=0, help="seed of the FRU MSRA initialisation and the solver (0)")
     return ap
 

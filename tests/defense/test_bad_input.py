@@ -157,6 +157,8 @@ def workspace(tmp_path_factory, root) -> Dict[str, str]:
     _toolkit_h5(w / "good.h5", data=good)
     _toolkit_h5(w / "rgb.h5", data=np.zeros((3, 28, 28), np.float32))
     (w / "empty.mat").write_bytes(b"")
+    raw = (w / "pert.npy").read_bytes()
+    (w / "flipped.npy").write_bytes(raw[:8] + bytes([raw[8] ^ 64]) + raw[9:])  # the header's length: a cut literal
     (w / "gen").mkdir()
     shutil.copy(w / "net.prototxt", w / "gen" / "deploy_FRU.prototxt")
     (w / "garbage.caffemodel").write_bytes(b"\x08\x96\x01" * 100)
@@ -327,6 +329,8 @@ ISSUE22_CASES = [  # the eight classes of issue 22, each where it arose
     Case("attacks", "synthetic --inputs {w}/pert.npy --threshold abc --out {w}/o.h5", "argument --threshold"),
     Case("attacks", "uap --prototxt {w}/net.prototxt --weights {w}/net.caffemodel --mean 1,y --data {w}/images.npy "
                     "--out {w}/o.h5", "--mean takes numbers separated by commas, got '1,y'"),
+    Case("defense.generate", "--preset FashionNet --batch 0 --out {w}/o", "argument --batch: must be a positive integer"),
+    Case("attacks", "synthetic --inputs {w}/good.h5 --max-steps 0 --out {w}/o.h5", "argument --max-steps"),
     Case("defense.imagenet", "prepare val --images {w} --labels {w}/labels.txt --out {w}/o.jsonl",
          "{w}/labels.txt: label file is not UTF-8 text"),
     Case("defense.evaluate", "--net FashionNet --perturbations {w}/pert.npy {w}/rgb.npy --out {w}/o",
@@ -335,6 +339,14 @@ ISSUE22_CASES = [  # the eight classes of issue 22, each where it arose
          "{w}/rgb.h5: perturbation shape (3, 28, 28) does not fit (1, 28, 28)"),
     # found by the fuzzer (tests/test_fuzz.py)
     Case("attacks", "convert --format mat --input {w}/empty.mat --out {w}/o.h5", "{w}/empty.mat: not a readable .mat file"),
+    Case("defense.evaluate", "--net FashionNet --perturbations {w}/pert.npy --seed=-- --out {w}/o",
+         "argument --seed: expected one argument"),
+    Case("attacks", "convert --format mat --input {w}/v.mat --mat-variable=-- --out {w}/o.h5",
+         "argument --mat-variable: expected one argument"),
+    Case("defense.evaluate", "--net FashionNet --perturbations {w}/pert.npy --peers median:99999 --limit 2 --out {w}/o",
+         "peer defence median:99999: the window is larger than the 28x28 images"),
+    Case("defense.evaluate", "--net FashionNet --perturbations {w}/flipped.npy --out {w}/o",
+         "{w}/flipped.npy: not a valid .npy array (TokenError"),
     # claims: the ONNX export needs every parameter layer, as the classifiers do
     Case("defense.export", "--format onnx --prototxt {w}/fru.prototxt --weights {w}/net.caffemodel --out {w}/o.onnx",
          "{w}/net.caffemodel: the caffemodel lacks layer(s)"),
