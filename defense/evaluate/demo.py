@@ -23,7 +23,7 @@ import numpy as np
 
 from attacks.perturbation_io import FORMATS, detect_format, load_any
 from attacks.published import published_dir
-from weights.download import MissingOffline, is_offline
+from weights.download import MissingOffline, download_dir, is_offline
 
 from ..core import ToolkitError, atomic_path, input_file
 from ..data import FashionMnist
@@ -216,19 +216,22 @@ def offline_missing(options: DemoOptions, demo: DemoDefaults, preset: NetPreset)
     if not is_offline(options.offline):
         return
     name, fmt = demo.attacks[options.attack]
-    needs = []
+    folder = options.perturbations_dir or published_dir()
+    needs = []  # (where the file goes, the fetch that says where it comes from)
     if options.input is None and demo.input == DEMO_IMAGE.name:
-        needs.append(lambda: demo_image(True))
+        needs.append((download_dir() / DEMO_IMAGE.name, lambda: demo_image(True)))
     if options.perturbation is None and FORMATS[fmt].kind in ("published", "variant"):
-        needs.append(lambda: fetch_missing([name], options.perturbations_dir or published_dir(), offline=True))
+        needs.append((Path(folder) / name, lambda: fetch_missing([name], folder, offline=True)))
     if options.load is None:
         pair = model_pair(preset.name, options.manifest)
-        needs.append(lambda: require_weights(pair.fru if options.defense else pair.baseline, preset.name, True))
+        files = pair.fru if options.defense else pair.baseline
+        needs.append((files.weights, lambda: require_weights(files, preset.name, True)))
     missing = []
-    for need in needs:
+    for path, need in needs:
         try:
-            need()
-        except MissingOffline as exc:  # any other problem (a file there that fails its check) is raised as it is
+            if not path.exists():  # present files are checked once, where they are used
+                need()
+        except MissingOffline as exc:
             missing.append(str(exc))
     if len(missing) > 1:
         raise ToolkitError(f"{len(missing)} files are missing: {' | '.join(missing)}")

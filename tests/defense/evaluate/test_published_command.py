@@ -197,7 +197,9 @@ def test_offline_names_each_missing_file_with_its_address(reference, download_di
             shutil.copyfile(*copies[i])
 
 
-def test_cached_file_that_changed_is_not_used(reference, download_dir):
+def test_cached_file_that_changed_is_not_used(reference, download_dir, downloads_on):
+    """Online (offline, the two files still missing would be listed first): the image, fetched
+    first, is refused before any request."""
     image = download_dir / "test_image_icecream.JPEG"
     raw = bytearray((reference / "published" / "test_image_icecream.JPEG").read_bytes())
     raw[-3] ^= 0xFF  # same size, other bytes
