@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from defense.core import ToolkitError, parse_args, positive_int, run_cli, seed_int, set_mode, write_text
+from defense.core import ToolkitError, number_list, parse_args, positive_int, run_cli, seed_int, set_mode, write_text
 from defense.outputs import check_output, output_dir, output_file
 
 from .classifier import CaffeClassifier
@@ -64,6 +65,19 @@ def _attack_args(p: argparse.ArgumentParser, data_required: bool, norm: bool = T
     _out_args(p)
 
 
+def _threshold(text: str):
+    """argparse type of ``--threshold``: ``min``, ``max`` or a positive finite number."""
+    if text in ("min", "max"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected 'min', 'max' or a positive number, got '{text}'")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m attacks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delta", type=float, help=f"stop at fooling rate 1-delta (default {d['delta']})")
     p.add_argument("--max-passes", type=positive_int, help=f"passes over the data (default {d['max_passes']})")
     p.add_argument("--overshoot", type=float, help=f"DeepFool overshoot (default {d['overshoot']})")
-    p.add_argument("--max-iter-df", type=int, help=f"DeepFool iterations (default {d['max_iter_df']})")
-    p.add_argument("--num-classes", type=int, help=f"DeepFool's top-k classes (default {d['num_classes']})")
+    p.add_argument("--max-iter-df", type=positive_int, help=f"DeepFool iterations (default {d['max_iter_df']})")
+    p.add_argument("--num-classes", type=positive_int, help=f"DeepFool's top-k classes (default {d['num_classes']})")
     p.add_argument("--state", type=output_file, help="resume file (default: --out with .state.npz); rerun to resume")
 
     p = sub.add_parser("spgd", help="sPGD (Mummadi et al. 2019): stochastic PGD on one perturbation")
@@ -140,9 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-format", default="toolkit", choices=["toolkit", *PUBLISHED_LOADERS],
                    help="format of --inputs (default: toolkit)")
     p.add_argument("--count", type=positive_int, default=100, help="how many to make (default 100)")
-    p.add_argument("--threshold", default="min", help="l_2 norm to reach: a number, 'min' or 'max' of the set")
+    p.add_argument("--threshold", type=_threshold, default="min", help="l_2 norm to reach: a number, 'min' or 'max' of the set")
     p.add_argument("--rule", default="convex", choices=list(RULES))
-    p.add_argument("--max-steps", type=int, default=1000)
+    p.add_argument("--max-steps", type=positive_int, default=1000, help="most rescaling steps per perturbation (1000)")
     _out_args(p)
 
     p = sub.add_parser("convert", help="convert a published / .mat / .npy perturbation to the toolkit format")
@@ -172,10 +186,7 @@ def _mean(args) -> object:
         return None
     if args.mean is None:
         raise ToolkitError("the mean to subtract is needed: give --mean B,G,R or --preset NAME")
-    try:
-        values = [float(a) for a in args.mean.split(",")]
-    except ValueError:
-        raise ToolkitError(f"--mean must be numbers separated by commas, got '{args.mean}'") from None
+    values = number_list(args.mean, "--mean", float)
     return values[0] if len(values) == 1 else values
 
 
@@ -298,12 +309,10 @@ def run_attack(args) -> Dict[str, object]:
 
 
 def run_synthetic(args) -> Dict[str, object]:
-    arrays = load_perturbations(args.inputs, args.input_format)
-    shapes = {a.shape for a in arrays}
-    if len(shapes) != 1:
-        raise ToolkitError(f"the input perturbations have different shapes {sorted(shapes)}")
+    first = load_perturbations(args.inputs[:1], args.input_format)
+    arrays = first + load_perturbations(args.inputs[1:], args.input_format, expect=first[0].shape)
     stack = np.stack(arrays)
-    threshold = args.threshold if args.threshold in ("min", "max") else float(args.threshold)
+    threshold = args.threshold
     t0 = time.perf_counter()
     res = synthesize(stack, args.count, np.random.default_rng(args.seed), threshold, args.rule, args.max_steps)
     params = {"inputs": list(args.inputs), "count": args.count, "threshold": res.threshold, "rule": args.rule,

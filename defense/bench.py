@@ -28,19 +28,19 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .core import (caffe, caffe_pb2, load_net, param_shapes, parse_args, positive_int, run_cli, seed_int, set_mode,
-                   set_net_blobs, write_text)
+from .core import (caffe, caffe_pb2, load_net, number_list, param_shapes, parse_args, positive_int, run_cli, seed_int,
+                   set_mode, set_net_blobs, write_text)
 from .generate.export import blob_channels, fast_layout, find_fru_blocks, fold_batchnorm
 from .generate.fru import insert_frus
 from .generate.onnx_graph import onnx_model, onnx_session
 from .generate.surgery import init_fru_blobs, random_blobs
 from .networks import build_baseline
 from .outputs import output_file
-from .presets import get_preset
+from .presets import PUBLISHED_NETS, get_preset
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NETS = ("CaffeNet", "VGG_F", "GoogLeNet", "VGG16", "ResNet152")
+DEFAULT_NETS = PUBLISHED_NETS
 DEFAULT_OUT = Path("results") / "bench_deploy.json"
 ONNXRUNTIME = "onnxruntime"
 RUNTIMES = ("caffe", ONNXRUNTIME)
@@ -206,8 +206,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = parse_args(build_parser(), argv)
         if args.reps < 1:
             raise ValueError(f"--reps must be a positive integer, got {args.reps}")
-        batches = [int(b) for b in args.batch.split(",") if b.strip()]
-        if not batches or min(batches) < 1:
+        batches = number_list(args.batch, "--batch")
+        if min(batches) < 1:
             raise ValueError(f"--batch must list positive integers, got '{args.batch}'")
         nets = [get_preset(n.strip()).name for n in args.nets.split(",") if n.strip()]
         runtimes = [r.strip() for r in args.runtime.split(",") if r.strip()]

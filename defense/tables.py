@@ -39,12 +39,12 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from attacks.metrics import bootstrap_ci
+from attacks.metrics import bootstrap_ci, restoration_accuracy
 from attacks.perturbation_io import load_any, load_perturbations
 from attacks.published import published_dir
 from attacks.runtime import CHECK_IMAGES, RUNTIME_CHOICES, OnnxClassifier, resolve_runtime
 
-from .core import ToolkitError, parse_args, positive_int, run_cli, set_mode, write_text
+from .core import ToolkitError, input_file, parse_args, positive_int, run_cli, set_mode, write_text
 from .data import Subset
 from .data.imagenet import ImageNetIndex
 from .evaluate.compare import Model, add_restoration, metric_row, metric_rows
@@ -122,7 +122,7 @@ def summarize_case(case: TableCase, conditions: Sequence[Condition], labels: np.
                                                  "fru": case.published.fru}.get(model)
         if published_denominator:
             pert_hit = np.mean([preds[model][c].top1 == labels for c in names], axis=0)
-            per_image = ((preds[model]["clean"].top1 == labels).astype(np.float64) + pert_hit) / (2 * published_denominator)
+            per_image = restoration_accuracy(preds[model]["clean"].top1 == labels, pert_hit, published_denominator)
             row["restoration_accuracy_ci95"] = list(bootstrap_ci(per_image, seed=ci_seed))
         if len(names) > 1:
             row["runs"] = {}
@@ -197,12 +197,8 @@ def _perturbation_arrays(cases: Sequence[TableCase], options: TableOptions, tabl
                          shape: tuple) -> Tuple[List[TableCase], Dict[str, np.ndarray]]:
     if options.own:
         for path in options.own:
-            if not Path(path).is_file():
-                raise ToolkitError(f"{path}: perturbation file not found; check --own")
-        stack = load_perturbations(options.own)
-        bad = [tuple(v.shape) for v in stack if tuple(v.shape) != shape]
-        if bad:
-            raise ToolkitError(f"--own: perturbation shape {bad[0]} does not fit the {net} input {shape}")
+            input_file(path, "perturbation file", "check --own")
+        stack = load_perturbations(options.own, expect=shape)
         names = tuple(f"own[{i}]" for i in range(len(stack)))
         return [_own_case(table, net, cases, names, options.own)], dict(zip(names, stack))
     names = [f for c in cases for f in c.files]
@@ -217,10 +213,9 @@ def run_table(table: str, net: str, options: TableOptions) -> dict:
     preset: NetPreset = get_preset(net)
     cases = list(table_cases(table, preset.name))
     pair: ModelPair = model_pair(preset.name, options.manifest, options.weights_dir, options.defense)
-    if not Path(options.index).is_file():
-        raise ToolkitError(f"{options.index}: validation index not found; make one with "
-                           "'python -m defense.imagenet prepare val --images DIR --labels val.txt --out val.jsonl'")
-    shape = (preset.channels, preset.input_size, preset.input_size)
+    input_file(options.index, "validation index", "make one with 'python -m defense.imagenet prepare val "
+               "--images DIR --labels val.txt --out val.jsonl'")  # a local input: checked before any download
+    shape = preset.input_shape
     cases, arrays = _perturbation_arrays(cases, options, table, preset.name, shape)
     for files in (pair.baseline, pair.fru):
         require_weights(files, preset.name, offline=options.offline)
@@ -244,6 +239,7 @@ def run_table(table: str, net: str, options: TableOptions) -> dict:
                                f"{clf.input_shape} does not match the {preset.name} preset's {shape}")
     models = {**classifiers}
     for peer in map(make_peer, options.peers):
+        peer.check_images(shape)  # before the first batch, so a refusal is one line
         models[peer.key] = Model(peer.key, classifiers["baseline"], peer)
     described = {"baseline": pair.baseline.describe(), "fru": pair.fru.describe(),
                  **{m: f"baseline+{model.preprocessor.describe()}" for m, model in models.items() if m not in MODELS}}

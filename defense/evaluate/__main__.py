@@ -68,7 +68,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     source = open_source(args.data, args.split, preset)
     if args.limit:
         source = source.sample(args.limit, np.random.default_rng(args.seed))
-    perturbations = load_perturbations(args.perturbations)
+    perturbations = load_perturbations(args.perturbations, expect=preset.input_shape)
     runtime = resolve_runtime(args.runtime, args.gpu)
     sample = source.take(np.arange(min(CHECK_IMAGES, len(source))))[0] if runtime == "onnx" else None
     base = classifier_for(args.baseline_prototxt or preset.deploy, args.baseline_weights or preset.weights(),
@@ -80,6 +80,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                   preset.mean_bgr, runtime, sample=sample, batch_size=batch)))
     for spec in args.peers:
         peer = make_peer(spec)
+        peer.check_images(source.image_shape)
         models.append(Model(f"baseline+{peer.describe()}", base, peer))
     denominator = preset.baseline_top1 if args.published_denominator else None
     if args.published_denominator and denominator is None:

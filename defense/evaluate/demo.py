@@ -25,8 +25,9 @@ import numpy as np
 from attacks.classifier import softmax
 from attacks.perturbation_io import FORMATS, detect_format, load_any
 from attacks.published import published_dir
+from weights.download import MissingOffline, download_dir, is_offline
 
-from ..core import ToolkitError, atomic_path
+from ..core import ToolkitError, atomic_path, input_file
 from ..data import FashionMnist
 from ..data.preprocess import load_image, preprocess
 from ..paper import DEMO_IMAGE, DemoDefaults, demo_defaults
@@ -108,8 +109,7 @@ def class_names(preset: NetPreset, labels: Optional[os.PathLike | str]) -> Optio
         if path is None:
             log.info("no ImageNet labels file (--labels, $%s or ./%s): showing class indices", LABELS_ENV, DEFAULT_LABELS)
             return None
-    if not path.is_file():
-        raise ToolkitError(f"{path}: labels file not found; check --labels")
+    path = input_file(path, "labels file", "check --labels")
     try:
         data = json.loads(path.read_text())
         names = [data[str(i)][1] if isinstance(data[str(i)], list) else str(data[str(i)])
@@ -137,8 +137,7 @@ def load_input(spec: str, preset: NetPreset) -> Tuple[np.ndarray, Optional[int]]
             img = img.resize((preset.input_size, preset.input_size), Image.Resampling.NEAREST)
         return np.asarray(img, dtype=np.float32)[None], None
     path = Path(spec)
-    if not path.is_file():
-        raise ToolkitError(f"{path}: input image not found; give --input IMG")
+    path = input_file(path, "input image", "give --input IMG")
     return preprocess(path, preset), None
 
 
@@ -147,7 +146,7 @@ def load_attack(options: DemoOptions, demo: DemoDefaults, preset: NetPreset) -> 
     if options.attack not in demo.attacks:
         raise ToolkitError(f"no {options.attack} perturbation for {preset.name}; available: {', '.join(demo.attacks)}")
     name, fmt = demo.attacks[options.attack]
-    shape = (preset.channels, preset.input_size, preset.input_size)
+    shape = preset.input_shape
     if options.perturbation is not None:
         path = Path(options.perturbation)
         fmt = detect_format(path, fmt)
@@ -204,12 +203,55 @@ def _top5(probs: np.ndarray, names: Optional[Sequence[str]]) -> List[Tuple[int, 
     return [(int(i), names[i] if names else f"class {int(i)}", float(probs[i])) for i in order]
 
 
+def check_local_inputs(options: DemoOptions) -> None:
+    """The files given on the command line, checked before anything is downloaded: every missing
+    one in one line, then each through the one checked path (``input_file``: readable)."""
+    image = options.input if options.input and not options.input.startswith(FASHION_PREFIX) else None
+    given = [("--input", image), ("--load", options.load), ("--load-baseline", options.load_baseline),
+             ("--perturbation", options.perturbation), ("--labels", options.labels)]
+    given = [(option, Path(path)) for option, path in given if path is not None]
+    missing = [f"{path} ({option})" for option, path in given if not path.is_file()]
+    if missing:
+        raise ToolkitError(f"not found: {', '.join(missing)}; check the path{'s' if len(missing) > 1 else ''}")
+    for option, path in given:
+        input_file(path, f"file given with {option}")
+
+
+def offline_missing(options: DemoOptions, demo: DemoDefaults, preset: NetPreset) -> None:
+    """Offline, every published file the demo would download and lacks, in one line (with one
+    missing, the fetch that needs it says so itself, later)."""
+    if not is_offline(options.offline):
+        return
+    name, fmt = demo.attacks[options.attack]
+    folder = options.perturbations_dir or published_dir()
+    needs = []  # (where the file goes, the fetch that says where it comes from)
+    if options.input is None and demo.input == DEMO_IMAGE.name:
+        needs.append((download_dir() / DEMO_IMAGE.name, lambda: demo_image(True)))
+    if options.perturbation is None and FORMATS[fmt].kind in ("published", "variant"):
+        needs.append((Path(folder) / name, lambda: fetch_missing([name], folder, offline=True)))
+    if options.load is None:
+        pair = model_pair(preset.name, options.manifest)
+        files = pair.fru if options.defense else pair.baseline
+        needs.append((files.weights, lambda: require_weights(files, preset.name, True)))
+    missing = []
+    for path, need in needs:
+        try:
+            if not path.exists():  # present files are checked once, where they are used
+                need()
+        except MissingOffline as exc:
+            missing.append(str(exc))
+    if len(missing) > 1:
+        raise ToolkitError(f"{len(missing)} files are missing: {' | '.join(missing)}")
+
+
 def run_demo(options: DemoOptions) -> DemoResult:
     """Classify the clean and the perturbed image with the baseline (and the FRU net if ``defense``)."""
     preset = get_preset(options.net)
     demo = demo_defaults(preset.name)
     if options.attack not in demo.attacks:
         raise ToolkitError(f"no {options.attack} perturbation for {preset.name}; available: {', '.join(demo.attacks)}")
+    check_local_inputs(options)
+    offline_missing(options, demo, preset)
     image, true_label = load_input(_input_spec(options, demo), preset)
     v, v_file = load_attack(options, demo, preset)
     nets = _nets(options, preset)

@@ -43,6 +43,10 @@ class Preprocessor(abc.ABC):
     def _apply(self, x: np.ndarray, classifier=None) -> np.ndarray:
         ...
 
+    def check_images(self, shape: Tuple[int, ...]) -> None:  # noqa: B027 - optional override
+        """Raise ValueError if images of ``(C, H, W)`` ``shape`` do not suit the parameters (called
+        by ``__call__``, and by a command before it starts, so the refusal comes before any work)."""
+
     def __call__(self, x: np.ndarray, classifier=None) -> np.ndarray:
         """Transform a batch ``(N, C, H, W)`` in pixel units; returns a new float32 array.
 
@@ -52,6 +56,7 @@ class Preprocessor(abc.ABC):
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != 4:
             raise ValueError(f"images must have shape (N, C, H, W), got {x.shape}")
+        self.check_images(x.shape[1:])
         return self._apply(x, classifier).astype(np.float32, copy=False)
 
     def describe(self) -> str:
@@ -80,6 +85,11 @@ class MedianSmoothing(Preprocessor):
     def _check_params(self) -> None:
         if not isinstance(self.window_size, (int, np.integer)) or self.window_size < 1:
             raise ValueError(f"window_size must be a positive integer, got {self.window_size}")
+
+    def check_images(self, shape: Tuple[int, ...]) -> None:
+        if self.window_size > min(shape[-2:]):  # a window past the image only costs time (a huge one, hours)
+            raise ValueError(f"peer defence median:{self.window_size}: the window is larger than the "
+                             f"{shape[-2]}x{shape[-1]} images; use at most {min(shape[-2:])}")
 
     def _apply(self, x: np.ndarray, classifier=None) -> np.ndarray:
         from scipy.ndimage import median_filter

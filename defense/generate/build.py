@@ -63,6 +63,10 @@ def targets_for(base: "caffe_pb2.NetParameter", layers: Sequence[str], preset: O
     return tuple(out)
 
 
+OUTPUT_NAMES = ("deploy_FRU.prototxt", "train.prototxt", "solver.prototxt")
+"""The files ``write_outputs`` puts in its folder (and ``init.caffemodel`` when given weights)."""
+
+
 def write_outputs(build: FruBuild, out_dir: os.PathLike | str, header: str,
                   base: Optional["caffe_pb2.NetParameter"] = None, base_blobs: Optional[Blobs] = None,
                   seed: int = 0, norm: str = "l1", source: str = "<net>") -> List[Path]:

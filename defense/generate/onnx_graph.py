@@ -253,7 +253,7 @@ def export_onnx(prototxt: os.PathLike | str, weights: os.PathLike | str, out: os
                 check: bool = True, seed: int = 0) -> Dict[str, object]:
     """Write ``out`` (.onnx) for a deploy prototxt and its caffemodel; returns a summary (with the
     largest relative difference to Caffe on a random batch when ``check``)."""
-    net = load_net(prototxt, weights)
+    net = load_net(prototxt, weights, require_all=True)  # a layer left at zero would export silently
     model = onnx_model(net, read_net_param(prototxt), logits_blobs(net))
     path = write_bytes(out, model.SerializeToString())
     summary: Dict[str, object] = {"onnx": str(path), "opset": OPSET, "nodes": len(model.graph.node)}

@@ -71,7 +71,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         set_mode(gpus[0] if gpus else args.gpu, args.seed)
     else:
         check_gpus(gpus, "--gpus")  # before any data is read
-    perturbations = load_perturbations(args.perturbations)
+    perturbations = load_perturbations(args.perturbations, expect=preset.input_shape)
     if args.synthetic:
         mixed = synthesize(np.stack(perturbations), args.synthetic, np.random.default_rng(args.seed))
         perturbations += list(mixed.perturbations)

@@ -22,9 +22,11 @@ from google.protobuf import text_format
 
 from attacks.interrupt import sigint_flag
 
-from ..core import (ToolkitError, caffe, caffe_pb2, check_finite_params, copy_weights, read_binary_proto,
-                    read_caffemodel, read_net_param, validate_net_param, write_text)
+from ..core import (ToolkitError, caffe, caffe_pb2, check_finite_params, check_weights_fit, copy_weights,
+                    input_file, param_shapes, read_binary_proto, read_caffemodel, read_net_param, validate_net_param,
+                    write_text)
 from ..data import DataSource
+from ..devices import blas_threads
 from .batches import EpochSampler, TrainOptions, caffe_seed, mixed_batch, stack_perturbations, subtract_mean
 
 log = logging.getLogger(__name__)
@@ -47,9 +49,7 @@ def read_solver_param(path: os.PathLike | str) -> "caffe_pb2.SolverParameter":
     A relative ``net:`` path is looked up beside the solver file when it does not exist from
     the working directory. Test nets are dropped: evaluation is done by ``defense.evaluate``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ToolkitError(f"{path}: solver prototxt not found; generate it with 'python -m defense.generate'")
+    path = input_file(path, "solver prototxt", "generate it with 'python -m defense.generate'")
     try:
         param = text_format.Parse(path.read_text(), caffe_pb2.SolverParameter())
     except (text_format.ParseError, UnicodeDecodeError) as exc:
@@ -145,13 +145,17 @@ def _check_record(path: Path, record: Dict[str, object]) -> None:
         raise ToolkitError(f"{path}: its training record {rec} is missing; keep it beside the .solverstate "
                            "(a snapshot without one cannot resume exactly: start over)")
     try:
-        saved = json.loads(rec.read_text())
+        saved = json.loads(input_file(rec, "training record").read_text())
     except (ValueError, UnicodeDecodeError):
         saved = None
     if not isinstance(saved, dict):
         raise ToolkitError(f"{rec}: not a valid training record (truncated or corrupt); use an earlier snapshot")
+    if "blas_threads" in saved and saved["blas_threads"] != record.get("blas_threads"):
+        raise ToolkitError(f"{path}: written with {saved['blas_threads']} BLAS thread(s), this run has "
+                           f"{record.get('blas_threads')}, and Caffe's sums depend on it; set "
+                           f"OPENBLAS_NUM_THREADS={saved['blas_threads']} to resume byte-identically, or start over")
     for key, value in record.items():
-        if saved.get(key) != value:
+        if key != "blas_threads" and saved.get(key) != value:
             raise ToolkitError(f"{path}: written by a run with {key} {saved.get(key)!r}, this one has {value!r}; "
                                "resume with that run's options and data, or start over")
 
@@ -222,6 +226,10 @@ class SolverWrapper:
         self.resume = Path(resume) if resume is not None else None
         if state is not None:
             _check_history_fits(state, self.resume, net, param.type)
+            if state.learned_net:  # Caffe aborts on weights of another net: the one fit check first
+                check_weights_fit(state.learned_net, param_shapes(net), solver, require_all=True,
+                                  subject=f"the weights of {self.resume}",
+                                  fix="resume with the solver and train net that wrote it")
             del state  # its history can be as large as the net's weights
             self.solver.restore(str(resume))
             check_finite_params(net, resume)
@@ -291,7 +299,7 @@ class SolverWrapper:
         # with the .solverstate, all that decides the coming batches and Caffe's random draws
         record = {"seed": self.options.seed, "clean_fraction": self.options.clean_fraction,
                   "clip": self.options.clip, "workers": world, "images": len(source),
-                  "perturbations": hashlib.sha256(perts.tobytes()).hexdigest()[:16]}
+                  "perturbations": hashlib.sha256(perts.tobytes()).hexdigest()[:16], "blas_threads": blas_threads()}
         if self.resume is not None:
             _check_record(self.resume, record)
         losses: List[float] = []

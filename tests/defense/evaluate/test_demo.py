@@ -95,8 +95,8 @@ def test_missing_published_perturbation_offline_names_its_address(fake, tmp_path
 
 
 def test_attack_without_a_file_for_the_network(capsys):
-    assert run_cli(defense_example.main, ["--dnn", "FashionNet", "--attack", "GAP", "--load", __file__]) == 2
-    assert "no GAP perturbation for FashionNet; available: UAP" in capsys.readouterr().err
+    assert run_cli(defense_example.main, ["--dnn", "FashionNet", "--attack", "FFF", "--load", __file__]) == 2
+    assert "no FFF perturbation for FashionNet; available: UAP, sPGD, SFool, NAG, GAP" in capsys.readouterr().err
 
 
 def test_imagenet_class_indices_without_labels(monkeypatch, tmp_path):
