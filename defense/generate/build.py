@@ -119,7 +119,8 @@ def write_competitor(build: CompetitorBuild, out_dir: os.PathLike | str, header:
                                         init_competitor_blobs(build, base_blobs, seed)))
     written += [write_net_param(out / deploy_name, build.deploy, header),
                 write_net_param(out / "train.prototxt", build.train, header)]
-    solver = fru_solver_param("train.prototxt", random_seed=seed, snapshot_prefix=f"snapshots/{build.name}")
+    solver = fru_solver_param("train.prototxt", random_seed=seed, snapshot_prefix=f"snapshots/{build.name}",
+                              **dict(get_competitor(build.name).solver))
     written.append(write_text(out / "solver.prototxt", "".join(f"# {line}\n" for line in header.splitlines())
                               + text_format.MessageToString(solver)))
     return written

@@ -58,6 +58,8 @@ class Competitor:
     paper: str
     kind: str
     build: Optional[Callable[..., CompetitorBuild]] = None
+    solver: Tuple[Tuple[str, object], ...] = ()
+    """Solver fields that differ from the FRUs' (iterations and batch never do)."""
 
     @property
     def file_name(self) -> str:
@@ -290,7 +292,8 @@ COMPETITORS: Dict[str, Competitor] = {
                       "CVPR 2018", "prepend", lambda base, batch=32, source="<net>": build_prepended(base, "prn", batch, source)),
     "hgd": Competitor("hgd", "HGD", "Liao et al., Defense against Adversarial Attacks Using High-Level "
                       "Representation Guided Denoiser, CVPR 2018", "prepend",
-                      lambda base, batch=32, source="<net>": build_prepended(base, "hgd", batch, source)),
+                      lambda base, batch=32, source="<net>": build_prepended(base, "hgd", batch, source),
+                      solver=(("solver_type", "Adam"), ("base_lr", 0.001))),
 }
 """Every competitor defence by name; PD and FD join with one entry each."""
 DEFENCES = ("fru",) + tuple(COMPETITORS)

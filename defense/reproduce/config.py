@@ -19,9 +19,14 @@ DEFAULT_OUT = Path("results/fashion")
 # xi_2 / xi_inf of the paper (2000 / 10 on 224x224x3), scaled by sqrt(input size) like
 # attacks.projection.default_xi: l_2 = xi * 200 * sqrt(784 / 150528) = 14.43 xi.
 L2_PER_LINF = 200.0 * float(np.sqrt(28 * 28 / (224 * 224 * 3)))
-MODEL_ORDER = ("baseline", "fru", "fru_secondary", "fru_bottom", "median", "jpeg", "bits", "adv_finetune")
+COMPETITOR_MODELS = ("prn", "prn_detector", "hgd")
+"""The paper's competitors (issue 19) as columns: PRN without and with its detector, HGD; PD and
+FD join with one entry each (and one stage each in ``pipeline.STAGES``)."""
+MODEL_ORDER = ("baseline", "fru", "fru_secondary", "fru_bottom", "median", "jpeg", "bits",
+               "adv_finetune") + COMPETITOR_MODELS
+"""Every column of results.md, summary.json and the figure, in order: the one list of models."""
 IMAGE_PEERS = ("median", "jpeg", "bits")
-REQUIRED_MODELS = ("baseline", "fru") + IMAGE_PEERS + ("adv_finetune",)
+REQUIRED_MODELS = ("baseline", "fru") + IMAGE_PEERS + ("adv_finetune",) + COMPETITOR_MODELS
 METRICS = ("clean_top1", "perturbed_top1", "restoration", "fooling_rate")
 
 
@@ -41,7 +46,9 @@ class ReproConfig:
         on their own training subsets) join the FRU and fine-tuning training set: a diagnostic of
         what the FRUs can learn, outside the paper's protocol; such an attack is reported as
         seen, not unseen.
-    :param fru_iters: FRU training iterations (also adversarial fine-tuning's).
+    :param fru_iters: FRU training iterations (also adversarial fine-tuning's and every trained
+        competitor's, at the FRUs' batch size ``fru_batch``).
+    :param detector_images: training images (half clean, half perturbed) for PRN's detector.
     :param test_images: test images evaluated (None: all 10,000), a seeded random subset.
     """
 
@@ -90,12 +97,13 @@ class ReproConfig:
     eval_seed: int = 0
     eval_batch: int = 100
     peers: Tuple[str, ...] = ("median:3", "jpeg:75", "bits:4")
+    detector_images: int = 2000
 
     def __post_init__(self):
         for name in ("uap_images", "uap_passes", "uap_classes", "uap_batch", "train_uaps", "test_uaps", "l2_uaps",
                      "stronger_uaps", "unseen_per_attack", "train_extra_per_attack", "spgd_epochs", "gduap_iters",
                      "svuap_images", "svuap_iters", "fru_batch", "fru_iters", "adaptive_train_uaps",
-                     "adaptive_test_uaps", "secondary_iters", "eval_batch"):
+                     "adaptive_test_uaps", "secondary_iters", "eval_batch", "detector_images"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -133,7 +141,7 @@ class ReproConfig:
                    stronger=(2.0,), stronger_uaps=1, unseen_per_attack=1, spgd_epochs=1, gduap_iters=10,
                    svuap_images=16, svuap_iters=3, unseen_xi_steps=(1.0,), fru_batch=16, fru_iters=8,
                    adaptive_train_uaps=1,
-                   adaptive_test_uaps=1, secondary_iters=4, test_images=200)
+                   adaptive_test_uaps=1, secondary_iters=4, test_images=200, detector_images=40)
 
     def with_overrides(self, pairs: Sequence[str]) -> "ReproConfig":
         """``key=value`` overrides (``--set``); an unknown key is an error."""
