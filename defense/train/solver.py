@@ -335,10 +335,12 @@ class SolverWrapper:
         with _sigint_flag() as flag, bar:
             while self.iter < self.max_iter:
                 x, y, _ = mixed_batch(source, perts, sampler, batch, self.iter, self.options, rank, world)
-                clean = (source.take(batch_indices(sampler, batch, self.iter, rank, world))[0]
-                         if self.needs_clean else None)
                 caffe.set_random_seed(caffe_seed(self.options.seed, self.iter, rank))
-                losses.append(self.step(x, y, clean))
+                if self.needs_clean:
+                    clean = source.take(batch_indices(sampler, batch, self.iter, rank, world))[0]
+                    losses.append(self.step(x, y, clean))
+                else:
+                    losses.append(self.step(x, y))
                 if not np.isfinite(losses[-1]):
                     kept = f"the last good snapshot is {last_good}" if last_good else "no snapshot was written"
                     raise ToolkitError(f"training diverged (loss {losses[-1]}) at iteration {self.iter}; {kept}; "

@@ -231,11 +231,15 @@ def test_ready_stages_wait_for_upstream_and_keep_the_stage_order():
     assert names(ready_stages(STAGES, set(), set())) == ["baseline"]
     assert names(ready_stages(STAGES, {"baseline"}, set())) == ["train_attacks", "generate", "test_attacks"]
     done = {"baseline", "train_attacks", "generate"}
-    assert names(ready_stages(STAGES, done, {"test_attacks"})) == ["train_fru", "ranking", "peers"]
+    assert names(ready_stages(STAGES, done, {"test_attacks"})) == ["train_fru", "ranking", "peers", "train_prn",
+                                                                   "train_hgd"]
     done |= {"train_fru", "test_attacks"}
     # the secondary defence (on the longest chain) comes before the rest
-    assert names(ready_stages(STAGES, done, {"ranking"})) == ["secondary", "adaptive", "masking", "peers"]
+    assert names(ready_stages(STAGES, done, {"ranking"})) == ["secondary", "adaptive", "masking", "peers", "train_prn",
+                                                              "train_hgd"]
     done |= {"ranking", "masking", "peers", "secondary"}
+    assert names(ready_stages(STAGES, done, set())) == ["adaptive", "train_prn", "train_hgd"]
+    done |= {"train_prn", "train_hgd"}
     assert names(ready_stages(STAGES, done, set())) == ["adaptive"]
     done |= {"adaptive"}
     assert names(ready_stages(STAGES, done, set())) == ["evaluate"]
