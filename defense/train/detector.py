@@ -69,7 +69,10 @@ class Detector:
         if not path.is_file():
             raise ToolkitError(f"{path}: detector file not found; train it with python -m defense.train --detector")
         try:
-            with np.load(path, allow_pickle=False) as data:
+            data = np.load(path, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ValueError("an .npy array, not an .npz archive")
+            with data:
                 fields = {k: np.array(data[k]) for k in ("format", "mean", "scale", "coef", "intercept")}
         except (OSError, KeyError, ValueError, EOFError) as exc:
             raise ToolkitError(f"{path}: not a PRN detector file ({str(exc).splitlines()[0] if str(exc) else exc}); "
