@@ -80,7 +80,7 @@ def generated(tmp_path_factory, root):
     for name in COMPETITORS:
         folder = tmp_path_factory.mktemp(name)
         assert generate_main(["--defense", name, "--preset", "FashionNet", "--weights",
-                              str(root / FASHION_WEIGHTS), "--out", str(folder), "--batch", "8"]) == 0
+                              str(root / FASHION_WEIGHTS), "--out", str(folder), "--batch", "16"]) == 0
         out[name] = folder
     return out
 
@@ -129,9 +129,10 @@ def test_training_changes_only_the_defence(name, generated, tmp_path, root, monk
 
 @pytest.mark.slow
 def test_short_training_restores_uaps_better_than_the_baseline(generated, tmp_path, root, monkeypatch):
-    """40 iterations on the shipped l_inf UAP (xi 50); evaluated on 300 test images, which the
-    training never saw, under the same UAP. Measured on a loaded 2-core machine:
-    baseline perturbed top-1 0.27, PRN 0.70, HGD 0.50 (margins kept below)."""
+    """40 iterations at batch 16 on the shipped l_inf UAP (xi 50), HGD at Adam lr 0.002 (its default
+    0.001 is set for the FRUs' thousands of iterations); evaluated on 300 test images, which the
+    training never saw, under the same UAP. Measured: perturbed top-1 baseline 0.243, PRN 0.68,
+    HGD 0.37 (the assertions keep a margin for thread-count rounding)."""
     monkeypatch.chdir(root)
     preset = get_preset("FashionNet")
     x, y = FashionMnist("test").take(np.arange(300))
@@ -140,16 +141,15 @@ def test_short_training_restores_uaps_better_than_the_baseline(generated, tmp_pa
     base_hits = float((base.labels(x + uap) == y).mean())
     assert base_hits == pytest.approx(0.2433, abs=1e-4)
     measured = {}
-    for name, lr in (("prn", None), ("hgd", 0.01)):
+    for name, lr in (("prn", None), ("hgd", 0.002)):
         folder = tmp_path / name
         shutil.copytree(generated[name], folder)
         _short_run(folder, folder / "trained.caffemodel", 40, lr)
         clf = CaffeClassifier.from_files(folder / get_competitor(name).file_name, folder / "trained.caffemodel",
                                          preset.mean_bgr)
         measured[name] = float((clf.labels(x + uap) == y).mean())
-    print(measured)
-    assert measured["prn"] >= base_hits + 0.25, measured
-    assert measured["hgd"] >= base_hits + 0.10, measured
+    assert measured["prn"] >= base_hits + 0.30, measured
+    assert measured["hgd"] >= base_hits + 0.08, measured
 
 
 # ---------------------------------------------------------------- PRN's detector
@@ -188,3 +188,37 @@ def test_detector_fits_saves_and_loads_without_pickle(tmp_path):
         Detector.load(tmp_path / "nan.npz")
     with pytest.raises(ValueError, match="reads 6 features per image, got shape"):
         det.decision(np.zeros((2, 5)))
+
+
+# ---------------------------------------------------------------- ONNX export
+def _toy_net(side: int) -> "caffe_pb2.NetParameter":
+    """Input (1, 3, side, side) -> conv -> InnerProduct -> Softmax: odd sides make every crop real."""
+    from defense.core import L
+    n = caffe.NetSpec()
+    n.data = L.Input(name="data", input_param=dict(shape=dict(dim=[1, 3, side, side])))
+    n.conv1 = L.Convolution(n.data, name="conv1", num_output=4, kernel_size=5, stride=4)
+    n.fc = L.InnerProduct(n.conv1, name="fc", num_output=5)
+    n.prob = L.Softmax(n.fc, name="prob")
+    return n.to_proto()
+
+
+@pytest.mark.parametrize("name", ["prn", "hgd"])
+def test_onnx_export_matches_caffe_with_upsampling_and_crops(name, tmp_path):
+    """At 65x65 the PRN has its stride-2 stem and deconvolution, HGD three levels (65 -> 33 -> 17 -> 9),
+    each upsampling cropped back (Deconvolution -> ConvTranspose, Crop -> Slice); random weights."""
+    from defense.core import load_net
+    from defense.generate.onnx_graph import compare_with_caffe, logits_blobs, onnx_model
+    build = build_prepended(_toy_net(65), name, source="toy")
+    layout = prepend_layout((3, 65, 65))
+    assert (layout.prn_stride, layout.hgd_levels) == (2, 3)
+    assert sum(layer.type == "Crop" for layer in build.deploy.layer) == (1 if name == "prn" else 3)
+    net = load_net(build.deploy)
+    rng = np.random.default_rng(0)
+    for layer, blobs in net.params.items():
+        for j, b in enumerate(blobs):
+            if net.layers[list(net._layer_names).index(layer)].type == "BatchNorm":
+                b.data[...] = 0.0 if j == 0 else 1.0  # mean 0, variance 1, factor 1
+            else:
+                b.data[...] = rng.normal(scale=0.1, size=b.data.shape)
+    model = onnx_model(net, build.deploy, logits_blobs(net))
+    assert compare_with_caffe(net, model) < 1e-4
