@@ -43,9 +43,12 @@ from .core import ToolkitError, parse_args, positive_int, run_cli, set_mode, wri
 from .data import Subset
 from .data.imagenet import ImageNetIndex
 from .evaluate.compare import add_restoration, metric_row, metric_rows
+from .evaluate.competitors import parse_competitors
 from .evaluate.conditions import Condition, Predictions, draw_choices, predict_conditions
 from .evaluate.resources import (ModelPair, fetch_missing, load_classifier, model_pair, published_path,
                                  require_weights)
+from .generate.competitors import get_competitor
+from .generate.onnx_graph import classifier_for
 from .outputs import output_dir
 from .paper import TABLE_TITLES, TABLES, Published, Run, TableCase, table_cases, table_nets
 from .presets import NetPreset, get_preset
@@ -55,6 +58,7 @@ log = logging.getLogger(__name__)
 INDEX_ENV = "FRU_IMAGENET_VAL_INDEX"
 DEFAULT_OUT = Path("results") / "tables"
 MODELS = ("baseline", "fru")
+MODEL_LABELS = {"baseline": "baseline", "fru": "FRU"}
 RUN_METRICS = ("perturbed_top1", "perturbed_top5", "fooling_rate")
 
 
@@ -111,7 +115,8 @@ def summarize_case(case: TableCase, conditions: Sequence[Condition], labels: np.
     add_restoration(rows, rows["baseline"]["clean_top1"] if "baseline" in rows else None,
                     key="restoration_accuracy_measured_denominator")
     for model, row in rows.items():
-        row["published_restoration_accuracy"] = case.published.baseline if model == "baseline" else case.published.fru
+        row["published_restoration_accuracy"] = {"baseline": case.published.baseline,
+                                                 "fru": case.published.fru}.get(model)
         if published_denominator:
             pert_hit = np.mean([preds[model][c].top1 == labels for c in names], axis=0)
             per_image = ((preds[model]["clean"].top1 == labels).astype(np.float64) + pert_hit) / (2 * published_denominator)
@@ -141,11 +146,11 @@ def markdown(report: dict) -> str:
              "| restoration acc. | restoration acc. (measured denom.) | published |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for case in report["cases"]:
-        for model in MODELS:
+        for model in list(MODELS) + [m for m in case["results"] if m not in MODELS]:
             r = case["results"].get(model)
             if r is None:
                 continue
-            lines.append(f"| {case['attack']} | {'FRU' if model == 'fru' else 'baseline'} | {_fmt(r['clean_top1'])} "
+            lines.append(f"| {case['attack']} | {MODEL_LABELS.get(model, model)} | {_fmt(r['clean_top1'])} "
                          f"| {_fmt(r['perturbed_top1'])} | {_fmt(r['clean_top5'])} | {_fmt(r['perturbed_top5'])} "
                          f"| {_fmt(r['fooling_rate'])} | {_fmt(r['restoration_accuracy'])} "
                          f"| {_fmt(r['restoration_accuracy_measured_denominator'])} "
@@ -166,6 +171,7 @@ class TableOptions:
     perturbations: Optional[Path] = None  # default: published_dir()
     offline: bool = False
     own: Tuple[Path, ...] = ()
+    competitors: Tuple[Tuple[str, Path, Path], ...] = ()  # (name, deploy prototxt, caffemodel): --load
     limit: Optional[int] = None
     batch: Optional[int] = None
     workers: int = 4
@@ -229,15 +235,21 @@ def run_table(table: str, net: str, options: TableOptions) -> dict:
     batch = int(options.batch or preset.eval_batch)
     classifiers = {"baseline": load_classifier(pair.baseline, preset, batch),
                    "fru": load_classifier(pair.fru, preset, batch)}
+    loaded = {name: (prototxt, weights) for name, prototxt, weights in options.competitors}
+    classifiers.update({get_competitor(name).title: classifier_for(prototxt, weights, preset.mean_bgr, batch_size=batch)
+                        for name, (prototxt, weights) in loaded.items()})
+    models = {"baseline": pair.baseline.describe(), "fru": pair.fru.describe(),
+              **{get_competitor(name).title: f"{p} + {w}" for name, (p, w) in loaded.items()}}
+    files = {"baseline": pair.baseline.prototxt, "fru": pair.fru.prototxt,
+             **{get_competitor(name).title: p for name, (p, _) in loaded.items()}}
     for name, clf in classifiers.items():
         if tuple(clf.input_shape) != shape:
-            raise ToolkitError(f"{pair.baseline.prototxt if name == 'baseline' else pair.fru.prototxt}: input shape "
+            raise ToolkitError(f"{files[name]}: input shape "
                                f"{clf.input_shape} does not match the {preset.name} preset's {shape}")
     out = Path(options.out)
     stem = f"{table}_{preset.name}"
     config = {"table": table, "net": preset.name, "index": str(Path(options.index).resolve()), "images": len(source),
-              "limit": options.limit, "clip": options.clip, "models": {"baseline": pair.baseline.describe(),
-                                                                       "fru": pair.fru.describe()},
+              "limit": options.limit, "clip": options.clip, "models": models,
               "conditions": [[c.name, list(c.files)] for c in conditions]}
     state = out / f"{stem}.state.npz"
     if not options.resume and state.exists():
@@ -254,7 +266,7 @@ def run_table(table: str, net: str, options: TableOptions) -> dict:
         "per_class_note": f"first {per_class} per class" + (f", {len(source)} spread over them (--limit)"
                                                              if options.limit and len(source) < len(protocol) else ""),
         "clip": options.clip, "clipping": "[0, 255]" if options.clip else "none (published table scripts do not clip)",
-        "batch_size": batch, "models": {"baseline": pair.baseline.describe(), "fru": pair.fru.describe()},
+        "batch_size": batch, "models": models,
         "denominators": {"published": preset.baseline_top1, "measured": measured},
         "cases": [], "command": options.command,
     }
@@ -294,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="never download (also FRU_OFFLINE=1): a missing file is an error naming its address")
     ap.add_argument("--own", type=Path, nargs="+", default=(),
                     help="the toolkit's own perturbation files (.h5 or .npy) instead of the published ones")
+    ap.add_argument("--load", nargs=3, action="append", default=[], metavar=("NAME", "PROTOTXT", "WEIGHTS"),
+                    help="also evaluate a trained competitor defence (prn, hgd: docs/competitors.md); repeatable")
     ap.add_argument("--limit", type=positive_int, help="evaluate only N images, spread over the protocol's images (quick run)")
     ap.add_argument("--batch", type=positive_int, help="batch size (default: the preset's, as in the published scripts)")
     ap.add_argument("--workers", type=positive_int, default=4, help="image decoding threads (default: 4)")
@@ -320,7 +334,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = "python -m defense.tables " + " ".join(sys.argv[1:] if argv is None else argv)
     options = TableOptions(index=args.index, root=args.root, manifest=args.manifest, weights_dir=args.weights_dir,
                            defense=args.defense, perturbations=args.perturbations, offline=args.offline,
-                           own=tuple(args.own), limit=args.limit, batch=args.batch, workers=args.workers,
+                           own=tuple(args.own), competitors=tuple(parse_competitors(args.load, "--load")),
+                           limit=args.limit, batch=args.batch, workers=args.workers,
                            clip=args.clip, out=args.out, resume=not args.no_resume, progress=not args.quiet,
                            command=command)
     set_mode(args.gpu, seed=0)

@@ -20,16 +20,16 @@ from .compare import Model
 DETECTOR_ROW = "PRN+detector"
 
 
-def parse_competitors(specs: Sequence[Sequence[str]]) -> List[Tuple[str, Path, Path]]:
-    """``--competitor NAME PROTOTXT WEIGHTS`` triples, names checked (files are checked on loading)."""
+def parse_competitors(specs: Sequence[Sequence[str]], option: str = "--competitor") -> List[Tuple[str, Path, Path]]:
+    """``NAME PROTOTXT WEIGHTS`` triples of ``option``, names checked (files are checked on loading)."""
     out = []
     for name, prototxt, weights in specs:
         key = name.lower()
         if key not in COMPETITORS or get_competitor(key).kind == "preprocess":
             trained = [n for n, c in COMPETITORS.items() if c.kind != "preprocess"]
-            raise ToolkitError(f"--competitor: '{name}' is not a trained competitor; valid: {', '.join(trained)}")
+            raise ToolkitError(f"{option}: '{name}' is not a trained competitor; valid: {', '.join(trained)}")
         if key in [k for k, _, _ in out]:
-            raise ToolkitError(f"--competitor: '{name}' is given twice")
+            raise ToolkitError(f"{option}: '{name}' is given twice")
         out.append((key, Path(prototxt), Path(weights)))
     return out
 
