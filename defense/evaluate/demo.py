@@ -26,6 +26,8 @@ from attacks.published import published_dir
 
 from ..core import ToolkitError, atomic_path
 from ..data import FashionMnist
+from ..generate.competitors import get_competitor
+from ..generate.onnx_graph import classifier_for
 from ..data.preprocess import load_image, preprocess
 from ..paper import DEMO_IMAGE, DemoDefaults, demo_defaults
 from ..presets import REPO_ROOT, NetPreset, get_preset
@@ -64,6 +66,7 @@ class DemoOptions:
     manifest: Optional[Path] = None
     clip: bool = True
     runtime: str = "caffe"
+    competitors: Tuple[Tuple[str, Path, Path], ...] = ()  # (name, deploy prototxt, caffemodel), shown after them
 
 
 @dataclass
@@ -219,6 +222,11 @@ def run_demo(options: DemoOptions) -> DemoResult:
         probs = clf.predict(batch)
         result.predictions[label] = Prediction(_top5(probs[0], names), _top5(probs[1], names))
         result.files[label] = str(weights)
+    for name, prototxt, weights in options.competitors:
+        label = get_competitor(name).title
+        probs = classifier_for(prototxt, weights, preset.mean_bgr, options.runtime, batch_size=2).predict(batch)
+        result.predictions[label] = Prediction(_top5(probs[0], names), _top5(probs[1], names))
+        result.files[label] = str(weights)
     return result
 
 
@@ -234,7 +242,7 @@ def save_figure(result: DemoResult, path: os.PathLike | str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     models = list(result.predictions)
-    fig, axes = plt.subplots(2, max(2, len(models)), figsize=(10, 8))
+    fig, axes = plt.subplots(2, max(2, len(models)), figsize=(max(10, 3.2 * len(models)), 8))
     for ax, img, title in ((axes[0, 0], result.image, "Original image"),
                            (axes[0, 1], result.perturbed, f"Perturbed ({result.attack})")):
         ax.imshow(_display(img), cmap="gray" if img.shape[0] == 1 else None)
@@ -251,7 +259,7 @@ def save_figure(result: DemoResult, path: os.PathLike | str) -> Path:
             ax.text(min(p, 0.85) + 0.01, y, f"{p:.2f}", va="center", fontsize=9)
         ax.set_xlim(0, 1)
         clean = result.predictions[model].clean[0]
-        ax.set_title(f"{'FRU defence' if model == 'FRU' else 'Baseline'} on the perturbed image\n"
+        ax.set_title(f"{'Baseline' if model == 'baseline' else model + ' defence'} on the perturbed image\n"
                      f"(clean image: {clean[1]}, {clean[2]:.2f})", fontsize=10)
         ax.set_xlabel("probability")
     for ax in axes[1, len(models):]:

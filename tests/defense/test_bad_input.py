@@ -263,6 +263,8 @@ COMPETITOR_CASES = [  # issue 19: the competitor defences' options
     Case("defense.evaluate", "--net FashionNet --perturbations {w}/pert.npy --no-defended --competitor prn "
                              "{w}/net.prototxt {w}/net.caffemodel --detector {w}/pert.npy --out {w}/o",
          "{w}/pert.npy: not a PRN detector file"),
+    Case("defense_example", "--dnn FashionNet --input fashion:0 --competitor pd {w}/net.prototxt {w}/net.caffemodel "
+                            "--out {w}/o.png", "--competitor: 'pd' is not a trained competitor"),
     Case("defense.tables", "same-norm --net CaffeNet --index {w}/bomb_index.jsonl --load fd {w}/net.prototxt "
                            "{w}/net.caffemodel", "--load: 'fd' is not a trained competitor"),
     Case("defense.evaluate", "--net FashionNet --perturbations {w}/pert.npy --no-defended --competitor hgd "
