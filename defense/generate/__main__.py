@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> List[Path]:
     if args.all:
         if args.defense != "fru":
-            raise ToolkitError(f"--all regenerates the committed FRU prototxts; --defense {args.defense} needs --preset or --prototxt")
+            raise ToolkitError(f"--all regenerates the committed FRU prototxts; --defense {args.defense} "
+                               "needs --preset or --prototxt")
         return write_all(args.out)
     preset = get_preset(args.preset) if args.preset else None
     if preset is not None:

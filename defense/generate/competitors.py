@@ -30,6 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
+import numpy as np
+
 from ..core import L, P, ToolkitError, caffe, caffe_pb2
 from .fru import _final_softmax, train_net_for_roles
 
@@ -60,6 +62,12 @@ class Competitor:
     build: Optional[Callable[..., CompetitorBuild]] = None
     solver: Tuple[Tuple[str, object], ...] = ()
     """Solver fields that differ from the FRUs' (iterations and batch never do)."""
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got '{self.kind}'")
+        if (self.build is None) != (self.kind == "preprocess"):
+            raise ValueError(f"competitor '{self.name}': a {self.kind} defence needs a net builder iff it trains")
 
     @property
     def file_name(self) -> str:
@@ -287,12 +295,17 @@ def build_prepended(base: "caffe_pb2.NetParameter", name: str, batch_size: int =
     return CompetitorBuild(name, deploy, train, roles, out)
 
 
+def _prepended(name: str) -> Callable[..., CompetitorBuild]:
+    def build(base: "caffe_pb2.NetParameter", batch_size: int = 32, source: str = "<net>") -> CompetitorBuild:
+        return build_prepended(base, name, batch_size, source)
+    return build
+
+
 COMPETITORS: Dict[str, Competitor] = {
     "prn": Competitor("prn", "PRN", "Akhtar, Liu, Mian, Defense against Universal Adversarial Perturbations, "
-                      "CVPR 2018", "prepend", lambda base, batch=32, source="<net>": build_prepended(base, "prn", batch, source)),
+                      "CVPR 2018", "prepend", _prepended("prn")),
     "hgd": Competitor("hgd", "HGD", "Liao et al., Defense against Adversarial Attacks Using High-Level "
-                      "Representation Guided Denoiser, CVPR 2018", "prepend",
-                      lambda base, batch=32, source="<net>": build_prepended(base, "hgd", batch, source),
+                      "Representation Guided Denoiser, CVPR 2018", "prepend", _prepended("hgd"),
                       solver=(("solver_type", "Adam"), ("base_lr", 0.001))),
 }
 """Every competitor defence by name; PD and FD join with one entry each."""
@@ -308,7 +321,5 @@ def get_competitor(name: str) -> Competitor:
 
 def trainable_parameters(build: CompetitorBuild, blob_shapes: Dict[str, List[Tuple[int, ...]]]) -> int:
     """Learned parameter count of the defence (convs and Scales; BatchNorm statistics excluded)."""
-    import numpy as np
-
     return int(sum(int(np.prod(s)) for layer, role in build.roles.items() if role != "bn"
                    for s in blob_shapes.get(layer, [])))

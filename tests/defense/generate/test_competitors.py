@@ -13,7 +13,7 @@ from attacks.classifier import CaffeClassifier
 from defense.core import ToolkitError, caffe, caffe_pb2, check_net_builds, load_blobs, net_param_text
 from defense.data import FashionMnist
 from defense.generate.__main__ import main as generate_main
-from defense.generate.competitors import (CLEAN_BLOB, COMPETITORS, DEFENCES, build_prepended, get_competitor,
+from defense.generate.competitors import (CLEAN_BLOB, COMPETITORS, DEFENCES, Competitor, build_prepended, get_competitor,
                                           prepend_layout)
 from defense.networks import BUILDERS, build_baseline
 from defense.presets import get_preset
@@ -36,6 +36,11 @@ def test_registry_names_and_errors():
     assert get_competitor("PRN").file_name == "deploy_PRN.prototxt"
     with pytest.raises(ToolkitError, match="unknown defence 'pd'; valid: fru, prn, hgd"):
         get_competitor("pd")
+    with pytest.raises(ValueError, match="kind must be one of prepend, internal, preprocess, got 'filter'"):
+        Competitor("pd", "PD", "Prakash et al.", "filter")
+    with pytest.raises(ValueError, match="a prepend defence needs a net builder iff it trains"):
+        Competitor("x", "X", "paper", "prepend")
+    assert Competitor("pd", "PD", "Prakash et al.", "preprocess").build is None
 
 
 @pytest.mark.parametrize("net", sorted(BUILDERS))
