@@ -15,6 +15,7 @@ with the published perturbation files (``--perturbations``: a local copy of the 
 ``FRU_OFFLINE=1``) never downloads. It reports clean/perturbed top-1 and top-5, fooling rate
 and restoration accuracy, (clean top-1 + perturbed top-1) / (2 x baseline clean top-1), with the published denominator
 (``preset.baseline_top1``) and with the measured one, next to the published number.
+``--peers pd,median:3`` adds the baseline behind image-domain defences (``defense.evaluate.peers``).
 Outputs: ``<out>/<table>_<net>.json`` and ``.md``; ``.state.npz`` lets an interrupted run resume.
 
 Differences from the published scripts, by design: images within a class are taken in sorted
@@ -42,12 +43,13 @@ from attacks.published import published_dir
 from .core import ToolkitError, parse_args, positive_int, run_cli, set_mode, write_text
 from .data import Subset
 from .data.imagenet import ImageNetIndex
-from .evaluate.compare import add_restoration, metric_row, metric_rows
+from .evaluate.compare import Model, add_restoration, metric_row, metric_rows
 from .evaluate.competitors import parse_competitors
 from .evaluate.conditions import Condition, Predictions, draw_choices, predict_conditions
+from .evaluate.peers import make_peer, peer_specs
 from .evaluate.resources import (ModelPair, fetch_missing, load_classifier, model_pair, published_path,
                                  require_weights)
-from .generate.competitors import get_competitor
+from .generate.competitors import TITLES as COMPETITOR_TITLES, get_competitor
 from .generate.onnx_graph import classifier_for
 from .outputs import output_dir
 from .paper import TABLE_TITLES, TABLES, Published, Run, TableCase, table_cases, table_nets
@@ -58,7 +60,7 @@ log = logging.getLogger(__name__)
 INDEX_ENV = "FRU_IMAGENET_VAL_INDEX"
 DEFAULT_OUT = Path("results") / "tables"
 MODELS = ("baseline", "fru")
-MODEL_LABELS = {"baseline": "baseline", "fru": "FRU"}
+MODEL_LABELS = {"baseline": "baseline", "fru": "FRU"}  # a peer's row: "baseline+<its key>"
 RUN_METRICS = ("perturbed_top1", "perturbed_top5", "fooling_rate")
 
 
@@ -146,11 +148,9 @@ def markdown(report: dict) -> str:
              "| restoration acc. | restoration acc. (measured denom.) | published |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for case in report["cases"]:
-        for model in list(MODELS) + [m for m in case["results"] if m not in MODELS]:
-            r = case["results"].get(model)
-            if r is None:
-                continue
-            lines.append(f"| {case['attack']} | {MODEL_LABELS.get(model, model)} | {_fmt(r['clean_top1'])} "
+        for model, r in case["results"].items():
+            label = MODEL_LABELS.get(model, model if model in COMPETITOR_TITLES else f"baseline+{model}")
+            lines.append(f"| {case['attack']} | {label} | {_fmt(r['clean_top1'])} "
                          f"| {_fmt(r['perturbed_top1'])} | {_fmt(r['clean_top5'])} | {_fmt(r['perturbed_top5'])} "
                          f"| {_fmt(r['fooling_rate'])} | {_fmt(r['restoration_accuracy'])} "
                          f"| {_fmt(r['restoration_accuracy_measured_denominator'])} "
@@ -172,6 +172,7 @@ class TableOptions:
     offline: bool = False
     own: Tuple[Path, ...] = ()
     competitors: Tuple[Tuple[str, Path, Path], ...] = ()  # (name, deploy prototxt, caffemodel): --load
+    peers: Tuple[str, ...] = ()  # make_peer specs: the baseline behind each
     limit: Optional[int] = None
     batch: Optional[int] = None
     workers: int = 4
@@ -235,26 +236,30 @@ def run_table(table: str, net: str, options: TableOptions) -> dict:
     batch = int(options.batch or preset.eval_batch)
     classifiers = {"baseline": load_classifier(pair.baseline, preset, batch),
                    "fru": load_classifier(pair.fru, preset, batch)}
-    loaded = {name: (prototxt, weights) for name, prototxt, weights in options.competitors}
-    classifiers.update({get_competitor(name).title: classifier_for(prototxt, weights, preset.mean_bgr, batch_size=batch)
-                        for name, (prototxt, weights) in loaded.items()})
-    models = {"baseline": pair.baseline.describe(), "fru": pair.fru.describe(),
-              **{get_competitor(name).title: f"{p} + {w}" for name, (p, w) in loaded.items()}}
-    files = {"baseline": pair.baseline.prototxt, "fru": pair.fru.prototxt,
-             **{get_competitor(name).title: p for name, (p, _) in loaded.items()}}
+    loaded = {get_competitor(name).title: (prototxt, weights) for name, prototxt, weights in options.competitors}
+    classifiers.update({title: classifier_for(prototxt, weights, preset.mean_bgr, batch_size=batch)
+                        for title, (prototxt, weights) in loaded.items()})
+    files = {"baseline": pair.baseline.prototxt, "fru": pair.fru.prototxt, **{t: p for t, (p, _) in loaded.items()}}
     for name, clf in classifiers.items():
         if tuple(clf.input_shape) != shape:
             raise ToolkitError(f"{files[name]}: input shape "
                                f"{clf.input_shape} does not match the {preset.name} preset's {shape}")
+    models = {**classifiers}
+    for peer in map(make_peer, options.peers):
+        models[peer.key] = Model(peer.key, classifiers["baseline"], peer)
+    described = {"baseline": pair.baseline.describe(), "fru": pair.fru.describe(),
+                 **{t: f"{p} + {w}" for t, (p, w) in loaded.items()},
+                 **{m: f"baseline+{model.preprocessor.describe()}" for m, model in models.items()
+                    if m not in MODELS and m not in loaded}}
     out = Path(options.out)
     stem = f"{table}_{preset.name}"
     config = {"table": table, "net": preset.name, "index": str(Path(options.index).resolve()), "images": len(source),
-              "limit": options.limit, "clip": options.clip, "models": models,
+              "limit": options.limit, "clip": options.clip, "models": described,
               "conditions": [[c.name, list(c.files)] for c in conditions]}
     state = out / f"{stem}.state.npz"
     if not options.resume and state.exists():
         state.unlink()
-    labels, preds = predict_conditions(classifiers, source, conditions, batch, options.clip, state, config,
+    labels, preds = predict_conditions(models, source, conditions, batch, options.clip, state, config,
                              options.progress, desc=f"{table} {preset.name}")
     measured = float(np.mean(preds["baseline"]["clean"].top1 == labels))
     report = {
@@ -266,7 +271,7 @@ def run_table(table: str, net: str, options: TableOptions) -> dict:
         "per_class_note": f"first {per_class} per class" + (f", {len(source)} spread over them (--limit)"
                                                              if options.limit and len(source) < len(protocol) else ""),
         "clip": options.clip, "clipping": "[0, 255]" if options.clip else "none (published table scripts do not clip)",
-        "batch_size": batch, "models": models,
+        "batch_size": batch, "models": described,
         "denominators": {"published": preset.baseline_top1, "measured": measured},
         "cases": [], "command": options.command,
     }
@@ -308,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the toolkit's own perturbation files (.h5 or .npy) instead of the published ones")
     ap.add_argument("--load", nargs=3, action="append", default=[], metavar=("NAME", "PROTOTXT", "WEIGHTS"),
                     help="also evaluate a trained competitor defence (prn, hgd: docs/competitors.md); repeatable")
+    ap.add_argument("--peers", type=peer_specs, default=[],
+                    help="image-domain defences on the baseline, comma-separated (e.g. pd,median:3; "
+                         "see python -m defense.evaluate --help)")
     ap.add_argument("--limit", type=positive_int, help="evaluate only N images, spread over the protocol's images (quick run)")
     ap.add_argument("--batch", type=positive_int, help="batch size (default: the preset's, as in the published scripts)")
     ap.add_argument("--workers", type=positive_int, default=4, help="image decoding threads (default: 4)")
@@ -334,8 +342,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = "python -m defense.tables " + " ".join(sys.argv[1:] if argv is None else argv)
     options = TableOptions(index=args.index, root=args.root, manifest=args.manifest, weights_dir=args.weights_dir,
                            defense=args.defense, perturbations=args.perturbations, offline=args.offline,
-                           own=tuple(args.own), competitors=tuple(parse_competitors(args.load, "--load")),
-                           limit=args.limit, batch=args.batch, workers=args.workers,
+                           own=tuple(args.own), peers=tuple(args.peers),
+                           competitors=tuple(parse_competitors(args.load, "--load")), limit=args.limit,
+                           batch=args.batch, workers=args.workers,
                            clip=args.clip, out=args.out, resume=not args.no_resume, progress=not args.quiet,
                            command=command)
     set_mode(args.gpu, seed=0)

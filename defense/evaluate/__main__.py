@@ -22,7 +22,7 @@ from ..presets import get_preset
 from .competitors import DETECTOR_ROW, competitor_models, detector_report, parse_competitors
 from .compare import Model, evaluate
 from .conditions import draw_choices
-from .peers import PEERS, make_peer
+from .peers import PEERS, make_peer, peer_specs
 from .report import markdown_table, write_reports
 
 
@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "defense.train); repeatable")
     p.add_argument("--detector", type=Path, metavar="NPZ",
                    help="PRN's detector (defense.train --detector): adds the row PRN+detector")
-    p.add_argument("--peers", default="", help=f"comma-separated image-domain defences on the baseline: {', '.join(PEERS)}")
+    p.add_argument("--peers", type=peer_specs, default=[],
+                   help=f"comma-separated image-domain defences on the baseline: {', '.join(PEERS)} "
+                        "(e.g. median:3,jpeg:75,pd or pd:deflections=200,window=10)")
     p.add_argument("--data", default="fashion-mnist", choices=sorted(DATA_SOURCES), help="data source")
     p.add_argument("--split", default="test", help="data split (default test)")
     p.add_argument("--limit", type=positive_int, default=None, help="evaluate a seeded random subset of this many images")
@@ -81,8 +83,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     competitors = parse_competitors(args.competitor)
     models += competitor_models(competitors, lambda p, w: classifier_for(p, w, preset.mean_bgr, args.runtime,
                                                                          batch_size=batch), base, args.detector)
-    for name in filter(None, (s.strip() for s in args.peers.split(","))):
-        peer = make_peer(name)
+    for spec in args.peers:
+        peer = make_peer(spec)
         models.append(Model(f"baseline+{peer.describe()}", base, peer))
     denominator = preset.baseline_top1 if args.published_denominator else None
     if args.published_denominator and denominator is None:

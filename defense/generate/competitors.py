@@ -310,6 +310,8 @@ COMPETITORS: Dict[str, Competitor] = {
 }
 """Every competitor defence by name; PD and FD join with one entry each."""
 DEFENCES = ("fru",) + tuple(COMPETITORS)
+TITLES = frozenset(c.title for c in COMPETITORS.values())
+"""The names under which reports show the competitors' rows."""
 
 
 def get_competitor(name: str) -> Competitor:

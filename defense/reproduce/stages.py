@@ -23,7 +23,7 @@ from ..evaluate.conditions import Condition, draw_choices, predict_conditions
 from ..evaluate.peers import make_peer
 from ..generate import build_fru, fru_solver_param, load_base_blobs, save_net_weights, write_outputs
 from ..generate.build import write_competitor
-from ..generate.competitors import COMPETITORS, get_competitor, trainable_parameters
+from ..generate.competitors import COMPETITORS as DEFENCE_REGISTRY, get_competitor, trainable_parameters
 from ..generate.fru import fru_layer_roles
 from ..generate.ranking import inverse_permutation, permutation_matrix, rank_channels
 from ..generate.surgery import init_fru_blobs
@@ -277,7 +277,7 @@ def evaluation_models(ctx: Context) -> Dict[str, object]:
         peer = make_peer(spec)
         models[peer.key] = Model(peer.key, ctx.classifier("baseline"), peer)
     models["adv_finetune"] = Model("adv_finetune", ctx.classifier("adv_finetune"))
-    for name in COMPETITORS:
+    for name in DEFENCE_REGISTRY:
         models[name] = Model(name, ctx.classifier(name))
     models["prn_detector"] = Model("prn_detector", DetectorGated(ctx.classifier("prn"), ctx.classifier("baseline"),
                                                                  Detector.load(ctx.detector_path())))
