@@ -89,8 +89,8 @@ def write_outputs(build: FruBuild, out_dir: os.PathLike | str, header: str,
 
 
 def init_competitor_blobs(build: CompetitorBuild, base_blobs: Blobs, seed: int = 0) -> Blobs:
-    """The baseline's blobs plus the defence's: Caffe's fillers (seeded), BatchNorm statistics
-    at mean 0, variance 1; the defence's last conv is zero, so the net starts as the baseline."""
+    """The baseline's blobs plus the defence's new layers: Caffe's fillers (seeded), BatchNorm
+    statistics at mean 0, variance 1; the defence's last conv is zero, so the net starts as the baseline."""
     caffe.set_random_seed(int(seed))
     net = load_net(build.deploy, source=f"{build.name} deploy net")
     blobs = {name: [b.data.copy() for b in params] for name, params in net.params.items()}
@@ -101,7 +101,9 @@ def init_competitor_blobs(build: CompetitorBuild, base_blobs: Blobs, seed: int =
     missing = [name for name in blobs if name not in build.roles and name not in base_blobs]
     if missing:
         raise ToolkitError(f"the baseline weights lack layer '{missing[0]}'")
-    blobs.update({name: base_blobs[name] for name in blobs if name not in build.roles})
+    # every layer the baseline has keeps its weights, trained or not (an internal defence such as
+    # FD trains the baseline's layers too); only the defence's new layers start from the fillers
+    blobs.update({name: base_blobs[name] for name in blobs if name in base_blobs})
     return blobs
 
 
