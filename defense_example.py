@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 
 from attacks.runtime import RUNTIME_CHOICES
 from defense.core import parse_args, run_cli, set_mode
+from defense.evaluate.competitors import parse_competitors
 from defense.evaluate.demo import LABELS_ENV, DemoOptions, run_demo, save_figure
 from defense.evaluate.peers import peer_specs
 from defense.outputs import check_output, output_file
@@ -63,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--gpu", type=int, default=None, help="GPU id (default: CPU)")
     ap.add_argument("--runtime", choices=RUNTIME_CHOICES, default="caffe",
                     help="caffe (default), or onnx: the nets exported to ONNX and run in onnxruntime (CPU)")
+    ap.add_argument("--competitor", nargs=3, action="append", default=[], metavar=("NAME", "PROTOTXT", "WEIGHTS"),
+                    help="also show a trained competitor defence (prn, hgd: docs/competitors.md); repeatable")
     ap.add_argument("--out", type=output_file, help="the figure's PNG (default: results/demo/<dnn>_<attack>.png)")
     return ap
 
@@ -77,7 +80,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result = run_demo(DemoOptions(net=args.dnn, input=args.input, load=args.load, load_baseline=args.load_baseline,
                                   attack=args.attack, defense=args.defense, perturbation=args.perturbation,
                                   perturbations_dir=args.perturbations, offline=args.offline, labels=args.labels,
-                                  manifest=args.manifest, runtime=args.runtime, peers=tuple(args.peers)))
+                                  manifest=args.manifest, runtime=args.runtime, peers=tuple(args.peers),
+                                  competitors=tuple(parse_competitors(args.competitor))))
     for model, pred in result.predictions.items():
         top = pred.perturbed[0]
         print(f"{model}: top 1 prediction on the perturbed image: {top[1]}, confidence score: {top[2]:.4f}")

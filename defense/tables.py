@@ -48,10 +48,13 @@ from .core import ToolkitError, input_file, parse_args, positive_int, run_cli, s
 from .data import Subset
 from .data.imagenet import ImageNetIndex
 from .evaluate.compare import Model, add_restoration, metric_row, metric_rows
+from .evaluate.competitors import parse_competitors
 from .evaluate.conditions import Condition, Predictions, draw_choices, predict_conditions
 from .evaluate.peers import make_peer, peer_specs
 from .evaluate.resources import (ModelPair, fetch_missing, load_classifier, model_pair, published_path,
                                  require_weights)
+from .generate.competitors import TITLES as COMPETITOR_TITLES, get_competitor
+from .evaluate.runtime import classifier_for
 from .outputs import output_dir
 from .paper import TABLE_TITLES, TABLES, Published, Run, TableCase, table_cases, table_nets
 from .presets import NetPreset, get_preset
@@ -151,7 +154,8 @@ def markdown(report: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for case in report["cases"]:
         for model, r in case["results"].items():
-            lines.append(f"| {case['attack']} | {MODEL_LABELS.get(model, f'baseline+{model}')} | {_fmt(r['clean_top1'])} "
+            label = MODEL_LABELS.get(model, model if model in COMPETITOR_TITLES else f"baseline+{model}")
+            lines.append(f"| {case['attack']} | {label} | {_fmt(r['clean_top1'])} "
                          f"| {_fmt(r['perturbed_top1'])} | {_fmt(r['clean_top5'])} | {_fmt(r['perturbed_top5'])} "
                          f"| {_fmt(r['fooling_rate'])} | {_fmt(r['restoration_accuracy'])} "
                          f"| {_fmt(r['restoration_accuracy_measured_denominator'])} "
@@ -172,6 +176,7 @@ class TableOptions:
     perturbations: Optional[Path] = None  # default: published_dir()
     offline: bool = False
     own: Tuple[Path, ...] = ()
+    competitors: Tuple[Tuple[str, Path, Path], ...] = ()  # (name, deploy prototxt, caffemodel): --load
     peers: Tuple[str, ...] = ()  # make_peer specs: the baseline behind each
     limit: Optional[int] = None
     batch: Optional[int] = None
@@ -233,16 +238,22 @@ def run_table(table: str, net: str, options: TableOptions) -> dict:
     runtime = resolve_runtime(options.runtime)
     classifiers = {"baseline": load_classifier(pair.baseline, preset, batch, runtime=runtime),
                    "fru": load_classifier(pair.fru, preset, batch, runtime=runtime)}
+    loaded = {get_competitor(name).title: (prototxt, weights) for name, prototxt, weights in options.competitors}
+    classifiers.update({title: classifier_for(prototxt, weights, preset.mean_bgr, runtime, batch_size=batch)
+                        for title, (prototxt, weights) in loaded.items()})
+    files = {"baseline": pair.baseline.prototxt, "fru": pair.fru.prototxt, **{t: p for t, (p, _) in loaded.items()}}
     for name, clf in classifiers.items():
         if tuple(clf.input_shape) != shape:
-            raise ToolkitError(f"{pair.baseline.prototxt if name == 'baseline' else pair.fru.prototxt}: input shape "
+            raise ToolkitError(f"{files[name]}: input shape "
                                f"{clf.input_shape} does not match the {preset.name} preset's {shape}")
     models = {**classifiers}
     for peer in map(make_peer, options.peers):
         peer.check_images(shape)  # before the first batch, so a refusal is one line
         models[peer.key] = Model(peer.key, classifiers["baseline"], peer)
     described = {"baseline": pair.baseline.describe(), "fru": pair.fru.describe(),
-                 **{m: f"baseline+{model.preprocessor.describe()}" for m, model in models.items() if m not in MODELS}}
+                 **{t: f"{p} + {w}" for t, (p, w) in loaded.items()},
+                 **{m: f"baseline+{model.preprocessor.describe()}" for m, model in models.items()
+                    if m not in MODELS and m not in loaded}}
     fast = {name: clf for name, clf in classifiers.items() if isinstance(clf, OnnxClassifier)}
     sample = source.take(np.arange(min(CHECK_IMAGES, len(source))))[0] if fast else None
     checks = {name: clf.verify(sample) for name, clf in fast.items()}
@@ -307,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="never download (also FRU_OFFLINE=1): a missing file is an error naming its address")
     ap.add_argument("--own", type=Path, nargs="+", default=(),
                     help="the toolkit's own perturbation files (.h5 or .npy) instead of the published ones")
+    ap.add_argument("--load", nargs=3, action="append", default=[], metavar=("NAME", "PROTOTXT", "WEIGHTS"),
+                    help="also evaluate a trained competitor defence (prn, hgd: docs/competitors.md); repeatable")
     ap.add_argument("--peers", type=peer_specs, default=[],
                     help="image-domain defences on the baseline, comma-separated (e.g. pd,median:3; "
                          "see python -m defense.evaluate --help)")
@@ -340,7 +353,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = "python -m defense.tables " + " ".join(sys.argv[1:] if argv is None else argv)
     options = TableOptions(index=args.index, root=args.root, manifest=args.manifest, weights_dir=args.weights_dir,
                            defense=args.defense, perturbations=args.perturbations, offline=args.offline,
-                           own=tuple(args.own), peers=tuple(args.peers), limit=args.limit, batch=args.batch, workers=args.workers,
+                           own=tuple(args.own), peers=tuple(args.peers),
+                           competitors=tuple(parse_competitors(args.load, "--load")), limit=args.limit,
+                           batch=args.batch, workers=args.workers,
                            clip=args.clip, out=args.out, resume=not args.no_resume, progress=not args.quiet,
                            command=command,
                            runtime=resolve_runtime(args.runtime, args.gpu))

@@ -19,7 +19,9 @@ from ..core import ToolkitError, parse_args, positive_int, run_cli, seed_int, se
 from ..data import DATA_SOURCES, open_source
 from ..outputs import output_dir
 from ..presets import get_preset
+from .competitors import DETECTOR_ROW, competitor_models, detector_report, parse_competitors
 from .compare import Model, evaluate
+from .conditions import draw_choices
 from .peers import PEERS, make_peer, peer_specs
 from .report import markdown_table, write_reports
 from .runtime import classifier_for
@@ -38,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--defended-prototxt", type=Path, help="default: the preset's deploy_*_FRU file")
     p.add_argument("--defended-weights", type=Path, help="default: weights/<Net>/<stem>_FRU.caffemodel")
     p.add_argument("--no-defended", action="store_true", help="evaluate the baseline (and peers) only")
+    p.add_argument("--competitor", nargs=3, action="append", default=[], metavar=("NAME", "PROTOTXT", "WEIGHTS"),
+                   help="a trained competitor defence (prn, hgd: python -m defense.generate --defense NAME, then "
+                        "defense.train); repeatable")
+    p.add_argument("--detector", type=Path, metavar="NPZ",
+                   help="PRN's detector (defense.train --detector): adds the row PRN+detector")
     p.add_argument("--peers", type=peer_specs, default=[],
                    help=f"comma-separated image-domain defences on the baseline: {', '.join(PEERS)} "
                         "(e.g. median:3,jpeg:75,pd or pd:deflections=200,window=10)")
@@ -78,6 +85,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         models.append(Model("FRU", classifier_for(args.defended_prototxt or preset.deploy_fru,
                                                   args.defended_weights or preset.weights(defended=True),
                                                   preset.mean_bgr, runtime, sample=sample, batch_size=batch)))
+    competitors = parse_competitors(args.competitor)
+    models += competitor_models(competitors, lambda p, w: classifier_for(p, w, preset.mean_bgr, runtime, sample=sample,
+                                                                         batch_size=batch), base, args.detector)
     for spec in args.peers:
         peer = make_peer(spec)
         peer.check_images(source.image_shape)
@@ -87,6 +97,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise ToolkitError(f"{preset.name} has no published baseline top-1; drop --published-denominator")
     result = evaluate(models, source, perturbations, seed=args.seed, baseline_top1=denominator, batch_size=batch,
                       clip=args.clip)
+    perts = np.stack([np.asarray(p, np.float32) for p in perturbations])
+    rates = detector_report(models, source, perts, draw_choices(len(source), len(perts), args.seed), batch)
+    if rates:
+        result["models"][DETECTOR_ROW].update(rates)
     result.update(network=preset.name, perturbation_files=[str(p) for p in args.perturbations],
                   runtime=runtime, command="python -m defense.evaluate " + " ".join(sys.argv[1:] if argv is None else argv))
     for path in write_reports(result, args.out, args.stem):

@@ -29,6 +29,8 @@ from weights.download import MissingOffline, download_dir, is_offline
 
 from ..core import ToolkitError, atomic_path, input_file
 from ..data import FashionMnist
+from ..generate.competitors import TITLES as COMPETITOR_TITLES, get_competitor
+from .runtime import classifier_for
 from ..data.preprocess import load_image, preprocess
 from ..paper import DEMO_IMAGE, DemoDefaults, demo_defaults
 from ..presets import REPO_ROOT, NetPreset, get_preset
@@ -71,6 +73,7 @@ class DemoOptions:
     manifest: Optional[Path] = None
     clip: bool = True
     runtime: str = "caffe"
+    competitors: Tuple[Tuple[str, Path, Path], ...] = ()  # (name, deploy prototxt, caffemodel), shown after them
     peers: Tuple[str, ...] = ()
 
 
@@ -269,6 +272,10 @@ def run_demo(options: DemoOptions) -> DemoResult:
         models.append(Model(label, load_classifier(files, preset, batch_size=2, weights=weights,
                                                    runtime=options.runtime, sample=batch)))
         result.files[label] = str(weights)
+    for name, prototxt, weights in options.competitors:
+        title = get_competitor(name).title
+        models.append(Model(title, classifier_for(prototxt, weights, preset.mean_bgr, options.runtime, sample=batch, batch_size=2)))
+        result.files[title] = str(weights)
     models += [Model(f"baseline+{peer.key}", models[0].classifier, peer) for peer in peers]
     for model in models:
         probs = softmax(model.logits(batch, batch_size=2))
@@ -277,6 +284,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
 
 
 # ---------------------------------------------------------------- figure
+
 def _display(x: np.ndarray) -> np.ndarray:
     img = np.clip(x, 0, 255).astype(np.uint8)
     return img[0] if img.shape[0] == 1 else img[::-1].transpose(1, 2, 0)  # BGR CHW -> RGB HWC
@@ -306,6 +314,7 @@ def save_figure(result: DemoResult, path: os.PathLike | str) -> Path:
         ax.set_xlim(0, 1)
         clean = result.predictions[model].clean[0]
         title = {"FRU": "FRU defence", "baseline": "Baseline"}.get(model, model.replace("baseline+", "Baseline + "))
+        title = f"{title} defence" if title in COMPETITOR_TITLES else title
         ax.set_title(f"{title} on the perturbed image\n"
                      f"(clean image: {clean[1]}, {clean[2]:.2f})", fontsize=10)
         ax.set_xlabel("probability")

@@ -25,8 +25,8 @@ from attacks.runtime import onnx_session
 from ..core import ToolkitError, caffe, caffe_pb2, load_net, read_net_param, write_bytes
 
 OPSET = 17
-SUPPORTED = ("Input", "Convolution", "ReLU", "Pooling", "LRN", "InnerProduct", "BatchNorm", "Scale", "Eltwise",
-             "Concat", "Slice", "Split", "Flatten", "Dropout", "Softmax")
+SUPPORTED = ("Input", "Convolution", "Deconvolution", "Crop", "ReLU", "Pooling", "LRN", "InnerProduct", "BatchNorm",
+             "Scale", "Eltwise", "Concat", "Slice", "Split", "Flatten", "Dropout", "Softmax")
 
 
 def _onnx():
@@ -111,13 +111,26 @@ def onnx_model(net: "caffe.Net", param: "caffe_pb2.NetParameter", extra_outputs:
         if kind not in SUPPORTED:
             raise ToolkitError(f"layer '{lname}' has type '{kind}', which the ONNX export does not handle "
                                f"(handled: {', '.join(SUPPORTED)})")
-        if kind == "Convolution":
+        if kind in ("Convolution", "Deconvolution"):  # same blob layouts as ONNX's Conv and ConvTranspose
             c = lp.convolution_param
             ins = bottoms + [g.const(f"{lname}_W", blobs[0])] + ([g.const(f"{lname}_b", blobs[1])] if len(blobs) > 1 else [])
             k = _pair(c.kernel_size, 1, "kernel_h", "kernel_w", c)
             pad = _pair(c.pad, 0, "pad_h", "pad_w", c)
-            out = g.node("Conv", ins, tops[0], kernel_shape=k, strides=_pair(c.stride, 1, "stride_h", "stride_w", c),
-                         pads=pad + pad, dilations=_pair(c.dilation, 1), group=int(c.group or 1))
+            out = g.node("Conv" if kind == "Convolution" else "ConvTranspose", ins, tops[0], kernel_shape=k,
+                         strides=_pair(c.stride, 1, "stride_h", "stride_w", c), pads=pad + pad,
+                         dilations=_pair(c.dilation, 1), group=int(c.group or 1))
+        elif kind == "Crop":  # bottom 0 cut to bottom 1's shape from axis on, at the offsets
+            cp = lp.crop_param
+            rank = len(shapes[tops[0]])
+            axis = cp.axis % rank
+            if axis == 0:
+                raise ToolkitError(f"layer '{lname}': Crop along the batch axis is not handled by the ONNX export")
+            axes = list(range(axis, rank))
+            offsets = [int(cp.offset[0])] * len(axes) if len(cp.offset) == 1 else [int(o) for o in cp.offset] or [0] * len(axes)
+            ends = [o + shapes[tops[0]][a] for o, a in zip(offsets, axes)]
+            out = g.node("Slice", [bottoms[0], g.const(f"{lname}_starts", np.array(offsets, np.int64)),
+                                   g.const(f"{lname}_ends", np.array(ends, np.int64)),
+                                   g.const(f"{lname}_axes", np.array(axes, np.int64))], tops[0])
         elif kind == "ReLU":
             slope = lp.relu_param.negative_slope
             out = (g.node("LeakyRelu", bottoms, tops[0], alpha=float(slope)) if slope

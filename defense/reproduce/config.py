@@ -22,11 +22,15 @@ DEFAULT_OUT = Path("results/fashion")
 # xi_2 / xi_inf of the paper (2000 / 10 on 224x224x3), scaled by sqrt(input size) like
 # attacks.projection.default_xi: l_2 = xi * 200 * sqrt(784 / 150528) = 14.43 xi.
 L2_PER_LINF = 200.0 * float(np.sqrt(28 * 28 / (224 * 224 * 3)))
-MODEL_ORDER = ("baseline", "fru", "fru_secondary", "fru_bottom", "median", "jpeg", "bits", "pd", "adv_finetune")
+COMPETITOR_MODELS = ("prn", "prn_detector", "hgd")
+"""The trained competitors of issue 19 as columns: PRN without and with its detector, HGD (one
+stage each in ``pipeline.STAGES``)."""
+MODEL_ORDER = ("baseline", "fru", "fru_secondary", "fru_bottom", "median", "jpeg", "bits", "pd",
+               "adv_finetune") + COMPETITOR_MODELS
 IMAGE_PEERS = ("median", "jpeg", "bits")
 # The defences the FRUs are compared with (the paper's ">10%" claim and the best-competitor row):
 # the one list of competitor columns; a new competitor defence adds its column name here.
-COMPETITORS = IMAGE_PEERS + ("pd", "adv_finetune")
+COMPETITORS = IMAGE_PEERS + ("pd", "adv_finetune") + COMPETITOR_MODELS
 REQUIRED_MODELS = ("baseline", "fru") + COMPETITORS
 # Thresholds shared by the targets and the claims: "FRUs restore an attack" means a restoration
 # gain over the undefended baseline of at least RESTORATION_GAIN; the paper's headline is a margin
@@ -59,7 +63,9 @@ class ReproConfig:
         feature distances are small; FashionNet's last conv has distances of ~200, where 10 leaves the
         fooling loss no say. ``nag_lr``: Adam's rate for the reproduction's short runs (60 iterations: at
         0.02 NAG fools 0.58 of 1000 held-out training images at xi 50, at 0.005 0.44).
-    :param fru_iters: FRU training iterations (also adversarial fine-tuning's).
+    :param fru_iters: FRU training iterations (also adversarial fine-tuning's and every trained
+        competitor's, at the FRUs' batch size ``fru_batch``).
+    :param detector_images: training images (half clean, half perturbed) for PRN's detector.
     :param test_images: test images evaluated (None: all 10,000), a seeded random subset.
     """
 
@@ -112,12 +118,13 @@ class ReproConfig:
     eval_seed: int = 0
     eval_batch: int = 100
     peers: Tuple[str, ...] = ("median:3", "jpeg:75", "bits:4", "pd")
+    detector_images: int = 2000
 
     def __post_init__(self):
         for name in ("uap_images", "uap_passes", "uap_classes", "uap_batch", "train_uaps", "test_uaps", "l2_uaps",
                      "stronger_uaps", "unseen_per_attack", "train_extra_per_attack", "spgd_epochs", "gduap_iters",
                      "svuap_images", "svuap_iters", "gap_iters", "nag_iters", "fru_batch", "fru_iters",
-                     "adaptive_train_uaps", "adaptive_test_uaps", "secondary_iters", "eval_batch"):
+                     "adaptive_train_uaps", "adaptive_test_uaps", "secondary_iters", "eval_batch", "detector_images"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -162,7 +169,7 @@ class ReproConfig:
                    stronger=(2.0,), stronger_uaps=1, unseen_per_attack=1, spgd_epochs=1, gduap_iters=10,
                    svuap_images=16, svuap_iters=3, gap_iters=3, nag_iters=3, unseen_xi_steps=(1.0,), fru_batch=16,
                    fru_iters=8, adaptive_train_uaps=1,
-                   adaptive_test_uaps=1, secondary_iters=4, test_images=200)
+                   adaptive_test_uaps=1, secondary_iters=4, test_images=200, detector_images=40)
 
     def with_overrides(self, pairs: Sequence[str]) -> "ReproConfig":
         """``key=value`` overrides (``--set``); an unknown key is an error."""

@@ -4,6 +4,7 @@ fields its key covers) and ``reproduce()``, which runs or resumes them and write
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from pathlib import Path
@@ -11,14 +12,15 @@ from typing import List, Optional, Sequence, Tuple
 
 from ..data import DataSource
 from .attack_stages import stage_adaptive, stage_test_attacks, stage_train_attacks
+from ..generate.competitors import COMPETITORS as DEFENCE_REGISTRY
 from ..core import set_mode
 from .aggregate import write_aggregate
 from .claims import CLAIMS_DOCS, claims_markdown, claims_span, write_claims_into
 from .config import DEFAULT_SEEDS, ReproConfig
 from .report import ship, write_report
 from .runner import Context, Stage, run_parallel, run_stage, save_json
-from .stages import (stage_baseline, stage_evaluate, stage_generate, stage_masking, stage_peers, stage_ranking,
-                     stage_secondary, stage_train_fru)
+from .stages import (stage_baseline, stage_competitor, stage_evaluate, stage_generate, stage_masking, stage_peers,
+                     stage_ranking, stage_secondary, stage_train_fru)
 
 
 # Fields that place a perturbation set's training subset (train_subsets allocates them in order).
@@ -47,8 +49,14 @@ STAGES: Tuple[Stage, ...] = (
     Stage("masking", stage_masking, ("test_images", "eval_seed"), ("baseline", "test_attacks")),
     Stage("peers", stage_peers, ("seed", "fru_iters", "fru_batch", "advft_solver", "advft_lr", "fru_clean_fraction"),
           ("train_attacks", "baseline")),
+) + tuple(
+    Stage(f"train_{name}", functools.partial(stage_competitor, name),
+          ("seed", "fru_iters", "fru_batch", "fru_lr", "fru_clean_fraction", "eval_batch")
+          + (("detector_images",) if name == "prn" else ()), ("train_attacks", "baseline"))
+    for name in DEFENCE_REGISTRY) + (
     Stage("evaluate", stage_evaluate, ("test_images", "eval_seed", "peers"),
-          ("test_attacks", "train_fru", "ranking", "adaptive", "secondary", "peers"), forward=True),
+          ("test_attacks", "train_fru", "ranking", "adaptive", "secondary", "peers")
+          + tuple(f"train_{name}" for name in DEFENCE_REGISTRY), forward=True),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 

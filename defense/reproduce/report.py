@@ -17,16 +17,38 @@ from ..core import atomic_path, load_blobs, write_bytes, write_text
 from ..evaluate.report import bar_chart
 from ..generate.ranking import rank_channels
 from ..paper import demo_defaults
-from .config import COMPETITORS, IMAGE_PEERS, MODEL_ORDER, NET, RESTORATION_GAIN, eval_cases, stage_of
+from ..generate.competitors import COMPETITORS as DEFENCE_REGISTRY
+from .config import COMPETITOR_MODELS, COMPETITORS, IMAGE_PEERS, MODEL_ORDER, NET, RESTORATION_GAIN, eval_cases, stage_of
 from .runner import Context, save_json
-from .stages import evaluation_images, fru_targets
+from .stages import evaluation_images, fru_targets, fru_trainable_parameters
 from .stats import OPS
+
+DETECTOR_METRICS = ("detection_rate", "false_alarm_rate")
 
 
 def case_rows(result: dict) -> Dict[str, Dict[str, float]]:
     return {name: {"clean_top1": row["clean_top1"], "perturbed_top1": row["perturbed_top1"],
-                   "restoration": row["restoration_accuracy"], "fooling_rate": row["fooling_rate"]}
+                   "restoration": row["restoration_accuracy"], "fooling_rate": row["fooling_rate"],
+                   **{k: row[k] for k in DETECTOR_METRICS if k in row}}
             for name, row in result["models"].items()}
+
+
+def training_budget(ctx: Context) -> Dict[str, dict]:
+    """Iterations, batch, training seconds and learned parameters of the FRUs and every trained competitor."""
+    rec = ctx.records
+    out = {}
+    if "train_fru" in rec:
+        fru = rec["train_fru"]["result"]
+        out["fru"] = {"iterations": fru["iterations"], "batch": fru["batch"], "seconds": fru["seconds"],
+                      "trainable_parameters": fru_trainable_parameters(ctx)}
+    for name in DEFENCE_REGISTRY:
+        if f"train_{name}" in rec:
+            r = rec[f"train_{name}"]["result"]
+            out[name] = {"iterations": r["training"]["iterations"], "batch": r["training"]["batch"],
+                         "solver": r["training"]["solver"], "lr": r["training"]["lr"],
+                         "seconds": r["training"]["seconds"], "trainable_parameters": r["trainable_parameters"],
+                         **({"detector": r["detector"]} if "detector" in r else {})}
+    return out
 
 
 def check_targets(summary: dict) -> List[dict]:
@@ -72,6 +94,12 @@ def check_targets(summary: dict) -> List[dict]:
         if best in m:
             add(f"{key}: FRU restoration above every image-domain peer", m["fru"]["restoration"] - m[best]["restoration"],
                 ">", 0.0, f"best peer {best} {m[best]['restoration']:.4f}")
+    if "same-norm" in cases:
+        m = cases["same-norm"]["models"]
+        for name in (c for c in COMPETITOR_MODELS if c in m):
+            gain = m[name]["restoration"] - m["baseline"]["restoration"]
+            add(f"same-norm: {name} restoration >= baseline + 0.10 (trained properly)", gain, ">=", 0.10,
+                f"{name} {m[name]['restoration']:.4f}, baseline {m['baseline']['restoration']:.4f}")
     wall = summary.get("wall_seconds_all_stages")
     if wall is not None:
         add("reproduction under 20 minutes (first stage start to last stage end)", wall, "<", 1200,
@@ -146,6 +174,21 @@ def markdown_report(summary: dict) -> str:
                   for layer, r in rk["masking"].items()]
         lines += ["", "Regeneration: `fru` regenerates the top-ranked half, `fru_bottom` the bottom-ranked half "
                   "(same training); see the tables above.", ""]
+    detector = [(key, case["models"]["prn_detector"]) for key, case in cases.items()
+                if "detection_rate" in case["models"].get("prn_detector", {})]
+    if detector:
+        lines += ["## PRN's detector", "", "Detection rate (perturbed images flagged) and false-alarm rate (clean "
+                  "images flagged); `prn_detector` classifies the rectified image only where the detector fires.", "",
+                  "| case | detection rate | false-alarm rate |", "|---|---|---|"]
+        lines += [f"| {key} | {r['detection_rate']:.4f} | {r['false_alarm_rate']:.4f} |" for key, r in detector]
+        lines.append("")
+    budget = summary.get("training_budget") or {}
+    if budget:
+        lines += ["## Training budget", "", "Every trained defence gets the FRUs' iterations and batch size.", "",
+                  "| defence | iterations | batch | learned parameters | training seconds |", "|---|---|---|---|---|"]
+        lines += [f"| {name} | {b['iterations']} | {b['batch']} | {b['trainable_parameters']:,} | {b['seconds']:.1f} |"
+                  for name, b in budget.items()]
+        lines.append("")
     lines += ["## Targets", "", "| target | value | met |", "|---|---|---|"]
     lines += [f"| {t['target']} | {t['value']:.4f} | {'yes' if t['met'] else '**no**'} {t['detail']} |"
               for t in summary["targets"]]
@@ -333,6 +376,7 @@ def build_summary(ctx: Context, started: float, load_start: Sequence[float]) -> 
         "machine": {"cpus": os.cpu_count(), "jobs": ctx.jobs, "loadavg_start": [round(a, 2) for a in load_start],
                     "loadavg_end": [round(a, 2) for a in os.getloadavg()]},
         "stage_keys": dict(ctx.keys),
+        "training_budget": training_budget(ctx),
     }
     return summary
 

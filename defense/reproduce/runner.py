@@ -32,6 +32,7 @@ from attacks.perturbation_io import load_any
 from ..core import ToolkitError, atomic_path, set_mode, write_text
 from ..data import DataSource, FashionMnist
 from ..evaluate.runtime import onnx_classifier
+from ..generate.competitors import COMPETITORS as DEFENCE_REGISTRY, get_competitor
 from ..presets import NetPreset, get_preset
 from .config import NET, ReproConfig, stage_of
 
@@ -98,12 +99,24 @@ class Context:
                 "fru": self.folder("train_fru") / "fashionnet_FRU.caffemodel",
                 "fru_bottom": self.folder("ranking") / "fashionnet_FRU_bottom.caffemodel",
                 "fru_secondary": self.folder("secondary") / "fashionnet_FRU_secondary.caffemodel",
-                "adv_finetune": self.folder("peers") / "fashionnet_adv_finetune.caffemodel"}[model]
+                "adv_finetune": self.folder("peers") / "fashionnet_adv_finetune.caffemodel",
+                **{name: self.folder(f"train_{name}") / f"fashionnet_{name.upper()}.caffemodel"
+                   for name in DEFENCE_REGISTRY}}[model]
+
+    def deploy(self, model: str) -> Path:
+        """The deploy prototxt of a trained model: the baseline's, the FRU net's or a competitor's."""
+        if model in DEFENCE_REGISTRY:
+            return self.folder(f"train_{model}") / get_competitor(model).file_name
+        return self.fru_deploy if model.startswith("fru") else self.baseline_deploy
+
+    def detector_path(self) -> Path:
+        """PRN's detector, fitted after the PRN (``defense.train.detector``)."""
+        return self.folder("train_prn") / "detector.npz"
 
     def classifier(self, model: str) -> CaffeClassifier:
-        """A CaffeClassifier for a trained model (baseline deploy or FRU deploy)."""
+        """A CaffeClassifier for a trained model (baseline, FRU or competitor deploy)."""
         if model not in self._classifiers:
-            deploy = self.fru_deploy if model.startswith("fru") else self.baseline_deploy
+            deploy = self.deploy(model)
             self._classifiers[model] = CaffeClassifier.from_files(deploy, self.weights(model), self.preset.mean_bgr,
                                                                   batch_size=self.cfg.eval_batch)
         return self._classifiers[model]
@@ -115,8 +128,7 @@ class Context:
         if self.runtime == "caffe":
             return self.classifier(model)
         if model not in self._forward:
-            deploy = self.fru_deploy if model.startswith("fru") else self.baseline_deploy
-            clf = onnx_classifier(self.classifier(model), deploy, threads=1 if self.jobs > 1 else 0)
+            clf = onnx_classifier(self.classifier(model), self.deploy(model), threads=1 if self.jobs > 1 else 0)
             sample = self.train_data().take(np.arange(RUNTIME_CHECK_IMAGES))[0]
             self.runtime_checks[model] = clf.verify(sample)
             self._forward[model] = clf

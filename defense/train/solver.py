@@ -27,7 +27,8 @@ from ..core import (ToolkitError, caffe, caffe_pb2, check_finite_params, check_w
                     write_text)
 from ..data import DataSource
 from ..devices import blas_threads
-from .batches import EpochSampler, TrainOptions, caffe_seed, mixed_batch, stack_perturbations, subtract_mean
+from .batches import (EpochSampler, TrainOptions, batch_indices, caffe_seed, mixed_batch, stack_perturbations,
+                      subtract_mean)
 
 log = logging.getLogger(__name__)
 
@@ -256,8 +257,14 @@ class SolverWrapper:
                 return int(np.prod(net.blobs[scores].data.shape[1:]))
         raise ToolkitError(f"the train net has no layer that writes '{self.options.loss_blob}'")
 
-    def step(self, x: np.ndarray, y: np.ndarray) -> float:
-        """One solver iteration on pixel-unit images ``x`` and labels ``y``; returns the loss."""
+    @property
+    def needs_clean(self) -> bool:
+        """The train net reads the unperturbed batch too (Input ``clean``: HGD's LGD loss)."""
+        return self.options.clean_blob in self.solver.net.blobs
+
+    def step(self, x: np.ndarray, y: np.ndarray, clean: Optional[np.ndarray] = None) -> float:
+        """One solver iteration on pixel-unit images ``x`` and labels ``y`` (and, for a net with an
+        Input ``clean``, the same images unperturbed); returns the loss."""
         y = np.asarray(y)
         if y.size and (y.min() < 0 or y.max() >= self.num_classes):
             # an out-of-range label makes Caffe's SoftmaxWithLoss read past its scores
@@ -266,6 +273,10 @@ class SolverWrapper:
         net = self.solver.net
         net.blobs[self.options.data_blob].data[...] = subtract_mean(x, self.mean)
         net.blobs[self.options.label_blob].data[...] = y.reshape(net.blobs[self.options.label_blob].data.shape)
+        if self.needs_clean:
+            if clean is None:
+                raise ValueError(f"this train net reads the unperturbed batch ('{self.options.clean_blob}'); pass clean")
+            net.blobs[self.options.clean_blob].data[...] = subtract_mean(clean, self.mean)
         self.solver.step(1)
         return float(net.blobs[self.options.loss_blob].data)
 
@@ -311,7 +322,11 @@ class SolverWrapper:
             while self.iter < self.max_iter:
                 x, y, _ = mixed_batch(source, perts, sampler, batch, self.iter, self.options, rank, world)
                 caffe.set_random_seed(caffe_seed(self.options.seed, self.iter, rank))
-                losses.append(self.step(x, y))
+                if self.needs_clean:
+                    clean = source.take(batch_indices(sampler, batch, self.iter, rank, world))[0]
+                    losses.append(self.step(x, y, clean))
+                else:
+                    losses.append(self.step(x, y))
                 if not np.isfinite(losses[-1]):
                     kept = f"the last good snapshot is {last_good}" if last_good else "no snapshot was written"
                     raise ToolkitError(f"training diverged (loss {losses[-1]}) at iteration {self.iter}; {kept}; "

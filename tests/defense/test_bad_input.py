@@ -207,6 +207,9 @@ WRITERS = [
     ("defense.tables", "same-norm --net CaffeNet --index {w}/bomb_index.jsonl", "--out", "folder"),
     ("defense.train", "--net FashionNet --solver {w}/solver.prototxt --perturbations {w}/pert.npy", "--out", "file"),
     ("defense.generate", "--preset FashionNet", "--out", "folder"),
+    ("defense.generate", "--defense prn --preset FashionNet", "--out", "folder"),
+    ("defense.train", "--net FashionNet --solver {w}/solver.prototxt --perturbations {w}/pert.npy --out {w}/o.caffemodel",
+     "--detector", "file"),
     ("defense.imagenet", "prepare val --images {w} --labels {w}/afile", "--out", "file"),
     ("attacks.bench", "--n-images 4", "--out", "file"),
     ("attacks", "convert --format mat --input {w}/v.mat", "--out", "file"),
@@ -294,6 +297,33 @@ SILENT_CASES = [  # class 6: accepted without a word before
     Case("defense.reproduce", "--quick --seeds 0 --out {w}/o", "argument --seeds"),
     Case("defense.imagenet", "check {w}/label_index.jsonl --dnn FashionNet", "{w}/label_index.jsonl"),
     Case("defense.generate", "--prototxt {w}/bad_net.prototxt --layers conv1 --out {w}/o", "{w}/bad_net.prototxt: Caffe cannot build"),
+]
+
+COMPETITOR_CASES = [  # issue 19: the competitor defences' options
+    Case("defense.generate", "--defense pd --preset FashionNet --out {w}/o", "argument --defense"),
+    Case("defense.generate", "--defense prn --preset FashionNet --layers conv1 --out {w}/o",
+         "--layers and --mode place FRUs; --defense prn is prepended to the net"),
+    Case("defense.generate", "--all --defense hgd", "--all regenerates the committed FRU prototxts"),
+    Case("defense.generate", "--defense hgd --prototxt {w}/bad_net.prototxt --out {w}/o",
+         "{w}/bad_net.prototxt: Caffe cannot build"),
+    Case("defense.train", "--net FashionNet --solver {w}/solver.prototxt --perturbations {w}/pert.npy "
+                          "--out {w}/o.caffemodel --detector {w}/d.npz", "--detector needs --dir with the PRN's"),
+    Case("defense.train", "--net FashionNet --dir {w} --perturbations {w}/pert.npy --out {w}/o.caffemodel "
+                          "--detector-images 0", "argument --detector-images"),
+    Case("defense.evaluate", "--net FashionNet --perturbations {w}/pert.npy --no-defended --competitor fd "
+                             "{w}/net.prototxt {w}/net.caffemodel --out {w}/o", "--competitor: 'fd' is not a trained"),
+    Case("defense.evaluate", "--net FashionNet --perturbations {w}/pert.npy --no-defended --detector {w}/pert.npy "
+                             "--out {w}/o", "--detector gates the PRN"),
+    Case("defense.evaluate", "--net FashionNet --perturbations {w}/pert.npy --no-defended --competitor prn "
+                             "{w}/net.prototxt {w}/net.caffemodel --detector {w}/pert.npy --out {w}/o",
+         "{w}/pert.npy: not a PRN detector file"),
+    Case("defense_example", "--dnn FashionNet --input fashion:0 --competitor pd {w}/net.prototxt {w}/net.caffemodel "
+                            "--out {w}/o.png", "--competitor: 'pd' is not a trained competitor"),
+    Case("defense.tables", "same-norm --net CaffeNet --index {w}/bomb_index.jsonl --load fd {w}/net.prototxt "
+                           "{w}/net.caffemodel", "--load: 'fd' is not a trained competitor"),
+    Case("defense.evaluate", "--net FashionNet --perturbations {w}/pert.npy --no-defended --competitor hgd "
+                             "{w}/net.prototxt {w}/nan.caffemodel --out {w}/o", "{w}/nan.caffemodel: layer '{layer}'",
+         child=True),
 ]
 
 FORMAT_CASES = [  # class 5: JSON and HDF5 attributes of the wrong type or missing
@@ -388,7 +418,7 @@ ISSUE22_CASES = [  # the eight classes of issue 22, each where it arose
          "not found: {w}/missing.caffemodel (--load), {w}/gone.h5 (--perturbation); check the paths"),
 ]
 
-CASES = OUTPUT_CASES + BOMB_CASES + SILENT_CASES + FORMAT_CASES + ABORT_CASES + ISSUE22_CASES + GENERATOR_CASES
+CASES = OUTPUT_CASES + BOMB_CASES + SILENT_CASES + FORMAT_CASES + ABORT_CASES + ISSUE22_CASES + GENERATOR_CASES + COMPETITOR_CASES
 
 
 def _run(case: Case, fill: Dict[str, str], root: Path, capfd) -> tuple:

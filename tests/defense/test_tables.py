@@ -288,3 +288,22 @@ def test_missing_perturbations_are_fetched_by_default(fake, tmp_path, server, re
     server.requests.clear()
     _, again = _run(fake, tmp_path, "same-norm", tmp_path / "dl", "--no-resume", "--offline")
     assert server.requests == [] and again["cases"] == report["cases"]
+
+
+def test_a_trained_competitor_joins_the_table_with_load(fake, tmp_path):
+    """``--load NAME PROTOTXT WEIGHTS`` adds a row under the competitor's name (here the fake FRU
+    net stands in for a trained HGD, so its row must equal the FRU's)."""
+    pert = write_same_norm(tmp_path / "samples", fooling=range(1, 6))
+    proto, weights = fake["root"] / "prototxt/CaffeNet/deploy_caffenet_FRU.prototxt", \
+        fake["root"] / "weights/CaffeNet/caffenet_FRU.caffemodel"
+    out, report = _run(fake, tmp_path, "same-norm", pert, "--load", "hgd", str(proto), str(weights))
+    (case,) = report["cases"]
+    hgd, fru = case["results"]["HGD"], case["results"]["fru"]
+    assert (hgd["clean_top1"], hgd["perturbed_top1"], hgd["fooling_rate"]) == (1.0, 1.0, 0.0)
+    assert hgd["restoration_accuracy"] == fru["restoration_accuracy"] and hgd["published_restoration_accuracy"] is None
+    assert report["models"]["HGD"] == f"{proto} + {weights}"
+    assert "| UAP l_inf (one of 5 per image) | HGD | 1.000 | 1.000 |" in (out / "same-norm_CaffeNet.md").read_text()
+    with pytest.raises(SystemExit):
+        main(["same-norm", "--load", "hgd", str(proto)])
+    assert run_cli(main, ["same-norm", "--index", str(fake["index"]), "--load", "fd", str(proto), str(weights),
+                          "--out", str(tmp_path / "o")]) == 2

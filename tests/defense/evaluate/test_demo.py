@@ -119,6 +119,24 @@ def test_fashionnet_demo_offline(tmp_path):
         assert png.format == "PNG"
 
 
+def test_a_competitor_joins_the_demo(tmp_path, root, capsys):
+    """``--competitor hgd P W``: a generated HGD at initialisation is the baseline, so its panel
+    and its printed top 5 are the baseline's."""
+    from defense.generate.__main__ import main as generate_main
+    assert generate_main(["--defense", "hgd", "--preset", "FashionNet", "--weights",
+                          str(root / "weights/FashionNet/fashionnet.caffemodel"), "--out", str(tmp_path / "hgd")]) == 0
+    capsys.readouterr()
+    out = tmp_path / "demo.png"
+    assert run_cli(defense_example.main, ["--dnn", "FashionNet", "--competitor", "hgd",
+                                          str(tmp_path / "hgd/deploy_HGD.prototxt"),
+                                          str(tmp_path / "hgd/init.caffemodel"), "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    base = [ln.split(": ", 1)[1] for ln in lines if ln.startswith("baseline:")]
+    hgd = [ln.split(": ", 1)[1] for ln in lines if ln.startswith("HGD:")]
+    assert len(base) == 2 and hgd == base
+    assert Image.open(out).size == (1000, 800)  # three panels below the images: baseline, FRU, HGD
+
+
 @pytest.mark.skipif(not all(p.is_file() for p in FASHION_FILES), reason="FashionNet demo files not shipped yet")
 def test_fashionnet_demo_with_pixel_deflection(tmp_path, capsys):
     """--peers: the baseline behind pixel deflection, printed and drawn beside the FRU net."""

@@ -351,11 +351,13 @@ def test_ready_stages_wait_for_upstream_and_keep_the_stage_order():
     assert names(set()) == ["baseline"]
     assert names({"baseline"}) == ["train_attacks", "generate", "test_attacks"]
     done = {"baseline", "train_attacks", "generate"}
-    assert names(done, {"test_attacks"}) == ["train_fru", "ranking", "peers"]
+    assert names(done, {"test_attacks"}) == ["train_fru", "ranking", "peers", "train_prn", "train_hgd"]
     done |= {"train_fru", "test_attacks"}
     # the secondary defence (on the longest chain) comes before the rest
-    assert names(done, {"ranking"}) == ["secondary", "adaptive", "masking", "peers"]
+    assert names(done, {"ranking"}) == ["secondary", "adaptive", "masking", "peers", "train_prn", "train_hgd"]
     done |= {"ranking", "masking", "peers", "secondary"}
+    assert names(done) == ["adaptive", "train_prn", "train_hgd"]
+    done |= {"train_prn", "train_hgd"}
     assert names(done) == ["adaptive"]
     done |= {"adaptive"}
     assert names(done) == ["evaluate"]
