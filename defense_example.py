@@ -3,6 +3,7 @@
   python defense_example.py --dnn ResNet152 --attack UAP --defense True
   python defense_example.py --input IMG --dnn CaffeNet --load WEIGHTS --attack FFF --defense True
   python defense_example.py --dnn FashionNet --attack UAP --defense True --out demo.png   # offline
+  python defense_example.py --dnn FashionNet --attack UAP --peers pd,median:3   # + image-domain defences
 
 Adds a universal perturbation to the image (clipped to [0, 255], as published), prints the
 top-1 and top-5 of the undefended baseline and of the FRU-defended net, and writes a figure.
@@ -20,9 +21,11 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from attacks.runtime import RUNTIME_CHOICES
 from defense.core import parse_args, run_cli, set_mode
+from defense.evaluate.competitors import parse_competitors
 from defense.evaluate.demo import LABELS_ENV, DemoOptions, run_demo, save_figure
-from defense.generate.onnx_graph import RUNTIMES
+from defense.evaluate.peers import peer_specs
 from defense.outputs import check_output, output_file
 from defense.paper import DEMO, DEMO_ATTACKS
 
@@ -46,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--attack", default="UAP", choices=DEMO_ATTACKS, help="universal attack (default: UAP)")
     ap.add_argument("--defense", type=_bool, default=True, metavar="{True,False}",
                     help="True: baseline and FRU defence; False: baseline only (default: True)")
+    ap.add_argument("--peers", type=peer_specs, default=[],
+                    help="image-domain defences on the baseline, comma-separated, e.g. pd or "
+                         "pd:deflections=200,window=10,median:3 (see python -m defense.evaluate --help)")
     ap.add_argument("--perturbation", type=Path, help="perturbation file replacing the attack's default file")
     ap.add_argument("--perturbations", type=Path, default=None,
                     help="local copy of the published Attack_samples/ folder; a missing file is downloaded into it "
@@ -56,8 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "class indices when absent)")
     ap.add_argument("--manifest", type=Path, help="weights manifest (default: weights/manifest.json)")
     ap.add_argument("--gpu", type=int, default=None, help="GPU id (default: CPU)")
-    ap.add_argument("--runtime", choices=RUNTIMES, default="caffe",
+    ap.add_argument("--runtime", choices=RUNTIME_CHOICES, default="caffe",
                     help="caffe (default), or onnx: the nets exported to ONNX and run in onnxruntime (CPU)")
+    ap.add_argument("--competitor", nargs=3, action="append", default=[], metavar=("NAME", "PROTOTXT", "WEIGHTS"),
+                    help="also show a trained competitor defence (prn, hgd: docs/competitors.md); repeatable")
     ap.add_argument("--out", type=output_file, help="the figure's PNG (default: results/demo/<dnn>_<attack>.png)")
     return ap
 
@@ -72,7 +80,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result = run_demo(DemoOptions(net=args.dnn, input=args.input, load=args.load, load_baseline=args.load_baseline,
                                   attack=args.attack, defense=args.defense, perturbation=args.perturbation,
                                   perturbations_dir=args.perturbations, offline=args.offline, labels=args.labels,
-                                  manifest=args.manifest, runtime=args.runtime))
+                                  manifest=args.manifest, runtime=args.runtime, peers=tuple(args.peers),
+                                  competitors=tuple(parse_competitors(args.competitor))))
     for model, pred in result.predictions.items():
         top = pred.perturbed[0]
         print(f"{model}: top 1 prediction on the perturbed image: {top[1]}, confidence score: {top[2]:.4f}")

@@ -1,4 +1,4 @@
-"""Command line: ``python -m attacks <uap|spgd|fff|gduap|svuap|synthetic|convert|fetch> ...``.
+"""Command line: ``python -m attacks <uap|spgd|fff|gduap|svuap|gap|nag|synthetic|convert|fetch> ...``.
 
 Writes the perturbation (toolkit HDF5, see attacks.perturbation_io) and a JSON report
 (fooling rate on the attack data and on held-out data with 95% bootstrap intervals, norms,
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from defense.core import ToolkitError, parse_args, positive_int, run_cli, seed_int, set_mode, write_text
+from defense.core import ToolkitError, number_list, parse_args, positive_int, run_cli, seed_int, set_mode, write_text
 from defense.outputs import check_output, output_dir, output_file
 
 from .classifier import CaffeClassifier
@@ -64,6 +65,19 @@ def _attack_args(p: argparse.ArgumentParser, data_required: bool, norm: bool = T
     _out_args(p)
 
 
+def _threshold(text: str):
+    """argparse type of ``--threshold``: ``min``, ``max`` or a positive finite number."""
+    if text in ("min", "max"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected 'min', 'max' or a positive number, got '{text}'")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m attacks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delta", type=float, help=f"stop at fooling rate 1-delta (default {d['delta']})")
     p.add_argument("--max-passes", type=positive_int, help=f"passes over the data (default {d['max_passes']})")
     p.add_argument("--overshoot", type=float, help=f"DeepFool overshoot (default {d['overshoot']})")
-    p.add_argument("--max-iter-df", type=int, help=f"DeepFool iterations (default {d['max_iter_df']})")
-    p.add_argument("--num-classes", type=int, help=f"DeepFool's top-k classes (default {d['num_classes']})")
+    p.add_argument("--max-iter-df", type=positive_int, help=f"DeepFool iterations (default {d['max_iter_df']})")
+    p.add_argument("--num-classes", type=positive_int, help=f"DeepFool's top-k classes (default {d['num_classes']})")
     p.add_argument("--state", type=output_file, help="resume file (default: --out with .state.npz); rerun to resume")
 
     p = sub.add_parser("spgd", help="sPGD (Mummadi et al. 2019): stochastic PGD on one perturbation")
@@ -110,14 +124,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iter", type=positive_int, help=f"power iterations (default {d['max_iter']})")
     p.add_argument("--fd-step", type=float, help=f"finite-difference step, l_2 pixel units (default {d['fd_step']})")
 
+    for name, helptext in (("gap", "GAP (Poursaeed et al. 2018): a ResNet generator of one universal perturbation"),
+                           ("nag", "NAG (Mopuri et al. 2018): a generator of a distribution of perturbations")):
+        p = sub.add_parser(name, help=helptext)
+        _attack_args(p, data_required=True)
+        d = attack_defaults(name)
+        p.add_argument("--max-iter", type=positive_int,
+                       help=f"generator training iterations (default {d['max_iter']}); --batch-size images each")
+        p.add_argument("--lr", type=float, help=f"Adam learning rate (default {d['lr']})")
+        p.add_argument("--ngf", type=positive_int, help="generator width (default: the paper's from 128 pixels up, "
+                       "smaller below)")
+        if name == "gap":
+            p.add_argument("--blocks", type=positive_int,
+                           help="residual blocks (default: 6 from 128 pixels up, else 3)")
+            p.add_argument("--loss", choices=["clean", "least_likely"], help=f"default {d['loss']}")
+        else:
+            p.add_argument("--layer", help="blob of the diversity loss (default: the last conv output)")
+            p.add_argument("--diversity-weight", type=float, help=f"default {d['diversity_weight']}")
+            p.add_argument("--latent-dim", type=positive_int, help=f"default {d['latent_dim']}")
+            p.add_argument("--samples", type=positive_int, default=1,
+                           help="perturbations to draw from the trained generator (default 1; more: a stacked file)")
+        p.add_argument("--snapshots", type=output_dir, help="snapshot folder (default: --out's name + .snapshots)")
+        p.add_argument("--snapshot-every", type=int, default=0,
+                       help="also snapshot every N iterations (default 0: at the end and on Ctrl-C only)")
+        p.add_argument("--resume", help="continue from a .solverstate snapshot of the same run (byte-identical)")
+
     p = sub.add_parser("synthetic", help="synthetic perturbations mixed from a set of UAP files")
     p.add_argument("--inputs", nargs="+", required=True, help="perturbation files (toolkit format, or --input-format)")
     p.add_argument("--input-format", default="toolkit", choices=["toolkit", *PUBLISHED_LOADERS],
                    help="format of --inputs (default: toolkit)")
     p.add_argument("--count", type=positive_int, default=100, help="how many to make (default 100)")
-    p.add_argument("--threshold", default="min", help="l_2 norm to reach: a number, 'min' or 'max' of the set")
+    p.add_argument("--threshold", type=_threshold, default="min", help="l_2 norm to reach: a number, 'min' or 'max' of the set")
     p.add_argument("--rule", default="convex", choices=list(RULES))
-    p.add_argument("--max-steps", type=int, default=1000)
+    p.add_argument("--max-steps", type=positive_int, default=1000, help="most rescaling steps per perturbation (1000)")
     _out_args(p)
 
     p = sub.add_parser("convert", help="convert a published / .mat / .npy perturbation to the toolkit format")
@@ -147,10 +186,7 @@ def _mean(args) -> object:
         return None
     if args.mean is None:
         raise ToolkitError("the mean to subtract is needed: give --mean B,G,R or --preset NAME")
-    try:
-        values = [float(a) for a in args.mean.split(",")]
-    except ValueError:
-        raise ToolkitError(f"--mean must be numbers separated by commas, got '{args.mean}'") from None
+    values = number_list(args.mean, "--mean", float)
     return values[0] if len(values) == 1 else values
 
 
@@ -177,12 +213,19 @@ def _state_path(args) -> Path:
     return Path(args.state) if args.state else Path(args.out).with_suffix(".state.npz")
 
 
+def _snapshot_dir(args) -> Path:
+    return Path(args.snapshots) if args.snapshots else Path(args.out).with_suffix(".snapshots")
+
+
 def check_derived_outputs(args) -> None:
-    """The report (and UAP's state file) defaults are derived from --out: check them as if given."""
-    outputs = {"out", "report", "state"}
+    """The report (and UAP's state file, the generators' snapshot folder) defaults are derived
+    from --out: check them as if given."""
+    outputs = {"out", "report", "state", "snapshots"}
     check_output(_report_path(args), "--report", "file", args, skip={"report"}, outputs=outputs)
     if args.command == "uap":
         check_output(_state_path(args), "--state", "file", args, skip={"state"}, outputs=outputs)
+    if args.command in ("gap", "nag"):
+        check_output(_snapshot_dir(args), "--snapshots", "folder", args, skip={"snapshots"}, outputs=outputs)
 
 
 def _norms(v: np.ndarray) -> Dict[str, float]:
@@ -192,7 +235,7 @@ def _norms(v: np.ndarray) -> Dict[str, float]:
 def _attack_kwargs(args) -> Dict[str, object]:
     c = args.command
     common = {"verbose": not args.quiet}
-    if c in ("uap", "spgd", "svuap"):
+    if c in ("uap", "spgd", "svuap", "gap", "nag"):
         common.update(norm=args.norm, xi=args.xi)
     else:
         common.update(xi=args.xi)
@@ -209,6 +252,12 @@ def _attack_kwargs(args) -> Dict[str, object]:
     if c == "gduap":
         return dict(common, layers=args.layers, lr=args.lr, max_iter=args.max_iter, prior=args.prior,
                     batch_size=args.batch_size, saturation=args.saturation)
+    if c in ("gap", "nag"):
+        common.update(max_iter=args.max_iter, batch_size=args.batch_size, lr=args.lr, ngf=args.ngf,
+                      snapshot_dir=str(_snapshot_dir(args)), snapshot_every=args.snapshot_every, resume=args.resume)
+        if c == "gap":
+            return dict(common, blocks=args.blocks, loss=args.loss)
+        return dict(common, layer=args.layer, diversity_weight=args.diversity_weight, latent_dim=args.latent_dim)
     return dict(common, layer=args.layer, p=args.p, q=args.q, n_images=args.n_images, max_iter=args.max_iter,
                 fd_step=args.fd_step, batch_size=args.batch_size)
 
@@ -234,14 +283,21 @@ def run_attack(args) -> Dict[str, object]:
     result = attack.generate(x_attack, rng)
     elapsed = time.perf_counter() - t0
     v = result.perturbation
+    samples = getattr(args, "samples", 1)
+    if samples > 1:  # NAG: the first sample, then more from the trained generator
+        v = np.concatenate([v[None], attack.sample(samples - 1, np.random.default_rng([args.seed, 2]))])
+    stack = v.reshape((-1,) + v.shape[-3:])
     report: Dict[str, object] = {"attack": args.command, "network": _network_name(args),
                                  "prototxt": args.prototxt, "weights": args.weights, "data": args.data,
                                  "seed": args.seed, "clip": bool(args.clip), "params": _jsonable(attack.params),
                                  "time_s": elapsed, "n_iter": result.n_iter, "converged": bool(result.converged),
-                                 "norms": _norms(v), "history": [float(h) for h in result.history]}
+                                 "norms": _norms(stack[0]), "samples": samples,
+                                 "history": [float(h) for h in result.history]}
     for key, xs in (("attack_data", x_attack), ("heldout", x_held)):
         if xs is not None:
-            report[key] = fooling_report(clf.labels(xs), clf.labels(xs, perturbation=v), seed=args.seed)
+            clean = clf.labels(xs)
+            reports = [fooling_report(clean, clf.labels(xs, perturbation=p), seed=args.seed) for p in stack]
+            report[key] = reports[0] if samples == 1 else dict(reports[0], per_sample=reports)
     fr = report["attack_data"]["fooling_rate"] if x_attack is not None else float("nan")
     meta = PerturbationMeta(attack=args.command, network=report["network"], input_size=tuple(clf.input_shape[1:]),
                             norm=getattr(attack, "norm", "inf"), xi=float(attack.xi), fooling_rate=fr,
@@ -253,12 +309,10 @@ def run_attack(args) -> Dict[str, object]:
 
 
 def run_synthetic(args) -> Dict[str, object]:
-    arrays = load_perturbations(args.inputs, args.input_format)
-    shapes = {a.shape for a in arrays}
-    if len(shapes) != 1:
-        raise ToolkitError(f"the input perturbations have different shapes {sorted(shapes)}")
+    first = load_perturbations(args.inputs[:1], args.input_format)
+    arrays = first + load_perturbations(args.inputs[1:], args.input_format, expect=first[0].shape)
     stack = np.stack(arrays)
-    threshold = args.threshold if args.threshold in ("min", "max") else float(args.threshold)
+    threshold = args.threshold
     t0 = time.perf_counter()
     res = synthesize(stack, args.count, np.random.default_rng(args.seed), threshold, args.rule, args.max_steps)
     params = {"inputs": list(args.inputs), "count": args.count, "threshold": res.threshold, "rule": args.rule,

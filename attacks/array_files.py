@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from tokenize import TokenError
 from typing import Dict, Optional
 
 import numpy as np
 
-from defense.core import ToolkitError, check_array_bytes
+from defense.core import ToolkitError, check_array_bytes, input_file
 
 
-def _existing(path: os.PathLike | str, what: str) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise ToolkitError(f"{path}: {what} not found; check the path")
-    return path
+H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
+"""What h5py raises on a damaged file (bad superblock, bad object header, unreadable chunk ...)."""
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def _real(dtype: np.dtype, source: str) -> None:
@@ -41,14 +43,15 @@ def _npy_header(path: Path) -> None:
             version = np.lib.format.read_magic(fh)
             read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape, _, dtype = read(fh)
-        except (ValueError, OSError, EOFError) as exc:
-            raise ToolkitError(f"{path}: not a valid .npy array ({exc}); write it again with np.save") from None
+        except (ValueError, OSError, EOFError, SyntaxError, TokenError) as exc:  # the header is a Python literal
+            raise ToolkitError(f"{path}: not a valid .npy array ({type(exc).__name__}: {exc}); write it again with "
+                               "np.save") from None
     check_array_bytes(shape, dtype.itemsize, path)
 
 
 def read_npy(path: os.PathLike | str) -> np.ndarray:
     """Load a plain numeric ``.npy`` array; pickled (object) content is refused."""
-    path = _existing(path, ".npy file")
+    path = input_file(path, ".npy file")
     _npy_header(path)
     try:
         arr = np.load(path, allow_pickle=False)
@@ -68,7 +71,7 @@ def read_npy(path: os.PathLike | str) -> np.ndarray:
 def read_h5_dataset(path: os.PathLike | str, name: Optional[str] = None) -> np.ndarray:
     """Read one dataset of an HDF5 file: ``name``, or the only dataset when ``name`` is None."""
     import h5py
-    path = _existing(path, "HDF5 file")
+    path = input_file(path, "HDF5 file")
     try:
         with h5py.File(path, "r") as f:
             if name is None:
@@ -83,8 +86,8 @@ def read_h5_dataset(path: os.PathLike | str, name: Optional[str] = None) -> np.n
             _real(dataset.dtype, f"{path}: dataset '{name}'")
             check_array_bytes(dataset.shape, dataset.dtype.itemsize, f"{path}: dataset '{name}'")
             arr = dataset[()]
-    except OSError as exc:
-        raise ToolkitError(f"{path}: not a readable HDF5 file ({str(exc).splitlines()[0]})") from None
+    except H5_ERRORS as exc:
+        raise ToolkitError(f"{path}: not a readable HDF5 file ({_first_line(exc)})") from None
     return np.asarray(arr)
 
 
@@ -95,22 +98,26 @@ def read_mat_variables(path: os.PathLike | str) -> Dict[str, np.ndarray]:
     reversed back here, so both versions give MATLAB's own dimension order. Complex variables are
     kept here and refused where one is used (``real_variable``).
     """
-    path = _existing(path, ".mat file")
+    path = input_file(path, ".mat file")
     import h5py
     if h5py.is_hdf5(path):
         out: Dict[str, np.ndarray] = {}
-        with h5py.File(path, "r") as f:
-            for key, item in f.items():
-                if isinstance(item, h5py.Dataset) and np.issubdtype(item.dtype, np.number):
-                    check_array_bytes(item.shape, item.dtype.itemsize, f"{path}: variable '{key}'")
-                    out[key] = np.asarray(item[()]).transpose()
+        try:
+            with h5py.File(path, "r") as f:
+                for key, item in f.items():
+                    if isinstance(item, h5py.Dataset) and np.issubdtype(item.dtype, np.number):
+                        check_array_bytes(item.shape, item.dtype.itemsize, f"{path}: variable '{key}'")
+                        out[key] = np.asarray(item[()]).transpose()
+        except H5_ERRORS as exc:
+            raise ToolkitError(f"{path}: not a readable MATLAB v7.3 (HDF5) file ({_first_line(exc)})") from None
         return out
     import scipy.io
+    from scipy.io.matlab import MatReadError
     try:
         for name, shape, _ in scipy.io.whosmat(str(path)):
             check_array_bytes(shape, 8, f"{path}: variable '{name}'")  # 8 bytes: a double, MATLAB's default
         raw = scipy.io.loadmat(str(path))
-    except (ValueError, TypeError, OSError, NotImplementedError) as exc:
+    except (MatReadError, ValueError, TypeError, OSError, NotImplementedError, EOFError) as exc:
         raise ToolkitError(f"{path}: not a readable .mat file ({exc})") from None
     return {k: np.asarray(v) for k, v in raw.items()
             if not k.startswith("__") and isinstance(v, np.ndarray) and np.issubdtype(v.dtype, np.number)}

@@ -22,13 +22,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from defense.core import parse_args, positive_int, run_cli, seed_int, set_mode, write_text
+from defense.core import number_list, parse_args, positive_int, run_cli, seed_int, set_mode, write_text
 from defense.outputs import output_file
 
 from .classifier import CaffeClassifier
 from .data import load_images
 from .metrics import fooling_rate
-from .uap import UAP
+from .factory import make_attack
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _classifier(args) -> CaffeClassifier:
     from . import toy
     if args.prototxt:
-        mean = [float(a) for a in (args.mean or "0").split(",")]
+        mean = number_list(args.mean or "0", "--mean", float)
         return CaffeClassifier.from_files(args.prototxt, args.weights, mean if len(mean) > 1 else mean[0])
     proto, weights = toy.train_tiny_net(tempfile.mkdtemp(prefix="uap_bench_"), seed=args.seed,
                                         fc_width=args.fc_width)
@@ -80,7 +80,7 @@ def run(args) -> dict:
     for label, batch in (("one_at_a_time", 1), ("batched", args.batch_size)):
         runs = []
         for seed in seeds:
-            attack = UAP(clf, norm=args.norm, xi=args.xi, delta=args.delta, max_passes=args.max_passes,
+            attack = make_attack("uap", clf, norm=args.norm, xi=args.xi, delta=args.delta, max_passes=args.max_passes,
                          batch_size=batch, verbose=False)
             t0, c0 = time.perf_counter(), time.process_time()
             res = attack.generate(x, np.random.default_rng(seed))

@@ -13,7 +13,7 @@ import numpy as np
 
 from defense.core import ToolkitError
 
-from .array_files import read_h5_dataset, read_npy
+from .array_files import H5_ERRORS, read_h5_dataset, read_npy
 
 
 def _h5_images(path: Path) -> np.ndarray:
@@ -21,7 +21,7 @@ def _h5_images(path: Path) -> np.ndarray:
     try:
         with h5py.File(path, "r") as f:
             name = "data" if "data" in f else None
-    except OSError:
+    except H5_ERRORS:
         name = None
     return read_h5_dataset(path, name)
 

@@ -13,12 +13,14 @@ from defense.core import ToolkitError
 
 from .base import UniversalAttack
 from .fff import FFF
+from .gap import GAP
 from .gduap import GDUAP
+from .nag import NAG
 from .spgd import SPGD
 from .svuap import SVUAP
 from .uap import UAP
 
-ATTACKS: Dict[str, Type[UniversalAttack]] = {cls.name: cls for cls in (UAP, SPGD, FFF, GDUAP, SVUAP)}
+ATTACKS: Dict[str, Type[UniversalAttack]] = {cls.name: cls for cls in (UAP, SPGD, FFF, GDUAP, SVUAP, GAP, NAG)}
 """Attack name -> class (the CLI's sub-commands, the reproduction's attack kinds)."""
 
 

@@ -39,10 +39,13 @@ def topk_hits(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     return (top == np.asarray(labels)[:, None]).any(axis=1)
 
 
-def restoration_accuracy(clean_top1: float, perturbed_top1: float, baseline_clean_top1: float) -> float:
+def restoration_accuracy(clean_top1, perturbed_top1, baseline_clean_top1: float):
+    """The paper's formula, in one place: top-1 rates give a float; per-image hits (arrays of 0/1)
+    give per-image values whose mean is the restoration accuracy (what a bootstrap resamples)."""
     if not baseline_clean_top1 > 0:
         raise ValueError(f"baseline clean top-1 must be positive, got {baseline_clean_top1}")
-    return float((clean_top1 + perturbed_top1) / (2.0 * baseline_clean_top1))
+    value = (np.asarray(clean_top1, dtype=np.float64) + perturbed_top1) / (2.0 * baseline_clean_top1)
+    return float(value) if value.ndim == 0 else value
 
 
 def bootstrap_ci(values: np.ndarray, statistic: Callable[[np.ndarray], float] = np.mean,

@@ -19,9 +19,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from defense.core import ToolkitError, atomic_path
+from defense.core import ToolkitError, atomic_path, input_file
 
-from .array_files import read_h5_dataset, read_mat_variables, read_npy, real_variable
+from .array_files import H5_ERRORS, read_h5_dataset, read_mat_variables, read_npy, real_variable
 
 FORMAT_NAME = "fru-toolkit-perturbation"
 FORMAT_VERSION = 1
@@ -73,8 +73,11 @@ def load_perturbation(path: os.PathLike | str) -> Tuple[np.ndarray, Perturbation
     import h5py
     v = read_h5_dataset(path, DATASET).astype(np.float32)
     _check_canonical(v, str(path))
-    with h5py.File(path, "r") as f:
-        attrs = dict(f.attrs)
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = dict(f.attrs)
+    except H5_ERRORS as exc:
+        raise ToolkitError(f"{path}: its attributes cannot be read ({exc}); rewrite the file") from None
     if attrs.get("format") != FORMAT_NAME:
         raise ToolkitError(f"{path}: not a toolkit perturbation file (no format attribute); "
                            "convert it with 'python -m attacks convert'")
@@ -283,7 +286,7 @@ def is_toolkit_file(path: os.PathLike | str) -> bool:
     try:
         with h5py.File(path, "r") as fh:
             return DATASET in fh
-    except OSError:
+    except H5_ERRORS:
         return False
 
 
@@ -305,8 +308,7 @@ def _read(path: os.PathLike | str, fmt: Optional[str]) -> Tuple[Path, np.ndarray
     fmt = detect_format(path) if fmt is None else fmt
     if fmt not in FORMATS:
         raise ValueError(f"perturbation format must be one of {', '.join(FORMATS)}, got '{fmt}'")
-    if not path.is_file():
-        raise ToolkitError(f"{path}: perturbation file not found; check the path")
+    path = input_file(path, "perturbation file", "check the path")
     return path, FORMATS[fmt].load(path)
 
 
@@ -326,19 +328,22 @@ def load_any(path: os.PathLike | str, fmt: Optional[str] = None, expect: Optiona
     return np.ascontiguousarray(v, dtype=np.float32)
 
 
-def load_perturbations(paths: Sequence[os.PathLike | str], fmt: Optional[str] = None) -> List[np.ndarray]:
+def load_perturbations(paths: Sequence[os.PathLike | str], fmt: Optional[str] = None,
+                       expect: Optional[tuple] = None) -> List[np.ndarray]:
     """Every perturbation of ``paths`` (single ``(C,H,W)`` or stacked ``(K,C,H,W)`` files), in order.
 
     :param fmt: the format of every file (default: ``detect_format`` of each: the toolkit's HDF5
         file or a plain ``.npy`` array).
+    :param expect: the ``(C, H, W)`` every perturbation must have (the network's input, or the
+        first file's), checked here so the message names the file.
     """
     out: List[np.ndarray] = []
     for path in paths:
         path, v = _read(path, fmt)
-        if v.ndim == 3:
-            out.append(v)
-        elif v.ndim == 4:
-            out.extend(v)
-        else:
+        if v.ndim not in (3, 4):
             raise ToolkitError(f"{path}: a perturbation must be (C,H,W) or (K,C,H,W), got shape {v.shape}")
+        if expect is not None and tuple(v.shape[-3:]) != tuple(expect):
+            raise ToolkitError(f"{path}: perturbation shape {tuple(v.shape[-3:])} does not fit {tuple(expect)} "
+                               "(the network input, or the first file's)")
+        out.extend([v] if v.ndim == 3 else list(v))
     return out

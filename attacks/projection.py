@@ -49,3 +49,16 @@ def default_xi(norm: NormLike, shape: Tuple[int, ...]) -> float:
     if key == "inf":
         return DEFAULT_XI["inf"]
     return DEFAULT_XI["2"] * math.sqrt(float(np.prod(shape)) / REFERENCE_SIZE)
+
+
+def scale_to_norm(v: np.ndarray, xi: float, norm: NormLike) -> Tuple[np.ndarray, np.ndarray]:
+    """Each perturbation of the stack ``v`` (K, ...) scaled to norm exactly ``xi``.
+
+    :returns: the scaled stack (float32) and the K factors ``xi / ||v_k||_p``.
+    """
+    if not xi > 0:
+        raise ValueError(f"xi must be positive, got {xi}")
+    flat = np.asarray(v, dtype=np.float64).reshape(len(v), -1)
+    norms = np.abs(flat).max(axis=1) if parse_norm(norm) == "inf" else np.sqrt((flat * flat).sum(axis=1))
+    factors = xi / np.maximum(norms, 1e-30)
+    return (flat * factors[:, None]).reshape(np.shape(v)).astype(np.float32), factors

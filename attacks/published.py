@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
-import numpy as np
-
-from defense.core import ToolkitError
+from defense.core import ToolkitError, input_file
 from weights.download import LOCK_NAME, RemoteFile, download_dir, fetch_file
+
+from .array_files import read_h5_dataset, read_npy
 
 PUBLISHED_MANIFEST = Path(__file__).resolve().parent / "published_manifest.json"
 
@@ -44,36 +44,26 @@ class PublishedFile:
 
 def load_published_manifest(path: os.PathLike | str = PUBLISHED_MANIFEST) -> List[PublishedFile]:
     """Read the manifest of published perturbation files."""
-    path = Path(path)
+    path = input_file(path, "perturbation manifest")
     try:
         data = json.loads(path.read_text())
         return [PublishedFile(name=e["name"], attack=e["attack"], net=e.get("net"), url=e["url"],
                               size=e.get("size"), sha256=e.get("sha256"), note=e.get("note"))
                 for e in data["entries"]]
-    except FileNotFoundError:
-        raise ToolkitError(f"{path}: perturbation manifest not found") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise ToolkitError(f"{path}: not a valid perturbation manifest ({exc!r})") from None
 
 
 def check_perturbation_file(path: Path, label: str) -> None:
-    """The file opens as HDF5 with dataset ``v`` (``.h5``) or as a numeric ``.npy`` array."""
-    if label.endswith(".h5"):
-        import h5py
-        try:
-            with h5py.File(path, "r") as fh:
-                if "v" not in fh:
-                    raise ToolkitError(f"{label}: the download has no dataset 'v' (wrong file)")
-                fh["v"].shape  # noqa: B018 - touching the dataset reads its header
-        except OSError:
-            raise ToolkitError(f"{label}: the download is not a readable HDF5 file (truncated or corrupt)") from None
-    elif label.endswith(".npy"):
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError):
-            raise ToolkitError(f"{label}: the download is not a plain .npy array (truncated, corrupt or pickled)") from None
-        if not np.issubdtype(array.dtype, np.number):
-            raise ToolkitError(f"{label}: the download holds {array.dtype} data, not numbers (wrong file)")
+    """The file reads as HDF5 with dataset ``v`` (``.h5``) or as a numeric ``.npy`` array, through
+    the toolkit's array readers (``attacks.array_files``: header size cap, no pickles, no groups)."""
+    try:
+        if label.endswith(".h5"):
+            read_h5_dataset(path, "v")
+        elif label.endswith(".npy"):
+            read_npy(path)
+    except ToolkitError as exc:
+        raise ToolkitError(f"{label}: the download is not the expected file ({exc})") from None
 
 
 def fetch_published(names: Union[str, Sequence[str]], dest_dir: os.PathLike | str,

@@ -22,17 +22,15 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # gpu_nets: the random-weight nets the GPU tests use
 
 import numpy as np  # noqa: E402
 
-from defense.core import caffe, cuda_device_count, write_text  # noqa: E402
-from defense.presets import get_preset  # noqa: E402
-
-PRESETS = ("CaffeNet", "VGG_F", "GoogLeNet", "VGG16", "ResNet152")
+from defense.core import caffe, write_text  # noqa: E402
+from defense.devices import cuda_device_count  # noqa: E402
+from defense.presets import PUBLISHED_NETS, get_preset  # noqa: E402
 
 
 def timed(step: Callable[[], object], min_reps: int = 3, min_seconds: float = 1.0, warmup: int = 2) -> float:
@@ -47,10 +45,10 @@ def timed(step: Callable[[], object], min_reps: int = 3, min_seconds: float = 1.
 
 
 def bench_deploy(batches: Sequence[int] = (1, 64)) -> Dict[str, dict]:
-    from gpu_nets import random_input, random_net
+    from defense.generate.random_nets import random_input, random_net
 
     out: Dict[str, dict] = {}
-    for name in PRESETS:
+    for name in PUBLISHED_NETS:
         preset = get_preset(name)
         for layout, prototxt in (("baseline", preset.deploy), ("FRU", preset.deploy_fru)):
             for batch in batches:
@@ -70,7 +68,7 @@ def bench_deploy(batches: Sequence[int] = (1, 64)) -> Dict[str, dict]:
 
 
 def bench_train(names: Sequence[str] = ("CaffeNet", "ResNet152"), batch: int = 64, iterations: int = 10) -> Dict[str, dict]:
-    from gpu_nets import generated_fru_dir
+    from defense.generate.random_nets import generated_fru_dir
 
     from defense.data import ArraySource
     from defense.train import SolverWrapper, TrainOptions
@@ -104,9 +102,9 @@ def bench_train(names: Sequence[str] = ("CaffeNet", "ResNet152"), batch: int = 6
 
 
 def bench_uap(images: int = 1000) -> dict:
-    from gpu_nets import random_net
+    from defense.generate.random_nets import random_net
 
-    from attacks import UAP, CaffeClassifier
+    from attacks import CaffeClassifier, make_attack
 
     preset = get_preset("CaffeNet")
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,7 +114,7 @@ def bench_uap(images: int = 1000) -> dict:
         rng = np.random.default_rng(0)
         x = rng.uniform(0, 255, (images,) + clf.input_shape).astype(np.float32)
         start = time.perf_counter()
-        result = UAP(clf, xi=10.0, max_passes=1, batch_size=50, verbose=False).generate(x, rng)
+        result = make_attack("uap", clf, xi=10.0, max_passes=1, batch_size=50, verbose=False).generate(x, rng)
         seconds = time.perf_counter() - start
     print(f"  uap    CaffeNet one pass over {images} images: {seconds:.1f} s", flush=True)
     return {"images": images, "seconds": round(seconds, 2), "images_per_s": round(images / seconds, 1),
@@ -125,7 +123,7 @@ def bench_uap(images: int = 1000) -> dict:
 
 def bench_evaluation(images: int = 1000, workers: int = 0) -> dict:
     """``defense.evaluate`` on generated 500x375 JPEGs through ImageNetIndex, as Table 2 runs it."""
-    from gpu_nets import random_net
+    from defense.generate.random_nets import random_net
     from PIL import Image
 
     from attacks import CaffeClassifier
@@ -166,12 +164,18 @@ def run_tests(report_xml: Path) -> dict:
            f"--junitxml={report_xml}", "-p", "no:cacheprovider"]
     start = time.perf_counter()
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if not report_xml.is_file():  # pytest itself failed (collection, a crash): no report to count
+        print(res.stdout[-3000:], res.stderr[-3000:], flush=True)
+        return {"exit_code": res.returncode, "seconds": round(time.perf_counter() - start, 1), "failed": ["pytest"],
+                "tests": 0, "failures": 0, "errors": 1, "skipped": 0, "passed": 0}
     suite = ET.parse(report_xml).getroot()
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
     counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
     counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
     failed = [case.get("name") for case in suite.iter("testcase")
               if case.find("failure") is not None or case.find("error") is not None]
+    counts["skipped_tests"] = [f"{case.get('name')}: {case.find('skipped').get('message', '')}"
+                               for case in suite.iter("testcase") if case.find("skipped") is not None]
     print(res.stdout[-3000:], flush=True)
     return {"exit_code": res.returncode, "seconds": round(time.perf_counter() - start, 1), "failed": failed, **counts}
 
@@ -183,6 +187,40 @@ def gpu_name() -> Optional[str]:
         return res.stdout.strip() or None
     except (OSError, subprocess.TimeoutExpired):
         return None
+
+
+SECTIONS: Dict[str, Callable[[], dict]] = {"deploy": bench_deploy, "train": bench_train, "uap": bench_uap,
+                                           "evaluation": bench_evaluation}
+
+
+def use_gpu(gpu: int) -> None:
+    caffe.set_device(gpu)
+    caffe.set_mode_gpu()
+
+
+MACHINE_SKIPS = ("NCCL training needs two GPUs",)
+"""Skip reasons that describe the machine (one GPU), not a broken check."""
+
+
+def problems(report: dict) -> List[str]:
+    """Why a run on a machine with a GPU is not a passing check: a GPU test failed, errored or was
+    skipped (a skip there means the check did not run what it claims), no GPU test ran, or a
+    benchmark section raised. Empty when the check passed."""
+    found = []
+    tests = report.get("tests")
+    if tests is not None:
+        if tests.get("failures") or tests.get("errors"):
+            found.append(f"GPU tests failed: {', '.join(tests.get('failed') or ['?'])}")
+        listed = tests.get("skipped_tests", ["?"] * int(tests.get("skipped", 0)))
+        skipped = [s for s in listed if not any(reason in s for reason in MACHINE_SKIPS)]
+        if skipped:
+            found.append(f"{len(skipped)} GPU test(s) skipped on a machine with a GPU: {'; '.join(skipped)}")
+        if not tests.get("tests"):
+            found.append("no GPU test ran")
+    for name, section in report.get("bench", {}).items():
+        if "error" in section:
+            found.append(f"benchmark '{name}' raised {section['error']}")
+    return found
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -206,11 +244,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.skip_tests:
         with tempfile.TemporaryDirectory() as tmp:
             report["tests"] = run_tests(Path(tmp) / "junit.xml")
-    caffe.set_device(args.gpu)
-    caffe.set_mode_gpu()
-    sections = {"deploy": bench_deploy, "train": bench_train, "uap": bench_uap, "evaluation": bench_evaluation}
+    use_gpu(args.gpu)
     report["bench"] = {}
-    for name, fn in sections.items():
+    for name, fn in SECTIONS.items():
         if time.perf_counter() - started > args.budget:
             report["bench"][name] = {"skipped": f"time budget of {args.budget:.0f} s spent"}
             continue
@@ -222,8 +258,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     report["seconds"] = round(time.perf_counter() - started, 1)
     write_text(args.out, json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out} ({report['seconds']} s)")
-    tests = report.get("tests", {})
-    return 1 if tests.get("failures") or tests.get("errors") else 0
+    found = problems(report)
+    for problem in found:
+        print(f"gpu-check: {problem}", file=sys.stderr)
+    return 1 if found else 0
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 The pipeline, and where each step lives:
 
 - ground floor: ``core`` (pycaffe I/O, the toolkit's error, the one net loader, the one
-  weights-fit check, entry-point plumbing), ``outputs`` (the output options every command
+  weights-fit check, the one checked way to an input file, entry-point plumbing), ``devices``
+  (the CUDA devices and BLAS threads this process computes with), ``outputs`` (the output options every command
   declares, checked before it starts) and ``presets`` (every per-network constant, path and
   weights location);
 - ``networks/`` one NetSpec builder per network; ``data/`` the data sources; ``paper`` the
@@ -17,7 +18,7 @@ The pipeline, and where each step lives:
   ``imagenet`` and ``train_baseline``.
 
 The dependency rule: ``attacks`` and ``weights`` import only the ground floor of this
-package (``defense.core``, ``defense.outputs``, ``defense.presets``); inside it, imports go down the list above
+package (``defense.core``, ``defense.devices``, ``defense.outputs``, ``defense.presets``); inside it, imports go down the list above
 only, and no import cycle exists (``tests/test_architecture.py`` checks all three).
 
 Importing the package keeps Caffe's glog INFO lines quiet unless GLOG_minloglevel is already set.

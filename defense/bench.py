@@ -31,19 +31,19 @@ from tqdm import tqdm
 from attacks.classifier import CaffeClassifier, logits_blob_name
 from attacks.uap import UAP
 
-from .core import (caffe, caffe_pb2, load_net, param_shapes, parse_args, positive_int, run_cli, seed_int, set_mode,
-                   set_net_blobs, write_text)
+from .core import (caffe, caffe_pb2, load_net, number_list, param_shapes, parse_args, positive_int, run_cli, seed_int,
+                   set_mode, set_net_blobs, write_text)
 from .generate.export import blob_channels, fast_layout, find_fru_blocks, fold_batchnorm
 from .generate.fru import insert_frus, train_net
 from .generate.onnx_graph import onnx_model, onnx_session
 from .generate.surgery import init_fru_blobs, random_blobs
 from .networks import build_baseline
 from .outputs import output_file
-from .presets import get_preset
+from .presets import PUBLISHED_NETS, get_preset
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NETS = ("CaffeNet", "VGG_F", "GoogLeNet", "VGG16", "ResNet152")
+DEFAULT_NETS = PUBLISHED_NETS
 DEFAULT_OUT = Path("results") / "bench_deploy.json"
 ONNXRUNTIME = "onnxruntime"
 RUNTIMES = ("caffe", ONNXRUNTIME)
@@ -429,8 +429,8 @@ def _kinds(text: str) -> List[str]:
 
 
 def _batches(text: str) -> List[int]:
-    batches = [int(b) for b in text.split(",") if b.strip()]
-    if not batches or min(batches) < 1:
+    batches = number_list(text, "--batch")
+    if min(batches) < 1:
         raise ValueError(f"--batch must list positive integers, got '{text}'")
     return batches
 

@@ -35,6 +35,8 @@ except ImportError as exc:  # pragma: no cover - only without a Caffe build
 from google.protobuf import text_format  # noqa: E402
 from google.protobuf.message import DecodeError  # noqa: E402
 
+from .devices import cuda_device_count  # noqa: E402
+
 Blobs = Dict[str, List[np.ndarray]]
 """Layer name -> its parameter blobs, in Caffe's order (weights, bias, ...)."""
 
@@ -74,14 +76,32 @@ def write_bytes(path: os.PathLike | str, data: bytes) -> Path:
     return Path(path)
 
 
+# ---------------------------------------------------------------- input files
+def input_file(path: os.PathLike | str, what: str, fix: str = "check the path") -> Path:
+    """The one checked way an input file is reached: it exists, is a file, and this process may
+    read it (tried by opening it: modes do not stop root, a dropped CAP_DAC_OVERRIDE does).
+
+    :param what: how the message names the file; ``fix``: what to do when it is missing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        if path.is_dir():
+            raise ToolkitError(f"{path}: is a folder, not a {what}; {fix}")
+        raise ToolkitError(f"{path}: {what} not found; {fix}")
+    try:
+        open(path, "rb").close()
+    except OSError as exc:
+        raise ToolkitError(f"{path}: {what} cannot be read ({exc.strerror or exc}); "
+                           "make it readable to this user") from None
+    return path
+
+
 # ---------------------------------------------------------------- prototxt
 def read_net_param(path: os.PathLike | str) -> "caffe_pb2.NetParameter":
     """Parse a text prototxt, raising ToolkitError (not a C++ abort) when it is bad."""
-    path = Path(path)
-    if not path.is_file():
-        raise ToolkitError(f"{path}: prototxt not found; check the path")
+    path = input_file(path, "prototxt")
     try:
-        return text_format.Parse(path.read_text(), caffe_pb2.NetParameter())
+        return text_format.Parse(path.read_text(encoding="utf-8"), caffe_pb2.NetParameter())
     except (text_format.ParseError, UnicodeDecodeError) as exc:
         msg = str(exc).splitlines()[0]
         raise ToolkitError(f"{path}: not a valid Caffe prototxt ({msg}); fix or regenerate it") from None
@@ -100,9 +120,7 @@ def write_net_param(path: os.PathLike | str, net: "caffe_pb2.NetParameter", head
 # ---------------------------------------------------------------- caffemodel
 def read_binary_proto(path: os.PathLike | str, message, kind: str, missing_fix: str, corrupt_fix: str):
     """Parse a binary protobuf file (caffemodel, solverstate) into ``message``, or one-line ToolkitError."""
-    path = Path(path)
-    if not path.is_file():
-        raise ToolkitError(f"{path}: {kind} not found; {missing_fix}")
+    path = input_file(path, kind, missing_fix)
     try:
         message.ParseFromString(path.read_bytes())
     except DecodeError:
@@ -199,9 +217,7 @@ def read_idx(path: os.PathLike | str, ndim: int, fix: str) -> np.ndarray:
 
     :param fix: the command that repairs a missing or corrupt file, quoted in the error.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ToolkitError(f"{path}: file not found; install it with '{fix}'")
+    path = input_file(path, "file", f"install it with '{fix}'")
     header = 4 + 4 * ndim
     try:
         with gzip.open(path, "rb") as fh:  # the header first: its shape bounds what is read after it
@@ -243,13 +259,14 @@ def _stored_shape(blob: "caffe_pb2.BlobProto") -> Tuple[int, ...]:
 
 def caffemodel_shapes(path: "os.PathLike | str | caffe_pb2.NetParameter", label: Optional[str] = None) -> Shapes:
     """``{layer: [blob shapes]}`` of a caffemodel (a file, or one already parsed), read without
-    converting its data; a blob whose stored values do not fill its shape is a ToolkitError."""
+    converting its data; a blob whose stored values do not fill its shape is a ToolkitError.
+
+    Layers without blobs are kept (as ``[]``): Caffe's ``copy_from`` aborts on a layer whose name
+    matches a parameter layer of the net but that holds no blobs, so the fit check must see it."""
     model = path if isinstance(path, caffe_pb2.NetParameter) else read_caffemodel(path)
     label = label or str(path)
     shapes: Shapes = {}
     for layer in _layers(model):
-        if not layer.blobs:
-            continue
         shapes[layer.name] = []
         for blob in layer.blobs:
             shape, stored = _stored_shape(blob), len(blob.double_data) or len(blob.data)
@@ -444,43 +461,6 @@ def validate_net_param(param: "caffe_pb2.NetParameter", source: os.PathLike | st
         blobs.update(layer.top)
 
 
-def cuda_runtime_path() -> Optional[str]:
-    """The libcudart this process's pycaffe loaded, or None for a CPU-only Caffe build."""
-    try:
-        with open("/proc/self/maps") as maps:
-            for line in maps:
-                path = line.split()[-1]
-                if "/libcudart.so" in path:
-                    return path
-    except OSError:  # no procfs: not Linux, so not a CUDA build of ours
-        pass
-    return None
-
-
-def cuda_device_count() -> tuple:
-    """``(count, reason)`` from the CUDA runtime pycaffe links; ``(None, why)`` on a CPU-only build.
-
-    Asked through ctypes because Caffe aborts the process (not raises) on a bad device.
-    """
-    path = cuda_runtime_path()
-    if path is None:
-        return None, "this Caffe build has no CUDA"
-    import ctypes
-
-    try:
-        ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return 0, "no NVIDIA driver: libcuda.so.1 not found"
-    cudart = ctypes.CDLL(path)
-    cudart.cudaGetErrorString.restype = ctypes.c_char_p
-    count = ctypes.c_int(0)
-    status = cudart.cudaGetDeviceCount(ctypes.byref(count))
-    if status != 0:
-        cudart.cudaGetLastError()
-        return 0, cudart.cudaGetErrorString(status).decode(errors="replace")
-    return count.value, "ok" if count.value else "no CUDA device"
-
-
 def check_gpus(gpus: Sequence[int], option: str = "--gpu") -> None:
     """Refuse device numbers this build or machine cannot serve, before Caffe CHECKs (and aborts) on them."""
     count, reason = cuda_device_count()
@@ -512,7 +492,7 @@ def gpu_available() -> bool:
     """True when this pycaffe was built with CUDA and a device answers (asked in a child process,
     so that this one's CUDA state stays uninitialised for forked workers)."""
     import subprocess
-    code = ("import os; os.environ['GLOG_minloglevel']='3'; from defense.core import cuda_device_count; "
+    code = ("import os; os.environ['GLOG_minloglevel']='3'; from defense.devices import cuda_device_count; "
             "print((cuda_device_count()[0] or 0) > 0)")
     try:
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
@@ -543,6 +523,19 @@ def seed_int(text: str) -> int:
     if not 0 <= value < 2 ** 32:
         raise argparse.ArgumentTypeError(f"must be an integer from 0 to 4294967295, got '{text}'")
     return value
+
+
+def number_list(text: str, option: str, kind: type = int) -> List:
+    """Comma-separated numbers given to ``option`` (``0,1``, ``104,117,123``); a bad one is a
+    one-line error naming the option (not Python's "invalid literal for int()")."""
+    try:
+        values = [kind(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        values = None
+    if not values or not all(math.isfinite(v) for v in values):
+        noun = "integers" if kind is int else "numbers"
+        raise ToolkitError(f"{option} takes {noun} separated by commas, got '{text}'")
+    return values
 
 
 def _parsers(parser: argparse.ArgumentParser, args: Optional[argparse.Namespace] = None) -> Iterator:
@@ -579,6 +572,11 @@ def parse_args(parser, argv: Optional[Sequence[str]] = None):
             sys.stderr.write(captured.getvalue())
         raise
     sys.stderr.write(captured.getvalue())
+    for p in _parsers(parser, args):  # Python 3.11's argparse drops the value of '--opt=--', leaving []
+        for a in p._actions:
+            if a.option_strings and a.nargs is None and getattr(args, a.dest, None) == [] and a.default != []:
+                print(f"{p.prog}: error: argument {'/'.join(a.option_strings)}: expected one argument", file=sys.stderr)
+                raise SystemExit(2)
     outputs = [a for p in _parsers(parser, args) for a in _outputs(p)]
     for action in outputs:
         if getattr(args, action.dest, None) is not None:

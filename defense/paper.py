@@ -250,17 +250,20 @@ def _imagenet_demo(net: str) -> DemoDefaults:
 
 DEMO: Dict[str, DemoDefaults] = {net: _imagenet_demo(net) for net in TABLE2}
 # FashionNet: the offline demo, from the files `make reproduce` ships (weights/FashionNet/,
-# attacks/samples/FashionNet/); S.Fool is the singular-vector attack, i.e. our SV-UAP.
+# attacks/samples/FashionNet/); S.Fool is the singular-vector attack, i.e. our SV-UAP; NAG and GAP
+# are computed natively (attacks.nag, attacks.gap).
 _FASHION_SAMPLES = "attacks/samples/FashionNet"
 DEMO["FashionNet"] = DemoDefaults(
     input="fashion:0",
     attacks={"UAP": (f"{_FASHION_SAMPLES}/uap_linf.npy", "npy"),
              "sPGD": (f"{_FASHION_SAMPLES}/spgd.npy", "npy"),
-             "SFool": (f"{_FASHION_SAMPLES}/svuap.npy", "npy")},
+             "SFool": (f"{_FASHION_SAMPLES}/svuap.npy", "npy"),
+             "NAG": (f"{_FASHION_SAMPLES}/nag.npy", "npy"),
+             "GAP": (f"{_FASHION_SAMPLES}/gap.npy", "npy")},
     baseline=repo_files("FashionNet", defended=False),
     fru=repo_files("FashionNet", defended=True),
     fetch_hint={"baseline": "make reproduce", "fru": "make reproduce", "UAP": "make reproduce",
-                "sPGD": "make reproduce", "SFool": "make reproduce"},
+                "sPGD": "make reproduce", "SFool": "make reproduce", "NAG": "make reproduce", "GAP": "make reproduce"},
 )
 DEMO_ATTACKS = ("UAP", "FFF", "SFool", "NAG", "GAP", "GUAP", "sPGD")
 

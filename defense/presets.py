@@ -150,6 +150,11 @@ class NetPreset:
     extra: Dict[str, object] = field(default_factory=dict)
 
     @property
+    def input_shape(self) -> Tuple[int, int, int]:
+        """``(C, H, W)`` of one input image: the shape every perturbation of this network has."""
+        return self.channels, self.input_size, self.input_size
+
+    @property
     def deploy(self) -> Path:
         return PROTOTXT_DIR / self.name / f"deploy_{self.file_stem}.prototxt"
 
@@ -236,6 +241,9 @@ PRESETS: Dict[str, NetPreset] = {
                   class_names=FASHION_MNIST_CLASSES),
     ]
 }
+
+PUBLISHED_NETS: Tuple[str, ...] = tuple(name for name, p in PRESETS.items() if p.baseline_top1 is not None)
+"""The five ImageNet networks of the paper (those with a published top-1), in the paper's order."""
 
 
 def get_preset(name: str) -> NetPreset:

@@ -15,7 +15,11 @@ with the published perturbation files (``--perturbations``: a local copy of the 
 ``FRU_OFFLINE=1``) never downloads. It reports clean/perturbed top-1 and top-5, fooling rate
 and restoration accuracy, (clean top-1 + perturbed top-1) / (2 x baseline clean top-1), with the published denominator
 (``preset.baseline_top1``) and with the measured one, next to the published number.
+``--peers pd,median:3`` adds the baseline behind image-domain defences (``defense.evaluate.peers``).
 Outputs: ``<out>/<table>_<net>.json`` and ``.md``; ``.state.npz`` lets an interrupted run resume.
+The forward passes run in onnxruntime where it is installed (``--runtime auto``, the default
+without ``--gpu``), both nets' top-1 checked against Caffe's on the first images first;
+``--runtime caffe`` runs them in Caffe.
 
 Differences from the published scripts, by design: images within a class are taken in sorted
 file-name order (the scripts used ``os.listdir`` order), so which image gets which of the K
@@ -35,17 +39,22 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from attacks.metrics import bootstrap_ci
+from attacks.metrics import bootstrap_ci, restoration_accuracy
 from attacks.perturbation_io import load_any, load_perturbations
 from attacks.published import published_dir
+from attacks.runtime import CHECK_IMAGES, RUNTIME_CHOICES, OnnxClassifier, resolve_runtime
 
-from .core import ToolkitError, parse_args, positive_int, run_cli, set_mode, write_text
+from .core import ToolkitError, input_file, parse_args, positive_int, run_cli, set_mode, write_text
 from .data import Subset
 from .data.imagenet import ImageNetIndex
-from .evaluate.compare import add_restoration, metric_row, metric_rows
+from .evaluate.compare import Model, add_restoration, metric_row, metric_rows
+from .evaluate.competitors import parse_competitors
 from .evaluate.conditions import Condition, Predictions, draw_choices, predict_conditions
+from .evaluate.peers import make_peer, peer_specs
 from .evaluate.resources import (ModelPair, fetch_missing, load_classifier, model_pair, published_path,
                                  require_weights)
+from .generate.competitors import TITLES as COMPETITOR_TITLES, get_competitor
+from .evaluate.runtime import classifier_for
 from .outputs import output_dir
 from .paper import TABLE_TITLES, TABLES, Published, Run, TableCase, table_cases, table_nets
 from .presets import NetPreset, get_preset
@@ -55,6 +64,7 @@ log = logging.getLogger(__name__)
 INDEX_ENV = "FRU_IMAGENET_VAL_INDEX"
 DEFAULT_OUT = Path("results") / "tables"
 MODELS = ("baseline", "fru")
+MODEL_LABELS = {"baseline": "baseline", "fru": "FRU"}  # a peer's row: "baseline+<its key>"
 RUN_METRICS = ("perturbed_top1", "perturbed_top5", "fooling_rate")
 
 
@@ -111,10 +121,11 @@ def summarize_case(case: TableCase, conditions: Sequence[Condition], labels: np.
     add_restoration(rows, rows["baseline"]["clean_top1"] if "baseline" in rows else None,
                     key="restoration_accuracy_measured_denominator")
     for model, row in rows.items():
-        row["published_restoration_accuracy"] = case.published.baseline if model == "baseline" else case.published.fru
+        row["published_restoration_accuracy"] = {"baseline": case.published.baseline,
+                                                 "fru": case.published.fru}.get(model)
         if published_denominator:
             pert_hit = np.mean([preds[model][c].top1 == labels for c in names], axis=0)
-            per_image = ((preds[model]["clean"].top1 == labels).astype(np.float64) + pert_hit) / (2 * published_denominator)
+            per_image = restoration_accuracy(preds[model]["clean"].top1 == labels, pert_hit, published_denominator)
             row["restoration_accuracy_ci95"] = list(bootstrap_ci(per_image, seed=ci_seed))
         if len(names) > 1:
             row["runs"] = {}
@@ -135,17 +146,16 @@ def markdown(report: dict) -> str:
     lines = [f"## {report['title']}: {report['net']}", "",
              f"{report['images']} images ({report['per_class_note']}), clipping: "
              f"{'[0, 255]' if report['clip'] else 'none (as published)'}, "
-             f"restoration-accuracy denominators: published {_fmt(den['published'])}, measured {_fmt(den['measured'])}.",
+             f"restoration-accuracy denominators: published {_fmt(den['published'])}, measured {_fmt(den['measured'])}; "
+             f"forward passes in {report['runtime']['forward_passes']}.",
              "",
              "| attack | model | clean top-1 | perturbed top-1 | clean top-5 | perturbed top-5 | fooling rate "
              "| restoration acc. | restoration acc. (measured denom.) | published |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for case in report["cases"]:
-        for model in MODELS:
-            r = case["results"].get(model)
-            if r is None:
-                continue
-            lines.append(f"| {case['attack']} | {'FRU' if model == 'fru' else 'baseline'} | {_fmt(r['clean_top1'])} "
+        for model, r in case["results"].items():
+            label = MODEL_LABELS.get(model, model if model in COMPETITOR_TITLES else f"baseline+{model}")
+            lines.append(f"| {case['attack']} | {label} | {_fmt(r['clean_top1'])} "
                          f"| {_fmt(r['perturbed_top1'])} | {_fmt(r['clean_top5'])} | {_fmt(r['perturbed_top5'])} "
                          f"| {_fmt(r['fooling_rate'])} | {_fmt(r['restoration_accuracy'])} "
                          f"| {_fmt(r['restoration_accuracy_measured_denominator'])} "
@@ -166,6 +176,8 @@ class TableOptions:
     perturbations: Optional[Path] = None  # default: published_dir()
     offline: bool = False
     own: Tuple[Path, ...] = ()
+    competitors: Tuple[Tuple[str, Path, Path], ...] = ()  # (name, deploy prototxt, caffemodel): --load
+    peers: Tuple[str, ...] = ()  # make_peer specs: the baseline behind each
     limit: Optional[int] = None
     batch: Optional[int] = None
     workers: int = 4
@@ -174,6 +186,7 @@ class TableOptions:
     resume: bool = True
     progress: bool = True
     command: str = ""
+    runtime: str = "auto"  # where the forward passes run: auto, caffe or onnx (attacks.runtime)
 
 
 def _own_case(table: str, net: str, cases: Sequence[TableCase], names: Tuple[str, ...],
@@ -189,12 +202,8 @@ def _perturbation_arrays(cases: Sequence[TableCase], options: TableOptions, tabl
                          shape: tuple) -> Tuple[List[TableCase], Dict[str, np.ndarray]]:
     if options.own:
         for path in options.own:
-            if not Path(path).is_file():
-                raise ToolkitError(f"{path}: perturbation file not found; check --own")
-        stack = load_perturbations(options.own)
-        bad = [tuple(v.shape) for v in stack if tuple(v.shape) != shape]
-        if bad:
-            raise ToolkitError(f"--own: perturbation shape {bad[0]} does not fit the {net} input {shape}")
+            input_file(path, "perturbation file", "check --own")
+        stack = load_perturbations(options.own, expect=shape)
         names = tuple(f"own[{i}]" for i in range(len(stack)))
         return [_own_case(table, net, cases, names, options.own)], dict(zip(names, stack))
     names = [f for c in cases for f in c.files]
@@ -209,10 +218,9 @@ def run_table(table: str, net: str, options: TableOptions) -> dict:
     preset: NetPreset = get_preset(net)
     cases = list(table_cases(table, preset.name))
     pair: ModelPair = model_pair(preset.name, options.manifest, options.weights_dir, options.defense)
-    if not Path(options.index).is_file():
-        raise ToolkitError(f"{options.index}: validation index not found; make one with "
-                           "'python -m defense.imagenet prepare val --images DIR --labels val.txt --out val.jsonl'")
-    shape = (preset.channels, preset.input_size, preset.input_size)
+    input_file(options.index, "validation index", "make one with 'python -m defense.imagenet prepare val "
+               "--images DIR --labels val.txt --out val.jsonl'")  # a local input: checked before any download
+    shape = preset.input_shape
     cases, arrays = _perturbation_arrays(cases, options, table, preset.name, shape)
     for files in (pair.baseline, pair.fru):
         require_weights(files, preset.name, offline=options.offline)
@@ -227,22 +235,37 @@ def run_table(table: str, net: str, options: TableOptions) -> dict:
         by_case[case.key] = case_conditions(case, arrays, len(protocol), selected)
         conditions += by_case[case.key]
     batch = int(options.batch or preset.eval_batch)
-    classifiers = {"baseline": load_classifier(pair.baseline, preset, batch),
-                   "fru": load_classifier(pair.fru, preset, batch)}
+    runtime = resolve_runtime(options.runtime)
+    classifiers = {"baseline": load_classifier(pair.baseline, preset, batch, runtime=runtime),
+                   "fru": load_classifier(pair.fru, preset, batch, runtime=runtime)}
+    loaded = {get_competitor(name).title: (prototxt, weights) for name, prototxt, weights in options.competitors}
+    classifiers.update({title: classifier_for(prototxt, weights, preset.mean_bgr, runtime, batch_size=batch)
+                        for title, (prototxt, weights) in loaded.items()})
+    files = {"baseline": pair.baseline.prototxt, "fru": pair.fru.prototxt, **{t: p for t, (p, _) in loaded.items()}}
     for name, clf in classifiers.items():
         if tuple(clf.input_shape) != shape:
-            raise ToolkitError(f"{pair.baseline.prototxt if name == 'baseline' else pair.fru.prototxt}: input shape "
+            raise ToolkitError(f"{files[name]}: input shape "
                                f"{clf.input_shape} does not match the {preset.name} preset's {shape}")
+    models = {**classifiers}
+    for peer in map(make_peer, options.peers):
+        peer.check_images(shape)  # before the first batch, so a refusal is one line
+        models[peer.key] = Model(peer.key, classifiers["baseline"], peer)
+    described = {"baseline": pair.baseline.describe(), "fru": pair.fru.describe(),
+                 **{t: f"{p} + {w}" for t, (p, w) in loaded.items()},
+                 **{m: f"baseline+{model.preprocessor.describe()}" for m, model in models.items()
+                    if m not in MODELS and m not in loaded}}
+    fast = {name: clf for name, clf in classifiers.items() if isinstance(clf, OnnxClassifier)}
+    sample = source.take(np.arange(min(CHECK_IMAGES, len(source))))[0] if fast else None
+    checks = {name: clf.verify(sample) for name, clf in fast.items()}
     out = Path(options.out)
     stem = f"{table}_{preset.name}"
     config = {"table": table, "net": preset.name, "index": str(Path(options.index).resolve()), "images": len(source),
-              "limit": options.limit, "clip": options.clip, "models": {"baseline": pair.baseline.describe(),
-                                                                       "fru": pair.fru.describe()},
-              "conditions": [[c.name, list(c.files)] for c in conditions]}
+              "limit": options.limit, "clip": options.clip, "models": described,
+              "conditions": [[c.name, list(c.files)] for c in conditions], "runtime": runtime}
     state = out / f"{stem}.state.npz"
     if not options.resume and state.exists():
         state.unlink()
-    labels, preds = predict_conditions(classifiers, source, conditions, batch, options.clip, state, config,
+    labels, preds = predict_conditions(models, source, conditions, batch, options.clip, state, config,
                              options.progress, desc=f"{table} {preset.name}")
     measured = float(np.mean(preds["baseline"]["clean"].top1 == labels))
     report = {
@@ -254,7 +277,8 @@ def run_table(table: str, net: str, options: TableOptions) -> dict:
         "per_class_note": f"first {per_class} per class" + (f", {len(source)} spread over them (--limit)"
                                                              if options.limit and len(source) < len(protocol) else ""),
         "clip": options.clip, "clipping": "[0, 255]" if options.clip else "none (published table scripts do not clip)",
-        "batch_size": batch, "models": {"baseline": pair.baseline.describe(), "fru": pair.fru.describe()},
+        "batch_size": batch, "models": described,
+        "runtime": {"forward_passes": runtime, "checks": checks},
         "denominators": {"published": preset.baseline_top1, "measured": measured},
         "cases": [], "command": options.command,
     }
@@ -294,11 +318,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="never download (also FRU_OFFLINE=1): a missing file is an error naming its address")
     ap.add_argument("--own", type=Path, nargs="+", default=(),
                     help="the toolkit's own perturbation files (.h5 or .npy) instead of the published ones")
+    ap.add_argument("--load", nargs=3, action="append", default=[], metavar=("NAME", "PROTOTXT", "WEIGHTS"),
+                    help="also evaluate a trained competitor defence (prn, hgd: docs/competitors.md); repeatable")
+    ap.add_argument("--peers", type=peer_specs, default=[],
+                    help="image-domain defences on the baseline, comma-separated (e.g. pd,median:3; "
+                         "see python -m defense.evaluate --help)")
     ap.add_argument("--limit", type=positive_int, help="evaluate only N images, spread over the protocol's images (quick run)")
     ap.add_argument("--batch", type=positive_int, help="batch size (default: the preset's, as in the published scripts)")
     ap.add_argument("--workers", type=positive_int, default=4, help="image decoding threads (default: 4)")
     ap.add_argument("--gpu", type=int, default=None, help="GPU id (default: CPU)")
     ap.add_argument("--clip", action="store_true", help="clip perturbed images to [0, 255] (the published tables do not)")
+    ap.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
+                    help="where the forward passes run: onnx (onnxruntime, checked against Caffe on the first "
+                         f"{CHECK_IMAGES} images), caffe, or auto (default: onnx where onnxruntime is "
+                         "installed and no --gpu, else caffe)")
     ap.add_argument("--out", type=output_dir, default=DEFAULT_OUT, help="output folder (default: %(default)s)")
     ap.add_argument("--no-resume", action="store_true", help="ignore a saved state file and start over")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -320,9 +353,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = "python -m defense.tables " + " ".join(sys.argv[1:] if argv is None else argv)
     options = TableOptions(index=args.index, root=args.root, manifest=args.manifest, weights_dir=args.weights_dir,
                            defense=args.defense, perturbations=args.perturbations, offline=args.offline,
-                           own=tuple(args.own), limit=args.limit, batch=args.batch, workers=args.workers,
+                           own=tuple(args.own), peers=tuple(args.peers),
+                           competitors=tuple(parse_competitors(args.load, "--load")), limit=args.limit,
+                           batch=args.batch, workers=args.workers,
                            clip=args.clip, out=args.out, resume=not args.no_resume, progress=not args.quiet,
-                           command=command)
+                           command=command,
+                           runtime=resolve_runtime(args.runtime, args.gpu))
     set_mode(args.gpu, seed=0)
     report = run_table(args.table, net, options)
     print(markdown(report), end="")

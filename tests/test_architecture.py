@@ -7,7 +7,8 @@ to each package above its target too, unless that package already encloses the i
 
 The rules (``defense/__init__.py`` states them for readers):
 - no import cycle, function-local imports included;
-- the ground floor (``defense``, ``defense.core``, ``defense.outputs``, ``defense.presets``) imports nothing else of
+- the ground floor (``defense``, ``defense.core``, ``defense.devices``, ``defense.outputs``, ``defense.presets``)
+  imports nothing else of
   the toolkit, and ``attacks/`` and ``weights/`` import only the ground floor of ``defense``;
 - inside ``defense/`` imports go down the pipeline only (``LAYERS``): rank -> generate -> train
   -> attack -> evaluate, with the drivers (tables, reproduction, benchmarks, entry points) on top;
@@ -24,7 +25,7 @@ from typing import Dict, List, Set
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("defense", "attacks", "weights")
 SCRIPTS = ("defense_example.py",)
-GROUND_FLOOR = ("defense", "defense.core", "defense.outputs", "defense.presets")
+GROUND_FLOOR = ("defense", "defense.core", "defense.devices", "defense.outputs", "defense.presets")
 MAX_TOP_LEVEL_MODULES = 12
 MAX_LINES = 600
 

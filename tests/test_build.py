@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from defense.core import caffe, cuda_device_count, cuda_runtime_path, L, P, gpu_available, load_blobs, save_blobs, write_net_param
+from defense.core import caffe, L, P, gpu_available, load_blobs, save_blobs, write_net_param
+from defense.devices import cuda_device_count, cuda_runtime_path
 
 GPU = gpu_available()
 

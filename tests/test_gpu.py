@@ -6,11 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from defense.core import caffe, cuda_device_count, gpu_available, load_blobs
+from defense.core import caffe, gpu_available, load_blobs
+from defense.devices import cuda_device_count
 from defense.data import ArraySource
 from defense.presets import get_preset
 from defense.train import SolverWrapper, TrainOptions, train
-from gpu_nets import NETS, blob_names_changed, forward_backward, generated_fru_dir, random_input, random_net
+from defense.generate.random_nets import NETS, blob_names_changed, forward_backward, generated_fru_dir, random_input, random_net
 
 GPU = gpu_available()
 pytestmark = [pytest.mark.gpu,

@@ -36,7 +36,7 @@ from typing import Callable, Optional, Tuple
 
 from tqdm import tqdm
 
-from defense.core import ToolkitError, write_text
+from defense.core import ToolkitError, input_file, write_text
 from defense.outputs import output_problem
 from defense.presets import REPO_ROOT
 
@@ -102,6 +102,10 @@ Verifier = Callable[[Path], None]
 """Checks a complete download (raises ToolkitError when the file is not the expected one)."""
 
 
+class MissingOffline(ToolkitError):
+    """A file to download is missing and downloads are off: the message says where to get it."""
+
+
 def mirror_url(base_url: Optional[str]) -> Optional[str]:
     """The mirror to use: the explicit ``base_url``, else ``$FRU_WEIGHTS_MIRROR``, else None."""
     base = base_url if base_url else os.environ.get(MIRROR_ENV) or None
@@ -122,7 +126,7 @@ def read_lock(lock: Path) -> dict:
     if not lock.is_file():
         return {}
     try:
-        data = json.loads(lock.read_text())
+        data = json.loads(input_file(lock, "lock file").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ToolkitError(f"{lock}: not valid JSON ({exc}); delete it to record the files again") from None
     if not isinstance(data, dict) or not all(isinstance(v, dict) and isinstance(v.get("sha256"), str)
@@ -257,6 +261,12 @@ def fetch_file(remote: RemoteFile, base_url: Optional[str] = None, force: bool =
             check_size_and_hash(remote, dest, what=str(dest))
         except ToolkitError as exc:
             raise ToolkitError(f"{exc}; the file is not used: delete it to download it again") from None
+        if verify is not None and recorded(remote)[1] is None:  # no hash vouches for it: check its format
+            try:
+                verify(dest)
+            except ToolkitError as exc:
+                raise ToolkitError(f"{dest}: the file already there fails the check ({exc}); it is not used: "
+                                   "delete it to download it again") from None
         log.debug("%s: already at %s", remote.name, dest)
         return dest
     mirror = mirror_url(base_url)
@@ -266,7 +276,7 @@ def fetch_file(remote: RemoteFile, base_url: Optional[str] = None, force: bool =
         raise ToolkitError(f"{remote.name}: no download address is known.{note} Then place it at {dest}, "
                            "or use --base-url with a mirror")
     if is_offline(offline):
-        raise ToolkitError(f"{remote.name}: {dest} is missing and downloads are off (--offline or "
+        raise MissingOffline(f"{remote.name}: {dest} is missing and downloads are off (--offline or "
                            f"{OFFLINE_ENV}=1); download {url} and put it there")
     problem = output_problem(dest, "file")
     if problem:
@@ -286,6 +296,9 @@ def fetch_file(remote: RemoteFile, base_url: Optional[str] = None, force: bool =
     except ToolkitError as exc:
         part.unlink(missing_ok=True)
         raise ToolkitError(f"{exc}; the download was deleted") from None
+    except Exception:  # a checker's own bug must not leave a complete but unchecked .part to resume from
+        part.unlink(missing_ok=True)
+        raise
     if remote.sha256 is None:
         record(remote, part, url)
     os.replace(part, dest)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from defense.core import ToolkitError
+from defense.core import ToolkitError, input_file
 
 from .download import DOWNLOAD_DIR_ENV, LOCK_NAME, RemoteFile, download_dir
 
@@ -85,8 +85,7 @@ def _entry(raw: dict, root: Path, downloads: Path, lock: Path, where: Path) -> W
 def load_manifest(path: os.PathLike | str | None = None) -> List[WeightEntry]:
     """Read and validate a manifest (default: ``$FRU_WEIGHTS_MANIFEST`` or the packaged one)."""
     path = Path(path or os.environ.get(MANIFEST_ENV) or MANIFEST)
-    if not path.is_file():
-        raise ToolkitError(f"{path}: weights manifest not found; check --manifest")
+    path = input_file(path, "weights manifest", "check --manifest")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

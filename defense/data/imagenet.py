@@ -35,7 +35,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from ..core import ToolkitError, write_text
+from ..core import ToolkitError, input_file, write_text
 from ..presets import NetPreset
 from .base import DataSource
 from .preprocess import PUBLISHED_RESAMPLE, RESAMPLE, load_image, preprocess
@@ -68,6 +68,15 @@ def _check_wnids(wnids: Sequence[str], path: Path) -> None:
         raise ToolkitError(f"{path}: a WordNet id appears twice; check the synset file")
 
 
+def _read_text(path: os.PathLike | str, what: str, fix: str = "check the path") -> str:
+    """A text input (synsets, labels)'s content (UTF-8): a file that does not decode is refused naming it."""
+    path = input_file(path, what, fix)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ToolkitError(f"{path}: {what} is not UTF-8 text (byte {exc.start}); give the text file") from None
+
+
 def load_synsets(path: os.PathLike | str) -> Synsets:
     """Read a synset mapping in one of these forms (chosen by content):
 
@@ -76,15 +85,10 @@ def load_synsets(path: os.PathLike | str) -> Synsets:
     - text ``<ILSVRC2012_ID> <wnid>`` per line (labels = sorted WordNet ids);
     - text ``<wnid> [words]`` per line in label order (Caffe's synsets.txt / synset_words.txt).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ToolkitError(f"{path}: synset file not found; check --synsets")
+    path = input_file(path, "synset file", "check --synsets")
     if path.suffix == ".mat":
         return _synsets_from_mat(path)
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError:
-        raise ToolkitError(f"{path}: not a text, JSON or .mat synset file") from None
+    text = _read_text(path, "synset file (text, JSON or .mat)")
     if path.suffix == ".json":
         try:
             data = json.loads(text)
@@ -120,10 +124,8 @@ def _synsets_from_mat(path: Path) -> Synsets:
 # ---------------------------------------------------------------- validation index
 def read_val_labels(path: os.PathLike | str, synsets: Optional[Synsets] = None) -> List[Item]:
     """``(file name, label)`` pairs from Caffe's val.txt or the devkit ground-truth file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ToolkitError(f"{path}: label file not found; check --labels")
-    rows = [(n, line.split()) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    path = input_file(path, "label file", "check --labels")
+    rows = [(n, line.split()) for n, line in enumerate(_read_text(path, "label file").splitlines(), 1) if line.strip()]
     if not rows:
         raise ToolkitError(f"{path}: label file is empty")
     if len(rows[0][1]) == 2:  # Caffe val.txt
@@ -223,9 +225,7 @@ def write_index(path: os.PathLike | str, items: Sequence[Item], root: os.PathLik
 
 
 def read_index(path: os.PathLike | str) -> Tuple[dict, List[Item]]:
-    path = Path(path)
-    if not path.is_file():
-        raise ToolkitError(f"{path}: ImageNet index not found; make it with 'python -m defense.imagenet prepare'")
+    path = input_file(path, "ImageNet index", "make it with 'python -m defense.imagenet prepare'")
     rebuild = "rebuild it with 'python -m defense.imagenet prepare'"
     try:
         lines = path.read_text().splitlines()

@@ -30,7 +30,7 @@ from typing import Optional, Tuple, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..core import ToolkitError
+from ..core import ToolkitError, input_file
 from ..presets import NetPreset
 
 RESAMPLE = {
@@ -49,15 +49,13 @@ def load_image(path: os.PathLike | str) -> Image.Image:
 
     An image over Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) is refused from
     its header, before its pixels are allocated (Pillow only warns up to twice the limit)."""
-    path = Path(path)
+    path = input_file(path, "image", "check the path or rebuild the index")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 img.load()  # decode now: truncated JPEGs fail here, not later in a batch
                 return img.convert("RGB")
-    except FileNotFoundError:
-        raise ToolkitError(f"{path}: image not found; check the path or rebuild the index") from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise ToolkitError(f"{path}: image too large to decode safely ({exc}); "
                            f"use an image under {Image.MAX_IMAGE_PIXELS} pixels") from None
@@ -77,10 +75,19 @@ def resized_size(width: int, height: int, mode: str, size: int) -> Tuple[int, in
     raise ValueError(f"resize mode must be 'squash', 'shorter' or 'none', got '{mode}'")
 
 
-def resize(img: Image.Image, mode: str, size: int = 256, resample: str = PUBLISHED_RESAMPLE) -> Image.Image:
+def resize(img: Image.Image, mode: str, size: int = 256, resample: str = PUBLISHED_RESAMPLE,
+           source: os.PathLike | str = "image") -> Image.Image:
+    """The published resize; the size it gives is checked before Pillow allocates it.
+
+    Resizing by the shorter side multiplies an extreme aspect ratio (1 x 20000 becomes
+    256 x 5120000, about 15 GiB once a float batch), so a result over Pillow's own pixel
+    limit is refused naming ``source``."""
     if resample not in RESAMPLE:
         raise ValueError(f"resample must be one of {', '.join(RESAMPLE)}, got '{resample}'")
     new = resized_size(img.width, img.height, mode, size)
+    if new[0] * new[1] > Image.MAX_IMAGE_PIXELS:
+        raise ToolkitError(f"{source}: image of {img.width}x{img.height} pixels would be {new[0]}x{new[1]} after "
+                           f"the '{mode}' resize, over {Image.MAX_IMAGE_PIXELS} pixels; crop it to a usual aspect ratio")
     return img if new == img.size else img.resize(new, RESAMPLE[resample])
 
 
@@ -107,7 +114,8 @@ def preprocess(image: ImageInput, preset: NetPreset, perturbation: Optional[np.n
     :param clip: clip the perturbed image to [0, 255] (the published demo does, the tables do not).
     """
     img = load_image(image) if not isinstance(image, Image.Image) else image.convert("RGB")
-    x = center_crop(to_bgr_chw(resize(img, preset.resize, preset.resize_to, resample)), preset.input_size)
+    source = image if not isinstance(image, Image.Image) else "image"
+    x = center_crop(to_bgr_chw(resize(img, preset.resize, preset.resize_to, resample, source)), preset.input_size)
     if perturbation is not None:
         x = add_perturbation(x, perturbation, clip=clip)
     return x

@@ -9,6 +9,7 @@ caffemodel when present, else the FRU caffemodel itself (the released FRU models
 frozen baseline weights under the same layer names), so the published command downloads one
 caffemodel. What is missing (the authors' demo image, the published perturbation, the
 caffemodel) is downloaded, verified and cached first (``resources``) unless ``offline``.
+``peers`` adds the baseline behind image-domain defences (``peers.make_peer`` specs, e.g. ``pd``).
 """
 from __future__ import annotations
 
@@ -21,14 +22,20 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from attacks.classifier import softmax
 from attacks.perturbation_io import FORMATS, detect_format, load_any
 from attacks.published import published_dir
+from weights.download import MissingOffline, download_dir, is_offline
 
-from ..core import ToolkitError, atomic_path
+from ..core import ToolkitError, atomic_path, input_file
 from ..data import FashionMnist
+from ..generate.competitors import TITLES as COMPETITOR_TITLES, get_competitor
+from .runtime import classifier_for
 from ..data.preprocess import load_image, preprocess
 from ..paper import DEMO_IMAGE, DemoDefaults, demo_defaults
 from ..presets import REPO_ROOT, NetPreset, get_preset
+from .compare import Model
+from .peers import make_peer
 from .resources import (NetFiles, demo_image, fetch_missing, has_all_layers, load_classifier, model_pair,
                         require_weights)
 
@@ -48,7 +55,9 @@ class DemoOptions:
     :param perturbation: a perturbation file replacing the attack's default file.
     :param perturbations_dir: the copy of ``Attack_samples/`` (default: ``attacks.published.published_dir()``).
     :param offline: never download; a missing published file is an error naming its address.
-    :param runtime: ``caffe``, or ``onnx`` (the nets exported to ONNX, run in onnxruntime).
+    :param runtime: ``caffe``, ``onnx`` (the nets exported to ONNX, run in onnxruntime, their top-1 on the
+        two images checked against Caffe's) or ``auto`` (onnx where onnxruntime is installed).
+    :param peers: image-domain defences (``make_peer`` specs) shown on the baseline, ``baseline+<key>``.
     """
 
     net: str = "ResNet152"
@@ -64,6 +73,8 @@ class DemoOptions:
     manifest: Optional[Path] = None
     clip: bool = True
     runtime: str = "caffe"
+    competitors: Tuple[Tuple[str, Path, Path], ...] = ()  # (name, deploy prototxt, caffemodel), shown after them
+    peers: Tuple[str, ...] = ()
 
 
 @dataclass
@@ -82,7 +93,7 @@ class DemoResult:
     perturbed: np.ndarray      # (C, H, W), clipped as published
     true_label: Optional[int]
     true_name: Optional[str] = None
-    predictions: Dict[str, Prediction] = field(default_factory=dict)  # "baseline" / "FRU"
+    predictions: Dict[str, Prediction] = field(default_factory=dict)  # "baseline" / "FRU" / "baseline+pd"
     files: Dict[str, str] = field(default_factory=dict)
 
 
@@ -101,8 +112,7 @@ def class_names(preset: NetPreset, labels: Optional[os.PathLike | str]) -> Optio
         if path is None:
             log.info("no ImageNet labels file (--labels, $%s or ./%s): showing class indices", LABELS_ENV, DEFAULT_LABELS)
             return None
-    if not path.is_file():
-        raise ToolkitError(f"{path}: labels file not found; check --labels")
+    path = input_file(path, "labels file", "check --labels")
     try:
         data = json.loads(path.read_text())
         names = [data[str(i)][1] if isinstance(data[str(i)], list) else str(data[str(i)])
@@ -130,8 +140,7 @@ def load_input(spec: str, preset: NetPreset) -> Tuple[np.ndarray, Optional[int]]
             img = img.resize((preset.input_size, preset.input_size), Image.Resampling.NEAREST)
         return np.asarray(img, dtype=np.float32)[None], None
     path = Path(spec)
-    if not path.is_file():
-        raise ToolkitError(f"{path}: input image not found; give --input IMG")
+    path = input_file(path, "input image", "give --input IMG")
     return preprocess(path, preset), None
 
 
@@ -140,7 +149,7 @@ def load_attack(options: DemoOptions, demo: DemoDefaults, preset: NetPreset) -> 
     if options.attack not in demo.attacks:
         raise ToolkitError(f"no {options.attack} perturbation for {preset.name}; available: {', '.join(demo.attacks)}")
     name, fmt = demo.attacks[options.attack]
-    shape = (preset.channels, preset.input_size, preset.input_size)
+    shape = preset.input_shape
     if options.perturbation is not None:
         path = Path(options.perturbation)
         fmt = detect_format(path, fmt)
@@ -197,12 +206,55 @@ def _top5(probs: np.ndarray, names: Optional[Sequence[str]]) -> List[Tuple[int, 
     return [(int(i), names[i] if names else f"class {int(i)}", float(probs[i])) for i in order]
 
 
+def check_local_inputs(options: DemoOptions) -> None:
+    """The files given on the command line, checked before anything is downloaded: every missing
+    one in one line, then each through the one checked path (``input_file``: readable)."""
+    image = options.input if options.input and not options.input.startswith(FASHION_PREFIX) else None
+    given = [("--input", image), ("--load", options.load), ("--load-baseline", options.load_baseline),
+             ("--perturbation", options.perturbation), ("--labels", options.labels)]
+    given = [(option, Path(path)) for option, path in given if path is not None]
+    missing = [f"{path} ({option})" for option, path in given if not path.is_file()]
+    if missing:
+        raise ToolkitError(f"not found: {', '.join(missing)}; check the path{'s' if len(missing) > 1 else ''}")
+    for option, path in given:
+        input_file(path, f"file given with {option}")
+
+
+def offline_missing(options: DemoOptions, demo: DemoDefaults, preset: NetPreset) -> None:
+    """Offline, every published file the demo would download and lacks, in one line (with one
+    missing, the fetch that needs it says so itself, later)."""
+    if not is_offline(options.offline):
+        return
+    name, fmt = demo.attacks[options.attack]
+    folder = options.perturbations_dir or published_dir()
+    needs = []  # (where the file goes, the fetch that says where it comes from)
+    if options.input is None and demo.input == DEMO_IMAGE.name:
+        needs.append((download_dir() / DEMO_IMAGE.name, lambda: demo_image(True)))
+    if options.perturbation is None and FORMATS[fmt].kind in ("published", "variant"):
+        needs.append((Path(folder) / name, lambda: fetch_missing([name], folder, offline=True)))
+    if options.load is None:
+        pair = model_pair(preset.name, options.manifest)
+        files = pair.fru if options.defense else pair.baseline
+        needs.append((files.weights, lambda: require_weights(files, preset.name, True)))
+    missing = []
+    for path, need in needs:
+        try:
+            if not path.exists():  # present files are checked once, where they are used
+                need()
+        except MissingOffline as exc:
+            missing.append(str(exc))
+    if len(missing) > 1:
+        raise ToolkitError(f"{len(missing)} files are missing: {' | '.join(missing)}")
+
+
 def run_demo(options: DemoOptions) -> DemoResult:
     """Classify the clean and the perturbed image with the baseline (and the FRU net if ``defense``)."""
     preset = get_preset(options.net)
     demo = demo_defaults(preset.name)
     if options.attack not in demo.attacks:
         raise ToolkitError(f"no {options.attack} perturbation for {preset.name}; available: {', '.join(demo.attacks)}")
+    check_local_inputs(options)
+    offline_missing(options, demo, preset)
     image, true_label = load_input(_input_spec(options, demo), preset)
     v, v_file = load_attack(options, demo, preset)
     nets = _nets(options, preset)
@@ -213,16 +265,26 @@ def run_demo(options: DemoOptions) -> DemoResult:
     true_name = None if true_label is None else (names[true_label] if names else f"class {true_label}")
     result = DemoResult(preset.name, options.attack, image, perturbed, true_label, true_name,
                         files={"perturbation": v_file})
+    peers = [make_peer(spec) for spec in options.peers]
     batch = np.stack([image, perturbed]).astype(np.float32)
+    models = []
     for label, files, weights in nets:
-        clf = load_classifier(files, preset, batch_size=2, weights=weights, runtime=options.runtime)
-        probs = clf.predict(batch)
-        result.predictions[label] = Prediction(_top5(probs[0], names), _top5(probs[1], names))
+        models.append(Model(label, load_classifier(files, preset, batch_size=2, weights=weights,
+                                                   runtime=options.runtime, sample=batch)))
         result.files[label] = str(weights)
+    for name, prototxt, weights in options.competitors:
+        title = get_competitor(name).title
+        models.append(Model(title, classifier_for(prototxt, weights, preset.mean_bgr, options.runtime, sample=batch, batch_size=2)))
+        result.files[title] = str(weights)
+    models += [Model(f"baseline+{peer.key}", models[0].classifier, peer) for peer in peers]
+    for model in models:
+        probs = softmax(model.logits(batch, batch_size=2))
+        result.predictions[model.name] = Prediction(_top5(probs[0], names), _top5(probs[1], names))
     return result
 
 
 # ---------------------------------------------------------------- figure
+
 def _display(x: np.ndarray) -> np.ndarray:
     img = np.clip(x, 0, 255).astype(np.uint8)
     return img[0] if img.shape[0] == 1 else img[::-1].transpose(1, 2, 0)  # BGR CHW -> RGB HWC
@@ -234,7 +296,7 @@ def save_figure(result: DemoResult, path: os.PathLike | str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     models = list(result.predictions)
-    fig, axes = plt.subplots(2, max(2, len(models)), figsize=(10, 8))
+    fig, axes = plt.subplots(2, max(2, len(models)), figsize=(max(10, 3.3 * len(models)), 8))
     for ax, img, title in ((axes[0, 0], result.image, "Original image"),
                            (axes[0, 1], result.perturbed, f"Perturbed ({result.attack})")):
         ax.imshow(_display(img), cmap="gray" if img.shape[0] == 1 else None)
@@ -251,7 +313,9 @@ def save_figure(result: DemoResult, path: os.PathLike | str) -> Path:
             ax.text(min(p, 0.85) + 0.01, y, f"{p:.2f}", va="center", fontsize=9)
         ax.set_xlim(0, 1)
         clean = result.predictions[model].clean[0]
-        ax.set_title(f"{'FRU defence' if model == 'FRU' else 'Baseline'} on the perturbed image\n"
+        title = {"FRU": "FRU defence", "baseline": "Baseline"}.get(model, model.replace("baseline+", "Baseline + "))
+        title = f"{title} defence" if title in COMPETITOR_TITLES else title
+        ax.set_title(f"{title} on the perturbed image\n"
                      f"(clean image: {clean[1]}, {clean[2]:.2f})", fontsize=10)
         ax.set_xlabel("probability")
     for ax in axes[1, len(models):]:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+import numpy as np
+
 from attacks.classifier import CaffeClassifier
 from attacks.published import fetch_published
 from weights.download import RemoteFile, download_dir, fetch_file
@@ -28,9 +30,9 @@ from weights.fetch import caffemodel_verifier
 from weights.manifest import WeightEntry, load_manifest, select
 
 from ..core import ToolkitError, caffemodel_shapes, load_net, param_shapes, weights_misfit
-from ..generate.onnx_graph import classifier_for
 from ..paper import DEMO_IMAGE, demo_defaults
 from ..presets import REPO_ROOT, NetPreset, get_preset
+from .runtime import classifier_for
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +108,11 @@ def has_all_layers(weights: Path, prototxt: Path) -> bool:
 
 
 def load_classifier(files: NetFiles, preset: NetPreset, batch_size: Optional[int] = None,
-                    weights: Optional[Path] = None, runtime: str = "caffe") -> CaffeClassifier:
-    """A classifier over ``files`` (or ``weights`` instead of ``files.weights``) in ``runtime``."""
-    return classifier_for(files.prototxt, Path(weights or files.weights), preset.mean_bgr, runtime,
+                    weights: Optional[Path] = None, runtime: str = "caffe",
+                    sample: Optional[np.ndarray] = None) -> CaffeClassifier:
+    """A classifier over ``files`` (or ``weights`` instead of ``files.weights``) in ``runtime``
+    (an onnxruntime one checked against Caffe on ``sample``: ``runtime.classifier_for``)."""
+    return classifier_for(files.prototxt, Path(weights or files.weights), preset.mean_bgr, runtime, sample=sample,
                           batch_size=int(batch_size or preset.eval_batch))
 
 

@@ -8,12 +8,14 @@ import os
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+import numpy as np
 from google.protobuf import text_format
 
 from ..core import (Blobs, ToolkitError, atomic_path, caffe, caffe_pb2, check_net_builds, copy_weights, load_net,
                     net_blobs, net_param_text, set_net_blobs, write_net_param, write_text)
 from ..networks import BUILDERS, build_baseline, write_baselines
 from ..presets import PRESETS, PROTOTXT_DIR, FruTarget, NetPreset, default_target
+from .competitors import CompetitorBuild, get_competitor
 from .fru import FruBuild, build_fru, conv_channels, fru_solver_param
 from .graph import layer_by_name
 from .surgery import init_fru_blobs
@@ -63,6 +65,10 @@ def targets_for(base: "caffe_pb2.NetParameter", layers: Sequence[str], preset: O
     return tuple(out)
 
 
+OUTPUT_NAMES = ("deploy_FRU.prototxt", "train.prototxt", "solver.prototxt")
+"""The files ``write_outputs`` puts in its folder (and ``init.caffemodel`` when given weights)."""
+
+
 def write_outputs(build: FruBuild, out_dir: os.PathLike | str, header: str,
                   base: Optional["caffe_pb2.NetParameter"] = None, base_blobs: Optional[Blobs] = None,
                   seed: int = 0, norm: str = "l1", source: str = "<net>") -> List[Path]:
@@ -82,6 +88,46 @@ def write_outputs(build: FruBuild, out_dir: os.PathLike | str, header: str,
     solver = fru_solver_param("train.prototxt", random_seed=seed)
     written.append(write_text(out / "solver.prototxt",
                               "".join(f"# {line}\n" for line in header.splitlines())
+                              + text_format.MessageToString(solver)))
+    return written
+
+
+def init_competitor_blobs(build: CompetitorBuild, base_blobs: Blobs, seed: int = 0) -> Blobs:
+    """The baseline's blobs plus the defence's new layers: Caffe's fillers (seeded), BatchNorm
+    statistics at mean 0, variance 1; the defence's last conv is zero, so the net starts as the baseline."""
+    caffe.set_random_seed(int(seed))
+    net = load_net(build.deploy, source=f"{build.name} deploy net")
+    blobs = {name: [b.data.copy() for b in params] for name, params in net.params.items()}
+    for name, role in build.roles.items():
+        if role == "bn":
+            mean, var, factor = blobs[name]
+            blobs[name] = [np.zeros_like(mean), np.ones_like(var), np.ones_like(factor)]
+    missing = [name for name in blobs if name not in build.roles and name not in base_blobs]
+    if missing:
+        raise ToolkitError(f"the baseline weights lack layer '{missing[0]}'")
+    # every layer the baseline has keeps its weights, trained or not (an internal defence such as
+    # FD trains the baseline's layers too); only the defence's new layers start from the fillers
+    blobs.update({name: base_blobs[name] for name in blobs if name in base_blobs})
+    return blobs
+
+
+def write_competitor(build: CompetitorBuild, out_dir: os.PathLike | str, header: str,
+                     base_blobs: Optional[Blobs] = None, seed: int = 0) -> List[Path]:
+    """DIR/deploy_<NAME>.prototxt, train.prototxt, solver.prototxt (the FRUs' schedule), and with
+    the baseline's weights init.caffemodel; every net is built before anything is written."""
+    out = Path(out_dir)
+    deploy_name = get_competitor(build.name).file_name
+    check_net_builds(net_param_text(build.deploy), caffe.TEST, f"{out / deploy_name} ({build.name})")
+    check_net_builds(net_param_text(build.train), caffe.TRAIN, f"{out / 'train.prototxt'} ({build.name})")
+    written = []
+    if base_blobs is not None:
+        written.append(save_net_weights(out / "init.caffemodel", build.deploy,
+                                        init_competitor_blobs(build, base_blobs, seed)))
+    written += [write_net_param(out / deploy_name, build.deploy, header),
+                write_net_param(out / "train.prototxt", build.train, header)]
+    solver = fru_solver_param("train.prototxt", random_seed=seed, snapshot_prefix=f"snapshots/{build.name}",
+                              **dict(get_competitor(build.name).solver))
+    written.append(write_text(out / "solver.prototxt", "".join(f"# {line}\n" for line in header.splitlines())
                               + text_format.MessageToString(solver)))
     return written
 

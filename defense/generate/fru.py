@@ -180,9 +180,16 @@ def train_net(deploy: "caffe_pb2.NetParameter", targets: Sequence[FruTarget], ba
     """The FRU training net: baseline and permutation layers frozen (lr_mult 0, BatchNorm on
     global statistics), FRU convs and Scales learning, FRU BatchNorm learning its statistics;
     Input blobs ``data`` (batch-sized) and ``label``, SoftmaxWithLoss + Accuracy on the logits."""
+    return train_net_for_roles(deploy, fru_layer_roles(targets), batch_size, source)
+
+
+def train_net_for_roles(deploy: "caffe_pb2.NetParameter", roles: Dict[str, str], batch_size: int,
+                        source: str = "<net>") -> "caffe_pb2.NetParameter":
+    """A training net where only the layers in ``roles`` learn (``conv``: weights with decay,
+    ``scale``: no decay, ``bn``: statistics from the batch); every other parameter layer is frozen.
+    Shared by the FRUs and the prepended competitor defences (``generate.competitors``)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
-    roles = fru_layer_roles(targets)
     net = caffe_pb2.NetParameter()
     net.CopyFrom(deploy)
     del net.layer[:]

@@ -10,8 +10,8 @@ checked with ``onnx.checker``. Caffe's semantics are kept exactly where ONNX dif
 - BatchNorm divides its stored statistics by the moving-average factor in blob 2;
 - InnerProduct flattens from its axis (Flatten + Gemm with the weights transposed).
 
-``OnnxClassifier`` runs such a graph in onnxruntime behind the ``CaffeClassifier`` interface, and
-``classifier_for`` is the one switch between the two runtimes (demo, evaluation).
+The runtime that runs such a graph, ``attacks.runtime.OnnxClassifier``, lives beside the Caffe
+classifier; ``defense.evaluate.runtime.classifier_for`` picks between the two.
 """
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from attacks.classifier import CaffeClassifier
+from attacks.runtime import onnx_session
 
 from ..core import ToolkitError, caffe, caffe_pb2, load_net, read_net_param, write_bytes
 
 OPSET = 17
-SUPPORTED = ("Input", "Convolution", "ReLU", "Pooling", "LRN", "InnerProduct", "BatchNorm", "Scale", "Eltwise",
-             "Concat", "Slice", "Split", "Flatten", "Dropout", "Softmax")
+SUPPORTED = ("Input", "Convolution", "Deconvolution", "Crop", "ReLU", "Pooling", "LRN", "InnerProduct", "BatchNorm",
+             "Scale", "Eltwise", "Concat", "Slice", "Split", "Flatten", "Dropout", "Softmax")
 
 
 def _onnx():
@@ -111,13 +111,26 @@ def onnx_model(net: "caffe.Net", param: "caffe_pb2.NetParameter", extra_outputs:
         if kind not in SUPPORTED:
             raise ToolkitError(f"layer '{lname}' has type '{kind}', which the ONNX export does not handle "
                                f"(handled: {', '.join(SUPPORTED)})")
-        if kind == "Convolution":
+        if kind in ("Convolution", "Deconvolution"):  # same blob layouts as ONNX's Conv and ConvTranspose
             c = lp.convolution_param
             ins = bottoms + [g.const(f"{lname}_W", blobs[0])] + ([g.const(f"{lname}_b", blobs[1])] if len(blobs) > 1 else [])
             k = _pair(c.kernel_size, 1, "kernel_h", "kernel_w", c)
             pad = _pair(c.pad, 0, "pad_h", "pad_w", c)
-            out = g.node("Conv", ins, tops[0], kernel_shape=k, strides=_pair(c.stride, 1, "stride_h", "stride_w", c),
-                         pads=pad + pad, dilations=_pair(c.dilation, 1), group=int(c.group or 1))
+            out = g.node("Conv" if kind == "Convolution" else "ConvTranspose", ins, tops[0], kernel_shape=k,
+                         strides=_pair(c.stride, 1, "stride_h", "stride_w", c), pads=pad + pad,
+                         dilations=_pair(c.dilation, 1), group=int(c.group or 1))
+        elif kind == "Crop":  # bottom 0 cut to bottom 1's shape from axis on, at the offsets
+            cp = lp.crop_param
+            rank = len(shapes[tops[0]])
+            axis = cp.axis % rank
+            if axis == 0:
+                raise ToolkitError(f"layer '{lname}': Crop along the batch axis is not handled by the ONNX export")
+            axes = list(range(axis, rank))
+            offsets = [int(cp.offset[0])] * len(axes) if len(cp.offset) == 1 else [int(o) for o in cp.offset] or [0] * len(axes)
+            ends = [o + shapes[tops[0]][a] for o, a in zip(offsets, axes)]
+            out = g.node("Slice", [bottoms[0], g.const(f"{lname}_starts", np.array(offsets, np.int64)),
+                                   g.const(f"{lname}_ends", np.array(ends, np.int64)),
+                                   g.const(f"{lname}_axes", np.array(axes, np.int64))], tops[0])
         elif kind == "ReLU":
             slope = lp.relu_param.negative_slope
             out = (g.node("LeakyRelu", bottoms, tops[0], alpha=float(slope)) if slope
@@ -253,67 +266,10 @@ def export_onnx(prototxt: os.PathLike | str, weights: os.PathLike | str, out: os
                 check: bool = True, seed: int = 0) -> Dict[str, object]:
     """Write ``out`` (.onnx) for a deploy prototxt and its caffemodel; returns a summary (with the
     largest relative difference to Caffe on a random batch when ``check``)."""
-    net = load_net(prototxt, weights)
+    net = load_net(prototxt, weights, require_all=True)  # a layer left at zero would export silently
     model = onnx_model(net, read_net_param(prototxt), logits_blobs(net))
     path = write_bytes(out, model.SerializeToString())
     summary: Dict[str, object] = {"onnx": str(path), "opset": OPSET, "nodes": len(model.graph.node)}
     if check:
         summary["max_rel_diff"] = compare_with_caffe(net, model, seed=seed)
     return summary
-
-
-def onnx_session(model, threads: int = 0):
-    """An onnxruntime CPU session for a model (ModelProto, serialized bytes or a path);
-    ``threads`` 0: onnxruntime's default."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise ToolkitError("running ONNX models needs onnxruntime: pip install '.[onnx]'") from None
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = int(threads)
-    options.log_severity_level = 3
-    source = model.SerializeToString() if hasattr(model, "SerializeToString") else (
-        model if isinstance(model, bytes) else str(model))
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-
-
-class OnnxClassifier(CaffeClassifier):
-    """A ``CaffeClassifier`` whose forward passes run in onnxruntime: same preprocessing, batching
-    and metrics, the graph exported from the Caffe net; forward to the logits only, no gradients."""
-
-    def __init__(self, clf: CaffeClassifier, param: "caffe_pb2.NetParameter", threads: int = 0):
-        super().__init__(clf.net, clf.mean, clf.input_blob, clf.logits_blob, clip=clf.clip, scale=clf.scale,
-                         batch_size=clf.batch_size)
-        extra = [] if clf.logits_blob in clf.net.outputs else [clf.logits_blob]
-        self.session = onnx_session(onnx_model(clf.net, param, extra), threads)
-        outputs = list(clf.net.outputs) + extra
-        self._onnx_input = self.session.get_inputs()[0].name
-        self._onnx_logits = self.session.get_outputs()[outputs.index(clf.logits_blob)].name
-
-    @classmethod
-    def from_files(cls, prototxt, weights, mean=None, preset=None, threads: int = 0, **kw) -> "OnnxClassifier":
-        return cls(CaffeClassifier.from_files(prototxt, weights, mean, preset, **kw), read_net_param(prototxt), threads)
-
-    def forward_batch(self, x: np.ndarray, blobs: Sequence[str] = ()) -> Dict[str, np.ndarray]:
-        if list(blobs) not in ([], [self.logits_blob]):
-            raise ToolkitError("the ONNX runtime computes the logits only; use the Caffe runtime for other blobs")
-        x = self._check_x(x)
-        out = self.session.run([self._onnx_logits], {self._onnx_input: self.preprocess(x).astype(np.float32)})[0]
-        return {self.logits_blob: out}
-
-    def backward_batch(self, blob_diffs) -> np.ndarray:
-        raise ToolkitError("gradients need the Caffe runtime (attacks run on Caffe)")
-
-
-RUNTIMES = ("caffe", "onnx")
-
-
-def classifier_for(prototxt: os.PathLike | str, weights: os.PathLike | str, mean, runtime: str = "caffe",
-                   **kw) -> CaffeClassifier:
-    """The one place that picks a runtime: Caffe, or the same net exported to onnxruntime."""
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got '{runtime}'")
-    if runtime == "onnx":
-        return OnnxClassifier.from_files(prototxt, weights, mean, **kw)
-    return CaffeClassifier.from_files(prototxt, weights, mean, **kw)

@@ -34,7 +34,10 @@ def make_set_attack(ctx: Context, s: AttackSet, classifier) -> UniversalAttack:
               "gduap": dict(max_iter=cfg.gduap_iters, prior=cfg.gduap_prior),
               "fff": dict(max_iter=cfg.gduap_iters),
               "svuap": dict(norm=s.norm, layer=cfg.svuap_layer, q=cfg.svuap_q, n_images=cfg.svuap_images,
-                            max_iter=cfg.svuap_iters, batch_size=cfg.uap_batch)}
+                            max_iter=cfg.svuap_iters, batch_size=cfg.uap_batch),
+              "gap": dict(norm=s.norm, max_iter=cfg.gap_iters),
+              "nag": dict(norm=s.norm, max_iter=cfg.nag_iters, diversity_weight=cfg.nag_diversity,
+                          lr=cfg.nag_lr)}
     if s.kind not in params:
         raise ValueError(f"unknown attack kind '{s.kind}'")
     return make_attack(s.kind, classifier, xi=s.xi, verbose=ctx.progress, **params[s.kind])
@@ -106,17 +109,18 @@ def stage_test_attacks(ctx: Context) -> dict:
 def calibrate_xi(ctx: Context, s: AttackSet) -> dict:
     """The smallest ``xi x step`` (steps: ``cfg.unseen_xi_steps``) at which the attack fools the
     baseline on at least ``cfg.unseen_min_fooling`` of held-out *training* images (the rule the
-    UAPs' xi follows); the last step if none does. No test image is used."""
-    cfg, clf = ctx.cfg, ctx.classifier("baseline")
+    UAPs' xi follows); the last step if none does. No test image is used. The attack runs in
+    Caffe, the fooling rate's forward passes in ``ctx.runtime``."""
+    cfg, clf, fast = ctx.cfg, ctx.classifier("baseline"), ctx.forward_classifier("baseline")
     subsets = train_subsets(cfg, len(ctx.train_data()))
     held_out = ctx.train_data().take(subsets[("calibration", 0)])[0]
-    clean = clf.labels(held_out)
+    clean = fast.labels(held_out)
     x = ctx.train_data().take(subsets[(s.name, 0)])[0] if s.uses_images else None
     tried = []
     for step in cfg.unseen_xi_steps:
         xi = round(cfg.xi * step, 4)
         res = make_set_attack(ctx, dataclasses.replace(s, xi=xi), clf).generate(x, np.random.default_rng([cfg.seed, 505]))
-        fr = fooling_rate(clean, clf.labels(held_out, perturbation=res.perturbation))
+        fr = fooling_rate(clean, fast.labels(held_out, perturbation=res.perturbation))
         tried.append({"xi": xi, "fooling_rate_held_out_train": fr})
         log.info("calibrating %s: xi %g fools %.3f of held-out training images", s.name, xi, fr)
         if fr >= cfg.unseen_min_fooling:

@@ -3,6 +3,10 @@
 Each stage owns a folder under ``--out`` and records in it a key (a hash of the config fields it
 reads and of its upstream stages' keys). A stage whose record matches is skipped, so a re-run
 resumes; a changed field reruns that stage and everything downstream; ``--force`` redoes all.
+
+Forward-only work (predictions, xi calibration) runs in the context's ``runtime``: Caffe, or
+onnxruntime (``defense.evaluate.runtime``), each model checked against Caffe on a sample of
+training images first. Attacks and training always run in Caffe.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import json
 import logging
 import multiprocessing
 import os
+import resource
 import shutil
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -26,16 +31,23 @@ from attacks.perturbation_io import load_any
 
 from ..core import ToolkitError, atomic_path, set_mode, write_text
 from ..data import DataSource, FashionMnist
+from ..evaluate.runtime import onnx_classifier
+from ..generate.competitors import COMPETITORS as DEFENCE_REGISTRY, get_competitor
 from ..presets import NetPreset, get_preset
 from .config import NET, ReproConfig, stage_of
 
 log = logging.getLogger(__name__)
 
+RUNTIME_CHECK_IMAGES = 100  # training images on which each onnxruntime model's top-1 must equal Caffe's
+
 
 # ---------------------------------------------------------------- run context
 @dataclass
 class Context:
-    """What every stage needs: options, folders, data, and lazily built classifiers."""
+    """What every stage needs: options, folders, data, and lazily built classifiers.
+
+    :param runtime: where forward-only passes run, ``caffe`` or ``onnx`` (already resolved).
+    """
 
     cfg: ReproConfig
     out: Path
@@ -47,7 +59,10 @@ class Context:
     test_source: Optional[DataSource] = None
     keys: Dict[str, str] = field(default_factory=dict)
     records: Dict[str, dict] = field(default_factory=dict)
+    runtime: str = "caffe"
+    runtime_checks: Dict[str, dict] = field(default_factory=dict)  # model -> OnnxClassifier.verify's record
     _classifiers: Dict[str, CaffeClassifier] = field(default_factory=dict)
+    _forward: Dict[str, CaffeClassifier] = field(default_factory=dict)
 
     @property
     def preset(self) -> NetPreset:
@@ -84,15 +99,40 @@ class Context:
                 "fru": self.folder("train_fru") / "fashionnet_FRU.caffemodel",
                 "fru_bottom": self.folder("ranking") / "fashionnet_FRU_bottom.caffemodel",
                 "fru_secondary": self.folder("secondary") / "fashionnet_FRU_secondary.caffemodel",
-                "adv_finetune": self.folder("peers") / "fashionnet_adv_finetune.caffemodel"}[model]
+                "adv_finetune": self.folder("peers") / "fashionnet_adv_finetune.caffemodel",
+                **{name: self.folder(f"train_{name}") / f"fashionnet_{name.upper()}.caffemodel"
+                   for name in DEFENCE_REGISTRY}}[model]
+
+    def deploy(self, model: str) -> Path:
+        """The deploy prototxt of a trained model: the baseline's, the FRU net's or a competitor's."""
+        if model in DEFENCE_REGISTRY:
+            return self.folder(f"train_{model}") / get_competitor(model).file_name
+        return self.fru_deploy if model.startswith("fru") else self.baseline_deploy
+
+    def detector_path(self) -> Path:
+        """PRN's detector, fitted after the PRN (``defense.train.detector``)."""
+        return self.folder("train_prn") / "detector.npz"
 
     def classifier(self, model: str) -> CaffeClassifier:
-        """A CaffeClassifier for a trained model (baseline deploy or FRU deploy)."""
+        """A CaffeClassifier for a trained model (baseline, FRU or competitor deploy)."""
         if model not in self._classifiers:
-            deploy = self.fru_deploy if model.startswith("fru") else self.baseline_deploy
+            deploy = self.deploy(model)
             self._classifiers[model] = CaffeClassifier.from_files(deploy, self.weights(model), self.preset.mean_bgr,
                                                                   batch_size=self.cfg.eval_batch)
         return self._classifiers[model]
+
+    def forward_classifier(self, model: str) -> CaffeClassifier:
+        """A classifier for forward passes only, in ``runtime``: with ``onnx``, the Caffe net exported
+        to onnxruntime (one thread per worker when stages run side by side), its top-1 checked
+        against Caffe's on ``RUNTIME_CHECK_IMAGES`` training images first."""
+        if self.runtime == "caffe":
+            return self.classifier(model)
+        if model not in self._forward:
+            clf = onnx_classifier(self.classifier(model), self.deploy(model), threads=1 if self.jobs > 1 else 0)
+            sample = self.train_data().take(np.arange(RUNTIME_CHECK_IMAGES))[0]
+            self.runtime_checks[model] = clf.verify(sample)
+            self._forward[model] = clf
+        return self._forward[model]
 
     def perturbations(self, set_name: str) -> List[np.ndarray]:
         stage = stage_of(set_name)
@@ -109,11 +149,16 @@ class Stage:
     run: Callable[[Context], dict]
     fields: Tuple[str, ...]
     upstream: Tuple[str, ...] = ()
+    forward: bool = False  # runs forward passes in ``Context.runtime`` (its key and record name it)
 
 
 def stage_key(ctx: Context, stage: Stage) -> str:
+    """A hash of the fields ``stage`` reads, its upstream keys and, for a forward stage run in
+    onnxruntime, the runtime (Caffe's keys are those of runs made before the runtime choice)."""
     payload = {"fields": {f: getattr(ctx.cfg, f) for f in stage.fields},
                "upstream": {u: ctx.keys[u] for u in stage.upstream}, "stage": stage.name}
+    if stage.forward and ctx.runtime != "caffe":
+        payload["runtime"] = ctx.runtime
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -138,16 +183,26 @@ def run_stage(ctx: Context, stage: Stage) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     write_text(key_file, key)
     log.info("stage %s: running", stage.name)
-    start, started_at = time.perf_counter(), time.time()
+    start, started_at, cpu_start = time.perf_counter(), time.time(), cpu_seconds()
     result = stage.run(ctx)
-    record = {"key": key, "seconds": round(time.perf_counter() - start, 1), "result": result,
+    record = {"key": key, "seconds": round(time.perf_counter() - start, 1),
+              "cpu_seconds": round(cpu_seconds() - cpu_start, 1), "result": result,
               "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "started_at": started_at, "ended_at": time.time(),
               "loadavg": list(os.getloadavg())}
+    if stage.forward:
+        record["runtime"] = {"forward_passes": ctx.runtime, "checks": dict(ctx.runtime_checks)}
     write_text(record_path, json.dumps(record, indent=2, default=_json_default) + "\n")
     record["resumed"] = False
     ctx.records[stage.name] = record
     log.info("stage %s: %.1f s", stage.name, record["seconds"])
     return record
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its finished child processes (a stage's
+    own workers, reaped when it ends)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _json_default(o):
@@ -171,51 +226,61 @@ def save_npy(path: Path, v: np.ndarray) -> Path:
     return path
 
 
-def ready_stages(stages: Sequence[Stage], done: set, running: set) -> List[Stage]:
-    """Stages whose upstream stages are all done, in ``stages`` order (the critical path first)."""
-    return [s for s in stages if s.name not in done | running and all(u in done for u in s.upstream)]
+def ready_tasks(stages: Sequence[Stage], replicas: int, done: set, running: set) -> List[Tuple[int, Stage]]:
+    """``(replica, stage)`` pairs whose upstream stages (in the same replica) are all done: stage by
+    stage in ``stages`` order (the critical path first), each stage for every replica in turn.
+
+    :param done: finished ``(replica, stage name)`` pairs; ``running``: those under way.
+    """
+    return [(r, s) for s in stages for r in range(replicas)
+            if (r, s.name) not in done | running and all((r, u) in done for u in s.upstream)]
 
 
-def _stage_worker(cfg: ReproConfig, out: Path, force: bool, gpu: Optional[int], jobs: int, keys: Dict[str, str],
-                  stage: Stage, log_level: int) -> dict:
+def _stage_worker(cfg: ReproConfig, out: Path, force: bool, gpu: Optional[int], jobs: int, runtime: str,
+                  keys: Dict[str, str], stage: Stage, log_level: int) -> dict:
     """One stage in a worker process (fresh interpreter: its own Caffe, data and classifiers)."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     set_mode(gpu, cfg.seed)
-    ctx = Context(cfg, out, force=force, progress=False, gpu=gpu, jobs=jobs, keys=dict(keys))
+    ctx = Context(cfg, out, force=force, progress=False, gpu=gpu, jobs=jobs, keys=dict(keys), runtime=runtime)
     return run_stage(ctx, stage)
 
 
-def run_parallel(ctx: Context, stages: Sequence[Stage], jobs: int) -> None:
-    """Run independent stages side by side in ``jobs`` worker processes.
+def run_parallel(contexts: Sequence[Context], stages: Sequence[Stage], jobs: int) -> None:
+    """Run independent stages side by side in ``jobs`` worker processes, over every replica
+    (one ``Context`` per seed): the stages of all replicas share one pool.
 
     On a small CPU, Caffe's convolutions of 28x28 images hardly use a second BLAS thread, so
     two stages on one core each (FRU training beside the bottom-ranked training, the secondary
-    defence beside adversarial fine-tuning) take about the time of one. Workers run one BLAS
-    thread each (``OPENBLAS_NUM_THREADS=1``), so the numbers do not depend on the number of
-    cores (floating-point sums depend on the thread count, and SGD amplifies such
-    differences: results are bit-identical for the same ``--jobs`` on the same kind of CPU).
-    Progress shows as one bar of stages.
+    defence beside adversarial fine-tuning, or two seeds' stages) take about the time of one.
+    Workers run one BLAS thread each (``OPENBLAS_NUM_THREADS=1``), so the numbers do not
+    depend on the number of cores (floating-point sums depend on the thread count, and SGD
+    amplifies such differences: results are bit-identical for the same ``--jobs`` on the same
+    kind of CPU). Progress shows as one bar of stages.
     """
-    for stage in stages:  # a worker needs the keys of its upstream stages
-        ctx.keys[stage.name] = stage_key(ctx, stage)
+    for ctx in contexts:  # a worker needs the keys of its upstream stages
+        for stage in stages:
+            ctx.keys[stage.name] = stage_key(ctx, stage)
     saved = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
     os.environ.update({k: "1" for k in saved})
     done: set = set()
-    running: Dict[object, str] = {}
+    running: Dict[object, Tuple[int, str]] = {}
+    total = len(stages) * len(contexts)
+    label = (lambda r, name: name) if len(contexts) == 1 else (lambda r, name: f"{contexts[r].cfg.seed}:{name}")
     try:
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool, \
-                tqdm(total=len(stages), desc="stages", unit="stage", disable=not ctx.progress) as bar:
-            while len(done) < len(stages):
-                for stage in ready_stages(stages, done, set(running.values()))[:jobs - len(running)]:
-                    log.info("stage %s: starting in a worker", stage.name)
-                    running[pool.submit(_stage_worker, ctx.cfg, ctx.out, ctx.force, ctx.gpu, jobs, dict(ctx.keys),
-                                        stage, logging.getLogger().level)] = stage.name
-                bar.set_postfix(running=",".join(sorted(running.values())))
+                tqdm(total=total, desc="stages", unit="stage", disable=not contexts[0].progress) as bar:
+            while len(done) < total:
+                for r, stage in ready_tasks(stages, len(contexts), done, set(running.values()))[:jobs - len(running)]:
+                    ctx = contexts[r]
+                    log.info("stage %s (seed %d): starting in a worker", stage.name, ctx.cfg.seed)
+                    running[pool.submit(_stage_worker, ctx.cfg, ctx.out, ctx.force, ctx.gpu, jobs, ctx.runtime,
+                                        dict(ctx.keys), stage, logging.getLogger().level)] = (r, stage.name)
+                bar.set_postfix(running=",".join(sorted(label(*t) for t in running.values())))
                 finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for future in finished:
-                    name = running.pop(future)
-                    ctx.records[name] = future.result()
-                    done.add(name)
+                    r, name = running.pop(future)
+                    contexts[r].records[name] = future.result()
+                    done.add((r, name))
                     bar.update(1)
     finally:
         for k, v in saved.items():

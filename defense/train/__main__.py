@@ -2,7 +2,8 @@
 
 Every mini-batch is half clean, half perturbed by a random perturbation of the given set; only
 FRU layers learn. Ctrl-C writes a snapshot; ``--resume`` continues from it; ``--gpus 0,1``
-trains on several GPUs with NCCL.
+trains on several GPUs with NCCL. The same command trains a competitor generated with
+``--defense prn|hgd`` (only its layers learn); ``--detector D.npz`` then fits PRN's detector.
 """
 from __future__ import annotations
 
@@ -14,14 +15,17 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from attacks.classifier import CaffeClassifier
 from attacks.perturbation_io import load_perturbations
 from attacks.synthetic import synthesize
 
 from ..core import ToolkitError, check_gpus, parse_args, positive_int, run_cli, seed_int, set_mode
 from ..data import DATA_SOURCES, open_source
+from ..generate.competitors import get_competitor
 from ..outputs import check_output, output_file
 from ..presets import get_preset
-from .batches import TrainOptions
+from .batches import TrainOptions, stack_perturbations
+from .detector import train_detector
 from .launch import parse_gpus, snapshot_folder, train
 
 
@@ -53,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     dev = p.add_mutually_exclusive_group()
     dev.add_argument("--gpu", type=int, metavar="N", help="train on GPU N (default: CPU)")
     dev.add_argument("--gpus", metavar="0,1", help="train on several GPUs with NCCL (one process per GPU)")
+    p.add_argument("--detector", type=output_file, metavar="NPZ",
+                   help="PRN only: after training, fit its perturbation detector (a linear SVM on the DCT of "
+                        "input - PRN(input)) on training images and write it here")
+    p.add_argument("--detector-images", type=positive_int, default=2000,
+                   help="training images for the detector, half clean, half perturbed (2000)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -65,21 +74,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     solver = args.solver or (args.dir / "solver.prototxt" if args.dir else None)
     if solver is None:
         raise ToolkitError("give --dir (generator output) or --solver")
+    prn_deploy = args.dir / get_competitor("prn").file_name if args.dir else None
+    if args.detector is not None and (prn_deploy is None or not prn_deploy.is_file()):
+        raise ToolkitError(f"--detector needs --dir with the PRN's {get_competitor('prn').file_name} "
+                           "(python -m defense.generate --defense prn)")
     weights = args.weights or (args.dir / "init.caffemodel" if args.dir and args.resume is None else None)
     gpus = parse_gpus(args.gpus) if args.gpus else []
     if len(gpus) <= 1:
         set_mode(gpus[0] if gpus else args.gpu, args.seed)
     else:
         check_gpus(gpus, "--gpus")  # before any data is read
-    perturbations = load_perturbations(args.perturbations)
+    perturbations = load_perturbations(args.perturbations, expect=preset.input_shape)
     if args.synthetic:
         mixed = synthesize(np.stack(perturbations), args.synthetic, np.random.default_rng(args.seed))
         perturbations += list(mixed.perturbations)
     options = TrainOptions(max_iter=args.max_iter, snapshot_every=args.snapshot_every, seed=args.seed,
                            clean_fraction=args.clean_fraction, clip=args.clip, progress=not args.quiet)
-    out = train(solver, open_source(args.data, args.split, preset), perturbations, args.out, preset.mean_bgr,
+    source = open_source(args.data, args.split, preset)
+    out = train(solver, source, perturbations, args.out, preset.mean_bgr,
                 weights=weights, resume=args.resume, gpus=gpus if len(gpus) > 1 else (), options=options)
     print(out)
+    if args.detector is not None:
+        prn = CaffeClassifier.from_files(prn_deploy, out, preset.mean_bgr, batch_size=preset.eval_batch)
+        detector, stats = train_detector(prn, source, stack_perturbations(perturbations, source.image_shape),
+                                         args.detector_images, args.seed, preset.eval_batch)
+        print(detector.save(args.detector))
+        print(f"detector: {stats['images']} images, training detection rate {stats['train_detection_rate']:.3f}, "
+              f"false-alarm rate {stats['train_false_alarm_rate']:.3f}")
     return 0
 
 

@@ -27,6 +27,7 @@ class TrainOptions:
     :param seed: seeds the data order, the perturbation draw and, per iteration, Caffe's RNG.
     :param clean_fraction: share of each mini-batch left clean; the rest is perturbed.
     :param clip: clip perturbed images to [0, 255] (the published training did not).
+    :param clean_blob: Input of a train net fed the unperturbed batch (HGD), when the net has one.
     """
 
     max_iter: Optional[int] = None
@@ -37,6 +38,7 @@ class TrainOptions:
     data_blob: str = "data"
     label_blob: str = "label"
     loss_blob: str = "loss"
+    clean_blob: str = "clean"
     progress: bool = True
 
     def __post_init__(self):
@@ -93,6 +95,11 @@ class EpochSampler:
         return out
 
 
+def batch_indices(sampler: EpochSampler, batch_size: int, iteration: int, rank: int = 0, world: int = 1) -> np.ndarray:
+    """The data-source indices of ``iteration``'s mini-batch on worker ``rank`` of ``world``."""
+    return sampler.indices((iteration * world + rank) * batch_size, batch_size)
+
+
 def mixed_batch(source: DataSource, perturbations: np.ndarray, sampler: EpochSampler, batch_size: int,
                 iteration: int, options: TrainOptions, rank: int = 0, world: int = 1
                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -100,8 +107,7 @@ def mixed_batch(source: DataSource, perturbations: np.ndarray, sampler: EpochSam
 
     :returns: images, labels, and for each image the index of its perturbation (-1 = clean).
     """
-    idx = sampler.indices((iteration * world + rank) * batch_size, batch_size)
-    x, y = source.take(idx)
+    x, y = source.take(batch_indices(sampler, batch_size, iteration, rank, world))
     x = np.array(x, dtype=np.float32, copy=True)
     n_clean = int(round(batch_size * options.clean_fraction)) if len(perturbations) else batch_size
     rng = np.random.default_rng([options.seed, iteration, rank, 1])

@@ -12,7 +12,7 @@ from typing import List, Sequence
 
 import numpy as np
 
-from ..core import ToolkitError, caffe, check_gpus, write_bytes
+from ..core import ToolkitError, caffe, check_gpus, number_list, write_bytes
 from ..data import DataSource
 from .batches import TrainOptions
 from .solver import SolverWrapper
@@ -86,10 +86,7 @@ def train(solver: os.PathLike | str, source: DataSource, perturbations: Sequence
 
 
 def parse_gpus(text: str) -> List[int]:
-    try:
-        gpus = [int(g) for g in text.split(",") if g.strip()]
-    except ValueError:
-        raise ValueError(f"--gpus takes comma-separated device numbers like 0,1, got '{text}'") from None
-    if not gpus or any(g < 0 for g in gpus) or len(set(gpus)) != len(gpus):
+    gpus = number_list(text, "--gpus")
+    if any(g < 0 for g in gpus) or len(set(gpus)) != len(gpus):
         raise ValueError(f"--gpus takes distinct device numbers like 0,1, got '{text}'")
     return gpus

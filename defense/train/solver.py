@@ -7,26 +7,28 @@ training.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
-import signal
 import tempfile
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from google.protobuf import text_format
 
-from ..core import (ToolkitError, caffe, caffe_pb2, check_finite_params, copy_weights, read_binary_proto,
-                    read_caffemodel, read_net_param, validate_net_param, write_text)
+from attacks.interrupt import sigint_flag
+
+from ..core import (ToolkitError, caffe, caffe_pb2, check_finite_params, check_weights_fit, copy_weights,
+                    input_file, param_shapes, read_binary_proto, read_caffemodel, read_net_param, validate_net_param,
+                    write_text)
 from ..data import DataSource
-from .batches import EpochSampler, TrainOptions, caffe_seed, mixed_batch, stack_perturbations, subtract_mean
+from ..devices import blas_threads
+from .batches import (EpochSampler, TrainOptions, batch_indices, caffe_seed, mixed_batch, stack_perturbations,
+                      subtract_mean)
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +50,7 @@ def read_solver_param(path: os.PathLike | str) -> "caffe_pb2.SolverParameter":
     A relative ``net:`` path is looked up beside the solver file when it does not exist from
     the working directory. Test nets are dropped: evaluation is done by ``defense.evaluate``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ToolkitError(f"{path}: solver prototxt not found; generate it with 'python -m defense.generate'")
+    path = input_file(path, "solver prototxt", "generate it with 'python -m defense.generate'")
     try:
         param = text_format.Parse(path.read_text(), caffe_pb2.SolverParameter())
     except (text_format.ParseError, UnicodeDecodeError) as exc:
@@ -146,13 +146,17 @@ def _check_record(path: Path, record: Dict[str, object]) -> None:
         raise ToolkitError(f"{path}: its training record {rec} is missing; keep it beside the .solverstate "
                            "(a snapshot without one cannot resume exactly: start over)")
     try:
-        saved = json.loads(rec.read_text())
+        saved = json.loads(input_file(rec, "training record").read_text())
     except (ValueError, UnicodeDecodeError):
         saved = None
     if not isinstance(saved, dict):
         raise ToolkitError(f"{rec}: not a valid training record (truncated or corrupt); use an earlier snapshot")
+    if "blas_threads" in saved and saved["blas_threads"] != record.get("blas_threads"):
+        raise ToolkitError(f"{path}: written with {saved['blas_threads']} BLAS thread(s), this run has "
+                           f"{record.get('blas_threads')}, and Caffe's sums depend on it; set "
+                           f"OPENBLAS_NUM_THREADS={saved['blas_threads']} to resume byte-identically, or start over")
     for key, value in record.items():
-        if saved.get(key) != value:
+        if key != "blas_threads" and saved.get(key) != value:
             raise ToolkitError(f"{path}: written by a run with {key} {saved.get(key)!r}, this one has {value!r}; "
                                "resume with that run's options and data, or start over")
 
@@ -176,27 +180,6 @@ def frozen_layers(net: "caffe_pb2.NetParameter") -> List[str]:
 def _digests(net: "caffe.Net", names: Sequence[str]) -> Dict[str, str]:
     return {name: hashlib.sha256(b"".join(b.data.tobytes() for b in net.params[name])).hexdigest()
             for name in names if name in net.params}
-
-
-@contextlib.contextmanager
-def _sigint_flag() -> Iterator[Dict[str, bool]]:
-    """Turn Ctrl-C into a flag the loop checks between iterations (so it can snapshot first)."""
-    flag = {"stop": False}
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum, frame):
-        if flag["stop"]:  # second Ctrl-C: give up at once
-            raise KeyboardInterrupt
-        flag["stop"] = True
-        log.warning("Ctrl-C: finishing this iteration, then writing a snapshot")
-
-    old = signal.signal(signal.SIGINT, handler)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, old)
 
 
 # ---------------------------------------------------------------- the solver wrapper
@@ -244,6 +227,10 @@ class SolverWrapper:
         self.resume = Path(resume) if resume is not None else None
         if state is not None:
             _check_history_fits(state, self.resume, net, param.type)
+            if state.learned_net:  # Caffe aborts on weights of another net: the one fit check first
+                check_weights_fit(state.learned_net, param_shapes(net), solver, require_all=True,
+                                  subject=f"the weights of {self.resume}",
+                                  fix="resume with the solver and train net that wrote it")
             del state  # its history can be as large as the net's weights
             self.solver.restore(str(resume))
             check_finite_params(net, resume)
@@ -270,8 +257,14 @@ class SolverWrapper:
                 return int(np.prod(net.blobs[scores].data.shape[1:]))
         raise ToolkitError(f"the train net has no layer that writes '{self.options.loss_blob}'")
 
-    def step(self, x: np.ndarray, y: np.ndarray) -> float:
-        """One solver iteration on pixel-unit images ``x`` and labels ``y``; returns the loss."""
+    @property
+    def needs_clean(self) -> bool:
+        """The train net reads the unperturbed batch too (Input ``clean``: HGD's LGD loss)."""
+        return self.options.clean_blob in self.solver.net.blobs
+
+    def step(self, x: np.ndarray, y: np.ndarray, clean: Optional[np.ndarray] = None) -> float:
+        """One solver iteration on pixel-unit images ``x`` and labels ``y`` (and, for a net with an
+        Input ``clean``, the same images unperturbed); returns the loss."""
         y = np.asarray(y)
         if y.size and (y.min() < 0 or y.max() >= self.num_classes):
             # an out-of-range label makes Caffe's SoftmaxWithLoss read past its scores
@@ -280,6 +273,10 @@ class SolverWrapper:
         net = self.solver.net
         net.blobs[self.options.data_blob].data[...] = subtract_mean(x, self.mean)
         net.blobs[self.options.label_blob].data[...] = y.reshape(net.blobs[self.options.label_blob].data.shape)
+        if self.needs_clean:
+            if clean is None:
+                raise ValueError(f"this train net reads the unperturbed batch ('{self.options.clean_blob}'); pass clean")
+            net.blobs[self.options.clean_blob].data[...] = subtract_mean(clean, self.mean)
         self.solver.step(1)
         return float(net.blobs[self.options.loss_blob].data)
 
@@ -313,7 +310,7 @@ class SolverWrapper:
         # with the .solverstate, all that decides the coming batches and Caffe's random draws
         record = {"seed": self.options.seed, "clean_fraction": self.options.clean_fraction,
                   "clip": self.options.clip, "workers": world, "images": len(source),
-                  "perturbations": hashlib.sha256(perts.tobytes()).hexdigest()[:16]}
+                  "perturbations": hashlib.sha256(perts.tobytes()).hexdigest()[:16], "blas_threads": blas_threads()}
         if self.resume is not None:
             _check_record(self.resume, record)
         losses: List[float] = []
@@ -321,11 +318,15 @@ class SolverWrapper:
         last_good: Optional[Path] = self.resume  # the newest snapshot, written before any divergence
         bar = tqdm(total=self.max_iter, initial=self.iter, desc="train", unit="it",
                    disable=not self.options.progress or rank != 0)
-        with _sigint_flag() as flag, bar:
+        with sigint_flag() as flag, bar:
             while self.iter < self.max_iter:
                 x, y, _ = mixed_batch(source, perts, sampler, batch, self.iter, self.options, rank, world)
                 caffe.set_random_seed(caffe_seed(self.options.seed, self.iter, rank))
-                losses.append(self.step(x, y))
+                if self.needs_clean:
+                    clean = source.take(batch_indices(sampler, batch, self.iter, rank, world))[0]
+                    losses.append(self.step(x, y, clean))
+                else:
+                    losses.append(self.step(x, y))
                 if not np.isfinite(losses[-1]):
                     kept = f"the last good snapshot is {last_good}" if last_good else "no snapshot was written"
                     raise ToolkitError(f"training diverged (loss {losses[-1]}) at iteration {self.iter}; {kept}; "

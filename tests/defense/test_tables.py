@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from attacks.runtime import onnxruntime_available
 from defense.core import run_cli
 from defense.paper import TABLE2, TABLE4, TABLE5, table_cases
 from defense.evaluate.conditions import draw_choices
@@ -126,7 +127,8 @@ def test_unseen_sfool_reports_the_mean_of_its_two_runs(fake, tmp_path):
 
 def test_limit_and_resume(fake, tmp_path, monkeypatch):
     pert = write_same_norm(tmp_path / "samples", fooling=range(1, 6))
-    out, report = _run(fake, tmp_path, "same-norm", pert, "--limit", "3")
+    # Caffe: onnxruntime's check against Caffe would run a forward pass on resuming too
+    out, report = _run(fake, tmp_path, "same-norm", pert, "--limit", "3", "--runtime", "caffe")
     assert report["images"] == 3 and report["limit"] == 3
     # positions 0, 2, 4 -> labels 0, 1, 2: the baseline keeps only the class-0 image
     assert report["cases"][0]["results"]["baseline"]["perturbed_top1"] == pytest.approx(1 / 3)
@@ -137,8 +139,37 @@ def test_limit_and_resume(fake, tmp_path, monkeypatch):
     def no_forward(*args, **kwargs):
         raise AssertionError("a finished run must resume from its state file")
     monkeypatch.setattr(CaffeClassifier, "logits", no_forward)
-    _, again = _run(fake, tmp_path, "same-norm", pert, "--limit", "3")
+    _, again = _run(fake, tmp_path, "same-norm", pert, "--limit", "3", "--runtime", "caffe")
     assert again["cases"] == report["cases"]
+
+
+@pytest.mark.skipif(not onnxruntime_available(), reason="onnxruntime is not installed")
+def test_runtimes_give_the_same_table_and_are_recorded(fake, tmp_path):
+    pert = write_same_norm(tmp_path / "samples", fooling=range(1, 6))
+    reports = {runtime: _run(fake, tmp_path / runtime, "same-norm", pert, "--runtime", runtime)[1]
+               for runtime in ("caffe", "onnx", "auto")}
+    assert reports["caffe"]["runtime"] == {"forward_passes": "caffe", "checks": {}}
+    for runtime in ("onnx", "auto"):
+        checks = reports[runtime]["runtime"]["checks"]
+        assert reports[runtime]["runtime"]["forward_passes"] == "onnx" and set(checks) == {"baseline", "fru"}
+        assert all(c["images"] == 6 == c["top1_equal"] for c in checks.values())
+        assert reports[runtime]["cases"] == reports["caffe"]["cases"]
+    assert "forward passes in onnx." in (tmp_path / "onnx" / "out" / "same-norm_CaffeNet.md").read_text()
+
+
+@pytest.mark.skipif(not onnxruntime_available(), reason="onnxruntime is not installed")
+def test_a_wrong_onnx_model_stops_the_table_in_one_line(fake, tmp_path, monkeypatch, capsys):
+    from defense.generate import onnx_graph
+    from onnx_faults import negated_logits
+    monkeypatch.setattr("defense.evaluate.runtime.onnx_model", negated_logits(onnx_graph.onnx_model))
+    code = run_cli(main, ["same-norm", "--net", "CaffeNet", "--index", str(fake["index"]), "--manifest",
+                          str(fake["manifest"]), "--perturbations", str(write_same_norm(tmp_path / "samples")),
+                          "--out", str(tmp_path / "out"), "--quiet", "--workers", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: {fake['root'] / 'prototxt' / 'CaffeNet' / 'deploy_caffenet.prototxt'}: onnxruntime's "
+                          "top-1 differs from Caffe's on ")
+    assert not (tmp_path / "out" / "same-norm_CaffeNet.json").exists()
 
 
 def test_cli_prints_the_table(fake, tmp_path, capsys):
@@ -155,6 +186,21 @@ def test_clip_is_recorded(fake, tmp_path):
     # clipped to [0, 255], the blue channel becomes a 255/0 checkerboard: after the baseline's
     # ReLU its mean is (255 - 103.9) / 2 = 75.5 < 113, so the baseline is no longer fooled
     assert report["cases"][0]["results"]["baseline"]["perturbed_top1"] == 1.0
+
+
+def test_peers_join_the_table(fake, tmp_path):
+    """``--peers``: the baseline behind pixel deflection and a median filter, one row each. PD
+    clips the +-400 checkerboard to a valid image first (which alone undoes this attack, see
+    test_clip_is_recorded); a 3x3 median keeps a checkerboard as it is."""
+    pert = write_same_norm(tmp_path / "samples", fooling=range(1, 6))
+    out, report = _run(fake, tmp_path, "same-norm", pert, "--limit", "3", "--peers", "pd:seed=1,median:3")
+    results = report["cases"][0]["results"]
+    assert list(results) == ["baseline", "fru", "pd", "median"]
+    assert (results["pd"]["clean_top1"], results["pd"]["perturbed_top1"]) == (1.0, 1.0)
+    assert results["median"]["perturbed_top1"] == pytest.approx(1 / 3)
+    assert results["pd"]["published_restoration_accuracy"] is None
+    assert report["models"]["pd"] == "baseline+pd(deflections=auto, window=auto, sigma=0.04, map=cam, seed=1)"
+    assert "| baseline+pd | 1.000 | 1.000 |" in (out / "same-norm_CaffeNet.md").read_text()
 
 
 # ---------------------------------------------------------------- errors
@@ -242,3 +288,22 @@ def test_missing_perturbations_are_fetched_by_default(fake, tmp_path, server, re
     server.requests.clear()
     _, again = _run(fake, tmp_path, "same-norm", tmp_path / "dl", "--no-resume", "--offline")
     assert server.requests == [] and again["cases"] == report["cases"]
+
+
+def test_a_trained_competitor_joins_the_table_with_load(fake, tmp_path):
+    """``--load NAME PROTOTXT WEIGHTS`` adds a row under the competitor's name (here the fake FRU
+    net stands in for a trained HGD, so its row must equal the FRU's)."""
+    pert = write_same_norm(tmp_path / "samples", fooling=range(1, 6))
+    proto, weights = fake["root"] / "prototxt/CaffeNet/deploy_caffenet_FRU.prototxt", \
+        fake["root"] / "weights/CaffeNet/caffenet_FRU.caffemodel"
+    out, report = _run(fake, tmp_path, "same-norm", pert, "--load", "hgd", str(proto), str(weights))
+    (case,) = report["cases"]
+    hgd, fru = case["results"]["HGD"], case["results"]["fru"]
+    assert (hgd["clean_top1"], hgd["perturbed_top1"], hgd["fooling_rate"]) == (1.0, 1.0, 0.0)
+    assert hgd["restoration_accuracy"] == fru["restoration_accuracy"] and hgd["published_restoration_accuracy"] is None
+    assert report["models"]["HGD"] == f"{proto} + {weights}"
+    assert "| UAP l_inf (one of 5 per image) | HGD | 1.000 | 1.000 |" in (out / "same-norm_CaffeNet.md").read_text()
+    with pytest.raises(SystemExit):
+        main(["same-norm", "--load", "hgd", str(proto)])
+    assert run_cli(main, ["same-norm", "--index", str(fake["index"]), "--load", "fd", str(proto), str(weights),
+                          "--out", str(tmp_path / "o")]) == 2

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from defense.core import L, ToolkitError, caffe, run_cli, write_net_param
-from defense.presets import get_preset
+from defense.presets import PUBLISHED_NETS, get_preset
 from weights.__main__ import main
 from weights.manifest import load_manifest, select
 
@@ -225,7 +225,7 @@ def test_existing_bad_file_is_reported_not_replaced(tmp_path, server, served, ca
 
 
 # ---------------------------------------------------------------- the packaged manifest
-NETS = ("CaffeNet", "VGG_F", "GoogLeNet", "VGG16", "ResNet152")
+NETS = PUBLISHED_NETS
 
 
 def test_packaged_manifest_covers_the_release():
@@ -275,6 +275,8 @@ def perturbations(server):
     (root / "NAG").mkdir()
     np.save(root / "NAG" / "perturbation1.npy", np.ones((2, 2, 3), np.float32))
     (root / "NAG" / "broken.npy").write_bytes(b"\x93NUMPY not really")
+    with h5py.File(root / "UAP" / "Tiny" / "group.h5", "w") as fh:  # 'v' is a group, not a dataset
+        fh.create_group("v")["x"] = np.zeros(3)
     return root
 
 
@@ -303,9 +305,22 @@ def test_fetch_published_rejects_unreadable_file(tmp_path, server, perturbations
     from attacks.published import fetch_published
     from defense.core import ToolkitError
     manifest = _pert_manifest(tmp_path, perturbations, ["NAG/broken.npy"])
-    with pytest.raises(ToolkitError, match=r"^NAG/broken\.npy: the download is not a plain \.npy array"):
+    with pytest.raises(ToolkitError, match=r"^NAG/broken\.npy: the download is not the expected file \(.*broken\.npy\.part: "
+                                           r"not a valid \.npy array"):
         fetch_published(["NAG/broken.npy"], tmp_path / "out", base_url=server.base_url, manifest=manifest)
     assert list((tmp_path / "out" / "NAG").iterdir()) == []
+
+
+def test_fetch_published_refuses_a_group_where_the_dataset_goes_and_keeps_no_part(tmp_path, server, perturbations):
+    """Issue 22, class 2: the check of a download reads it through the toolkit's array readers, so a
+    group named 'v' is one ToolkitError (was an AttributeError that left the .part behind)."""
+    from attacks.published import fetch_published
+    from defense.core import ToolkitError
+    manifest = _pert_manifest(tmp_path, perturbations, ["UAP/Tiny/group.h5"])
+    with pytest.raises(ToolkitError, match=r"^UAP/Tiny/group\.h5: the download is not the expected file .*"
+                                           r"has no dataset 'v'"):
+        fetch_published(["UAP/Tiny/group.h5"], tmp_path / "out", base_url=server.base_url, manifest=manifest)
+    assert list((tmp_path / "out" / "UAP" / "Tiny").iterdir()) == []
 
 
 def test_fetch_published_unknown_name(tmp_path):

@@ -95,8 +95,8 @@ def test_missing_published_perturbation_offline_names_its_address(fake, tmp_path
 
 
 def test_attack_without_a_file_for_the_network(capsys):
-    assert run_cli(defense_example.main, ["--dnn", "FashionNet", "--attack", "GAP", "--load", __file__]) == 2
-    assert "no GAP perturbation for FashionNet; available: UAP" in capsys.readouterr().err
+    assert run_cli(defense_example.main, ["--dnn", "FashionNet", "--attack", "FFF", "--load", __file__]) == 2
+    assert "no FFF perturbation for FashionNet; available: UAP, sPGD, SFool, NAG, GAP" in capsys.readouterr().err
 
 
 def test_imagenet_class_indices_without_labels(monkeypatch, tmp_path):
@@ -117,3 +117,37 @@ def test_fashionnet_demo_offline(tmp_path):
                                           "--input", "fashion:0", "--out", str(out)]) == 0
     with Image.open(out) as png:
         assert png.format == "PNG"
+
+
+def test_a_competitor_joins_the_demo(tmp_path, root, capsys):
+    """``--competitor hgd P W``: a generated HGD at initialisation is the baseline, so its panel
+    and its printed top 5 are the baseline's."""
+    from defense.generate.__main__ import main as generate_main
+    assert generate_main(["--defense", "hgd", "--preset", "FashionNet", "--weights",
+                          str(root / "weights/FashionNet/fashionnet.caffemodel"), "--out", str(tmp_path / "hgd")]) == 0
+    capsys.readouterr()
+    out = tmp_path / "demo.png"
+    assert run_cli(defense_example.main, ["--dnn", "FashionNet", "--competitor", "hgd",
+                                          str(tmp_path / "hgd/deploy_HGD.prototxt"),
+                                          str(tmp_path / "hgd/init.caffemodel"), "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    base = [ln.split(": ", 1)[1] for ln in lines if ln.startswith("baseline:")]
+    hgd = [ln.split(": ", 1)[1] for ln in lines if ln.startswith("HGD:")]
+    assert len(base) == 2 and hgd == base
+    assert Image.open(out).size == (1000, 800)  # three panels below the images: baseline, FRU, HGD
+
+
+@pytest.mark.skipif(not all(p.is_file() for p in FASHION_FILES), reason="FashionNet demo files not shipped yet")
+def test_fashionnet_demo_with_pixel_deflection(tmp_path, capsys):
+    """--peers: the baseline behind pixel deflection, printed and drawn beside the FRU net."""
+    out = tmp_path / "demo.png"
+    assert run_cli(defense_example.main, ["--dnn", "FashionNet", "--attack", "UAP", "--input", "fashion:0",
+                                          "--peers", "pd:seed=1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "baseline+pd: top 1 prediction on the perturbed image: " in printed
+    assert [line.split(":")[0] for line in printed.splitlines() if "top 1" in line] == ["baseline", "FRU", "baseline+pd"]
+    result = run_demo(DemoOptions(net="FashionNet", input="fashion:0", peers=("pd:seed=1",)))
+    assert list(result.predictions) == ["baseline", "FRU", "baseline+pd"]
+    # measured: fashion:0 (an ankle boot) stays a shirt behind PD, as for the baseline (the FRUs restore it)
+    assert [(m, p.clean[0][1], p.perturbed[0][1]) for m, p in result.predictions.items()] == [
+        ("baseline", "Ankle boot", "Shirt"), ("FRU", "Ankle boot", "Ankle boot"), ("baseline+pd", "Ankle boot", "Shirt")]

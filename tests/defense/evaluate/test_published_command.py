@@ -21,12 +21,12 @@ from PIL import Image
 import defense_example
 from defense.core import ToolkitError, caffe, read_caffemodel, read_net_param, run_cli, write_bytes
 from defense.evaluate.demo import DemoOptions, run_demo
-from defense.presets import get_preset
+from defense.presets import PUBLISHED_NETS, get_preset
 from fake_imagenet import write_uap
 from local_server import SIGN_IN_PAGE
 from weights.manifest import load_manifest, select
 
-NETS = ("CaffeNet", "VGG_F", "GoogLeNet", "VGG16", "ResNet152")
+NETS = PUBLISHED_NETS
 DEAD_MIRROR = "http://127.0.0.1:9"  # the discard port: nothing listens, every request is refused
 PUBLISHED = ["--attack", "UAP", "--defense", "True"]
 DEMO_IMAGE_NAME = "test_image_icecream.JPEG"
@@ -169,7 +169,8 @@ def test_bad_caffemodel_download_is_one_line_and_leaves_nothing(served, why, mir
 
 
 def test_offline_names_each_missing_file_with_its_address(reference, download_dir, tmp_path, monkeypatch, capsys):
-    """The three failures a new user met, one at a time, now each say where to get the file."""
+    """The three failures a new user met, each saying where to get the file: all missing ones in
+    one line (issue 22), then the last one alone."""
     monkeypatch.chdir(tmp_path)
     downloads = download_dir
     commit = "b5e2b93a94e2e7ca0bf2b5fa99676607cb8819ce"
@@ -187,15 +188,18 @@ def test_offline_names_each_missing_file_with_its_address(reference, download_di
     for i, (what, url) in enumerate(expected):
         assert run_cli(defense_example.main, ["--dnn", "ResNet152", *PUBLISHED]) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"error: {what} is missing and downloads are off (--offline or FRU_OFFLINE=1); "
-                              f"download {url}"), err
-        assert err.endswith(" and put it there\n") and err.count("\n") == 1
+        assert err.count("\n") == 1 and err.endswith(" and put it there\n"), err
+        assert err.startswith("error: " + ("" if i == len(copies) else f"{len(expected) - i} files are missing: ")), err
+        for what, url in expected[i:]:
+            assert f"{what} is missing and downloads are off (--offline or FRU_OFFLINE=1); download {url}" in err
         if i < len(copies):
             copies[i][1].parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(*copies[i])
 
 
-def test_cached_file_that_changed_is_not_used(reference, download_dir):
+def test_cached_file_that_changed_is_not_used(reference, download_dir, downloads_on):
+    """Online (offline, the two files still missing would be listed first): the image, fetched
+    first, is refused before any request."""
     image = download_dir / "test_image_icecream.JPEG"
     raw = bytearray((reference / "published" / "test_image_icecream.JPEG").read_bytes())
     raw[-3] ^= 0xFF  # same size, other bytes

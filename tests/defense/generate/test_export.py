@@ -7,11 +7,11 @@ from defense.export import main
 from defense.generate import insert_frus, save_net_weights
 from defense.generate.export import blob_channels, fast_layout, find_fru_blocks
 from defense.networks import build_baseline
-from defense.presets import FruTarget, fru_names, get_preset
+from defense.presets import PUBLISHED_NETS, FruTarget, fru_names, get_preset
 from defense.generate.surgery import init_fru_blobs
 from fru_nets import forward, perturb_frus, random_weights, rel_err, tiny_net
 
-IMAGENET = ("CaffeNet", "VGG_F", "GoogLeNet", "VGG16", "ResNet152")
+IMAGENET = PUBLISHED_NETS
 GONE = {"Slice", "Concat", "BatchNorm"}
 
 

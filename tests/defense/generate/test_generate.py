@@ -9,11 +9,11 @@ from defense.core import ToolkitError, caffe, caffe_pb2, load_blobs, read_net_pa
 from defense.generate import build_fru, fru_solver_param, insert_frus, write_all
 from defense.generate.__main__ import main
 from defense.networks import build_baseline
-from defense.presets import FruTarget, fru_names, get_preset
+from defense.presets import PUBLISHED_NETS, FruTarget, fru_names, get_preset
 from defense.generate.surgery import init_fru_blobs
 from fru_nets import forward, perturb_frus, random_weights, rel_err, shapes_of, tiny_net
 
-IMAGENET = ("CaffeNet", "VGG_F", "GoogLeNet", "VGG16", "ResNet152")
+IMAGENET = PUBLISHED_NETS
 TINY_TARGETS = (FruTarget("conv1", 4, 3, short="conv1", prefix="dc1_"),
                 FruTarget("conv2", 3, 2, short="conv2", prefix="dc2_"))
 

@@ -9,7 +9,8 @@ from defense.core import L, P, ToolkitError, caffe, write_net_param
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from defense.generate.onnx_graph import onnx_model, onnx_session  # noqa: E402
+from attacks.runtime import onnx_session  # noqa: E402
+from defense.generate.onnx_graph import onnx_model  # noqa: E402
 
 RNG = np.random.default_rng(0)
 
@@ -154,7 +155,7 @@ def test_shipped_fashionnet_top1_is_identical_image_for_image():
     """The shipped FashionNet baseline and FRU nets on the 10,000 Fashion-MNIST test images:
     the same top-1 label from onnxruntime as from Caffe, image for image."""
     from defense.data import FashionMnist
-    from defense.generate.onnx_graph import classifier_for
+    from defense.evaluate.runtime import classifier_for
     from defense.presets import get_preset
 
     preset = get_preset("FashionNet")

@@ -16,9 +16,9 @@ from defense.networks.netspec_helpers import inception, input_layer
 from defense.networks import BUILDERS, build_baseline, write_baselines
 from defense.networks import __main__ as cli
 from defense.networks.vgg import build_vgg16
-from defense.presets import get_preset
+from defense.presets import PUBLISHED_NETS, get_preset
 
-NETS = ["CaffeNet", "VGG_F", "GoogLeNet", "VGG16", "ResNet152"]
+NETS = PUBLISHED_NETS
 
 
 def published_file(reference: Path, name: str) -> Path:
@@ -143,7 +143,7 @@ def test_committed_prototxt_loads(pair):
 
 
 def test_registry_covers_every_preset():
-    assert sorted(BUILDERS) == sorted(NETS + ["FashionNet"])
+    assert sorted(BUILDERS) == sorted([*NETS, "FashionNet"])
     assert build_baseline("vgg-f").name == "VGG_CNN_F"
     net = build_baseline("caffenet", batch=4)
     assert list(net.layer[0].input_param.shape[0].dim) == [4, 3, 224, 224]
@@ -184,7 +184,7 @@ def test_bad_vgg16_widths_are_an_error():
 def test_cli_writes_all_and_one(tmp_path):
     assert cli.main(["--all", "--out", str(tmp_path)]) == 0
     written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.prototxt"))
-    assert written == sorted(f"{n}/{get_preset(n).deploy.name}" for n in NETS + ["FashionNet"])
+    assert written == sorted(f"{n}/{get_preset(n).deploy.name}" for n in [*NETS, "FashionNet"])
     assert cli.main(["--net", "googlenet", "--out", str(tmp_path / "one")]) == 0
     assert [p.name for p in (tmp_path / "one").rglob("*.prototxt")] == ["deploy_googlenet.prototxt"]
 

@@ -1,20 +1,23 @@
 """The Fashion-MNIST reproduction (defense.reproduce): a --quick run end to end, resuming,
 per-stage invalidation, the ranking helpers and the target checks."""
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from defense.reproduce.config import (L2_PER_LINF, METRICS, NET, REQUIRED_MODELS, ReproConfig, attack_sets,
-                                      eval_cases, stage_of, train_subsets)
+from defense.reproduce.config import (COMPETITORS, L2_PER_LINF, METRICS, NET, REQUIRED_MODELS, ReproConfig,
+                                      attack_sets, eval_cases, stage_of, train_subsets)
 from defense.reproduce.pipeline import STAGE_NAMES, STAGES
-from defense.reproduce.report import check_targets, finish_order, ship, stages_wall_seconds
-from defense.reproduce.runner import Context, ready_stages
-from defense.reproduce.stages import (_bottom_ranked, evaluation_images, fru_targets, masked_restoration,
-                                      training_perturbations)
+from attacks.runtime import TIE_TOLERANCE, onnxruntime_available
+from defense.reproduce.report import check_targets, critical_path, finish_order, ship, stages_wall_seconds
+from defense.reproduce.runner import RUNTIME_CHECK_IMAGES, Context, ready_tasks
+from defense.reproduce.stages import (_bottom_ranked, evaluation_conditions, evaluation_images, evaluation_models,
+                                      fru_targets, masked_restoration, training_perturbations)
 from defense.paper import demo_defaults
 from defense.presets import get_preset, fru_names
 from defense.generate.ranking import permutation_from_matrix, rank_channels
@@ -22,16 +25,24 @@ from defense.generate.ranking import permutation_from_matrix, rank_channels
 QUICK = ReproConfig.quick()
 
 
-def _cli(*args, cwd):
+def _cli(*args, cwd, env=None):
     return subprocess.run([sys.executable, "-m", "defense.reproduce", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=900, env=env)
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory, root):
+def quick_seeds(tmp_path_factory, root):
+    """A 2-seed --quick reproduction (both replicas' stages in one pool of two workers)."""
     out = tmp_path_factory.mktemp("repro") / "fashion"
-    res = _cli("--quick", "--quiet", "--out", str(out), "--jobs", "2", cwd=root)
+    res = _cli("--quick", "--quiet", "--seeds", "2", "--out", str(out), "--jobs", "2", cwd=root)
     assert res.returncode == 0, res.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def quick_run(quick_seeds):
+    """The first replica (seed 0) of the 2-seed run, and its own summary."""
+    out = quick_seeds / "seed-0"
     return out, json.loads((out / "summary.json").read_text())
 
 
@@ -40,7 +51,7 @@ def test_quick_run_reports_every_case_model_and_metric(quick_run):
     out, summary = quick_run
     assert list(summary["cases"]) == [c.key for c in eval_cases(QUICK)]
     assert list(summary["cases"]) == ["same-norm", "cross-norm", "stronger-x2", "unseen-spgd", "unseen-gduap",
-                                      "unseen-svuap", "adaptive", "adaptive-secondary"]
+                                      "unseen-svuap", "unseen-gap", "unseen-nag", "adaptive", "adaptive-secondary"]
     for key, case in summary["cases"].items():
         base_clean = case["models"]["baseline"]["clean_top1"]
         assert case["images"] == QUICK.test_images
@@ -62,6 +73,107 @@ def test_quick_run_reports_every_case_model_and_metric(quick_run):
     for name in ("results.md", "restoration.png", "feature_map.png", "config.json"):
         assert (out / name).stat().st_size > 100, name
     assert "| same-norm: fresh l_inf UAPs" in (out / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_quick_run_records_its_runtime_checks_and_schedule(quick_run):
+    """By default (auto) forward passes run in onnxruntime, every evaluated model checked first."""
+    out, summary = quick_run
+    runtime = summary["runtime"]
+    assert runtime["forward_passes"] == ("onnx" if onnxruntime_available() else "caffe")
+    assert runtime["gradients"] == "caffe"
+    if runtime["forward_passes"] == "onnx":
+        assert set(runtime["checks"]) == {"baseline", "fru", "fru_secondary", "fru_bottom", "adv_finetune"}
+        for check in runtime["checks"].values():
+            assert check["images"] == RUNTIME_CHECK_IMAGES == check["top1_equal"] + check["ties"]
+            assert 0.0 <= check["max_rel_logit_diff"] < 1e-4
+    for name in STAGE_NAMES:
+        t = summary["timings"][name]
+        assert 0.0 <= t["start"] <= t["end"] <= summary["wall_seconds_all_stages"] + 0.1
+        assert t["end"] - t["start"] == pytest.approx(t["seconds"], abs=0.2) and t["cpu_seconds"] > 0
+    path = summary["schedule"]["critical_path"]
+    assert path[0] == "baseline" and path[-1] == "evaluate"
+    assert summary["schedule"]["critical_path_seconds"] <= summary["wall_seconds_all_stages"] + 0.1
+    assert 0.0 < summary["schedule"]["cpu_utilisation"] <= 1.0
+    assert "Critical path" in (out / "results.md").read_text()
+
+
+def _blocked_onnx(folder):
+    """A PYTHONPATH entry on which importing onnx or onnxruntime fails (in every process)."""
+    folder.mkdir()
+    for name in ("onnx", "onnxruntime"):
+        (folder / f"{name}.py").write_text(f"raise ImportError('{name} is blocked by the test')\n")
+    return {**os.environ, "PYTHONPATH": str(folder)}
+
+
+def _predictions(folder):
+    out = {}
+    for path in sorted(folder.glob("predictions*.npz")):
+        with np.load(path, allow_pickle=False) as data:
+            out.update({k: data[k] for k in data.files if k.endswith("|top1")})
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not onnxruntime_available(), reason="onnxruntime is not installed")
+def test_caffe_runtime_uses_no_onnxruntime_and_gives_the_same_predictions(quick_run, tmp_path, root):
+    """``--runtime caffe`` with onnx and onnxruntime unimportable: the forward stages (xi calibration,
+    evaluation) are redone in Caffe; the same perturbations, and the same top-1 for every image,
+    model and condition, but where Caffe's own top two logits tie (within TIE_TOLERANCE)."""
+    out, first = quick_run
+    copy = tmp_path / "fashion"
+    shutil.copytree(out.parent, copy)
+    res = _cli("--quick", "--quiet", "--seeds", "1", "--out", str(copy), "--jobs", "2", "--runtime", "caffe", cwd=root,
+               env=_blocked_onnx(tmp_path / "blocked"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((copy / "summary.json").read_text())["runtime"]["forward_passes"] == "caffe"
+    copy = copy / out.name
+    again = json.loads((copy / "summary.json").read_text())
+    assert again["runtime"] == {"forward_passes": "caffe", "gradients": "caffe", "checks": {},
+                                "note": "No onnxruntime model was used."}
+    assert {name for name, t in again["timings"].items() if not t["resumed"]} == {"test_attacks", "masking",
+                                                                                 "evaluate"}
+    for npy in sorted((out / "test_attacks").rglob("*.npy")):
+        assert npy.read_bytes() == (copy / npy.relative_to(out)).read_bytes(), npy
+    onnx_preds, caffe_preds = _predictions(out / "evaluate"), _predictions(copy / "evaluate")
+    assert set(onnx_preds) == set(caffe_preds) and len(onnx_preds) == 8 * 9
+    ctx = Context(QUICK, copy, progress=False)
+    x, _ = evaluation_images(ctx)
+    conditions = {c.name: c for c in evaluation_conditions(ctx, len(x))}
+    models = evaluation_models(ctx)
+    flips = 0
+    for key, expected in caffe_preds.items():
+        model, condition, _ = key.split("|")
+        for i in np.flatnonzero(onnx_preds[key] != expected):
+            c = conditions[condition]
+            xi = x[i:i + 1] if c.perturbations is None else x[i:i + 1] + c.perturbations[c.choice[i]]
+            z = models[model].logits(xi, 1)[0]
+            assert (z[expected[i]] - z[onnx_preds[key][i]]) / np.abs(z).max() <= TIE_TOLERANCE, (key, i)
+            flips += 1
+    if flips == 0:
+        assert again["cases"] == first["cases"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not onnxruntime_available(), reason="onnxruntime is not installed")
+def test_a_wrong_onnx_model_stops_the_run_in_one_line(quick_run, tmp_path, monkeypatch, capsys):
+    from defense.core import run_cli
+    from defense.generate import onnx_graph
+    from defense.reproduce.__main__ import main
+    from onnx_faults import negated_logits
+
+    out, _ = quick_run
+    copy = tmp_path / "fashion"
+    shutil.copytree(out.parent, copy)
+    monkeypatch.setattr("defense.evaluate.runtime.onnx_model", negated_logits(onnx_graph.onnx_model))
+    code = run_cli(main, ["--quick", "--quiet", "--seeds", "1", "--out", str(copy), "--jobs", "1",
+                          "--set", "test_images=150"])
+    copy = copy / out.name
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: {copy / 'baseline' / 'deploy.prototxt'}: onnxruntime's top-1 differs from "
+                          "Caffe's on ")
+    assert f" of {RUNTIME_CHECK_IMAGES} sample images (image " in err and err.endswith("run with --runtime caffe\n")
 
 
 @pytest.mark.slow
@@ -104,24 +216,27 @@ def test_masking_every_channel_gives_back_clean_accuracy(quick_run):
 
 
 @pytest.mark.slow
-def test_rerun_resumes_and_a_changed_field_redoes_only_downstream_stages(quick_run, root):
+def test_rerun_resumes_and_a_changed_field_redoes_only_downstream_stages(quick_seeds, quick_run, root):
     out, first = quick_run
     assert first["machine"]["jobs"] == 2  # the fixture ran stages side by side in two workers
     starts = {name: json.loads((out / name / "stage.json").read_text()) for name in STAGE_NAMES}
     for stage in STAGES:  # no stage started before its upstream stages ended
         for up in stage.upstream:
             assert starts[stage.name]["started_at"] >= starts[up]["ended_at"], (stage.name, up)
-    res = _cli("--quick", "--quiet", "--out", str(out), "--jobs", "1", cwd=root)
+    aggregate = json.loads((quick_seeds / "summary.json").read_text())
+    res = _cli("--quick", "--quiet", "--seeds", "2", "--out", str(quick_seeds), "--jobs", "1", cwd=root)
     assert res.returncode == 0, res.stderr[-2000:]
     again = json.loads((out / "summary.json").read_text())
     assert all(t["resumed"] for t in again["timings"].values())
     assert again["cases"] == first["cases"]
-    res = _cli("--quick", "--quiet", "--out", str(out), "--set", "test_images=150", cwd=root)
+    assert json.loads((quick_seeds / "summary.json").read_text())["cases"] == aggregate["cases"]
+    res = _cli("--quick", "--quiet", "--seeds", "2", "--out", str(quick_seeds), "--set", "test_images=150", cwd=root)
     assert res.returncode == 0, res.stderr[-2000:]
-    changed = json.loads((out / "summary.json").read_text())
-    redone = {name for name, t in changed["timings"].items() if not t["resumed"]}
-    assert redone == {"masking", "evaluate"}
-    assert changed["cases"]["same-norm"]["images"] == 150
+    for seed in (0, 1):
+        changed = json.loads((quick_seeds / f"seed-{seed}" / "summary.json").read_text())
+        redone = {name for name, t in changed["timings"].items() if not t["resumed"]}
+        assert redone == {"masking", "evaluate"}
+        assert changed["cases"]["same-norm"]["images"] == 150
 
 
 def test_bottom_ranked_weights_reverse_each_targets_ranking():
@@ -204,8 +319,10 @@ def test_config_values_are_validated():
         ReproConfig().with_overrides(["fru_iters=abc"])
     with pytest.raises(ValueError, match="fru_iters must be a positive integer, got 0"):
         ReproConfig().with_overrides(["fru_iters=0"])
-    with pytest.raises(ValueError, match="unknown unseen attack 'nag'"):
-        ReproConfig(unseen=("spgd", "nag"))
+    with pytest.raises(ValueError, match="unknown unseen attack 'cw'; valid: spgd, gduap, fff, svuap, gap, nag"):
+        ReproConfig(unseen=("spgd", "cw"))
+    with pytest.raises(ValueError, match="nag_diversity must be 0 or positive, got -1"):
+        ReproConfig().with_overrides(["nag_diversity=-1"])
     with pytest.raises(ValueError, match="--set takes key=value"):
         ReproConfig().with_overrides(["fru_iters"])
     cfg = ReproConfig().with_overrides(["stronger=1.5,3", "test_images=none", "xi=40"])
@@ -227,19 +344,35 @@ def test_ship_copies_models_with_records_naming_where_they_lie(quick_run, tmp_pa
 
 
 def test_ready_stages_wait_for_upstream_and_keep_the_stage_order():
-    names = lambda stages: [s.name for s in stages]  # noqa: E731
-    assert names(ready_stages(STAGES, set(), set())) == ["baseline"]
-    assert names(ready_stages(STAGES, {"baseline"}, set())) == ["train_attacks", "generate", "test_attacks"]
+    def names(done, running=()):
+        tasks = ready_tasks(STAGES, 1, {(0, n) for n in done}, {(0, n) for n in running})
+        assert {r for r, _ in tasks} <= {0}
+        return [s.name for _, s in tasks]
+    assert names(set()) == ["baseline"]
+    assert names({"baseline"}) == ["train_attacks", "generate", "test_attacks"]
     done = {"baseline", "train_attacks", "generate"}
-    assert names(ready_stages(STAGES, done, {"test_attacks"})) == ["train_fru", "ranking", "peers"]
+    assert names(done, {"test_attacks"}) == ["train_fru", "ranking", "peers", "train_prn", "train_hgd"]
     done |= {"train_fru", "test_attacks"}
     # the secondary defence (on the longest chain) comes before the rest
-    assert names(ready_stages(STAGES, done, {"ranking"})) == ["secondary", "adaptive", "masking", "peers"]
+    assert names(done, {"ranking"}) == ["secondary", "adaptive", "masking", "peers", "train_prn", "train_hgd"]
     done |= {"ranking", "masking", "peers", "secondary"}
-    assert names(ready_stages(STAGES, done, set())) == ["adaptive"]
+    assert names(done) == ["adaptive", "train_prn", "train_hgd"]
+    done |= {"train_prn", "train_hgd"}
+    assert names(done) == ["adaptive"]
     done |= {"adaptive"}
-    assert names(ready_stages(STAGES, done, set())) == ["evaluate"]
-    assert names(ready_stages(STAGES, done, {"evaluate"})) == []
+    assert names(done) == ["evaluate"]
+    assert names(done, {"evaluate"}) == []
+
+
+def test_replicas_share_the_pool_stage_by_stage_each_waiting_for_its_own_upstream():
+    pairs = lambda tasks: [(r, s.name) for r, s in tasks]  # noqa: E731
+    assert pairs(ready_tasks(STAGES, 3, set(), set())) == [(0, "baseline"), (1, "baseline"), (2, "baseline")]
+    # seed 1's baseline done: only seed 1's next stages, never another replica's
+    assert pairs(ready_tasks(STAGES, 2, {(1, "baseline")}, {(0, "baseline")})) == [
+        (1, "train_attacks"), (1, "generate"), (1, "test_attacks")]
+    done = {(r, n) for r in (0, 1) for n in ("baseline", "train_attacks", "generate")}
+    assert pairs(ready_tasks(STAGES, 2, done, {(0, "test_attacks")}))[:3] == [
+        (0, "train_fru"), (1, "train_fru"), (0, "ranking")]
 
 
 def test_stages_wall_time_spans_overlapping_stages():
@@ -260,7 +393,95 @@ def test_committed_results_carry_no_machine_paths(root):
         assert not absolute, (path, absolute[:3])
 
 
+def test_critical_path_follows_what_each_stage_waited_for():
+    records = {"a": {"started_at": 0.0, "ended_at": 10.0}, "b": {"started_at": 10.0, "ended_at": 50.0},
+               "c": {"started_at": 10.2, "ended_at": 20.0}, "d": {"started_at": 20.1, "ended_at": 30.0},
+               "e": {"started_at": 50.3, "ended_at": 60.0}}
+    assert critical_path(records) == ["a", "b", "e"]  # e waited for b (its inputs or its worker)
+    records["e"]["started_at"] = 30.5
+    assert critical_path(records) == ["a", "c", "d", "e"]
+    assert critical_path({"a": {"seconds": 1.0}}) == []  # records of older runs
+
+
 def test_timings_follow_the_order_the_stages_ended():
     records = {"b": {"ended_at": 20.0}, "a": {"ended_at": 10.0}, "c": {"ended_at": 30.0}}
     assert [name for name, _ in finish_order(records)] == ["a", "b", "c"]
     assert [name for name, _ in finish_order({"b": {}, "a": {"ended_at": 1.0}})] == ["b", "a"]  # older records
+
+
+@pytest.mark.slow
+def test_two_seed_run_writes_the_aggregate_the_error_bar_figure_and_the_claims(quick_seeds, tmp_path):
+    from PIL import Image
+    from scipy import stats
+
+    from defense.reproduce.claims import claims_markdown
+    from defense.reproduce.report import restoration_figure
+
+    out = quick_seeds
+    summary = json.loads((out / "summary.json").read_text())
+    replicas = [json.loads((out / f"seed-{s}" / "summary.json").read_text()) for s in (0, 1)]
+    assert summary["seeds"] == [0, 1] and [r["config"]["seed"] for r in replicas] == [0, 1]
+    assert summary["replicas"] == {"0": "seed-0/summary.json", "1": "seed-1/summary.json"}
+    assert replicas[0]["cases"] != replicas[1]["cases"]  # independent replicas, not copies
+    for name in ("results.md", "restoration.png", "feature_map.png"):  # per-seed tables and figures kept
+        assert (out / "seed-1" / name).stat().st_size > 100, name
+    assert list(summary["cases"]) == list(replicas[0]["cases"])
+    for key, case in summary["cases"].items():
+        assert set(case["models"]) == set(replicas[0]["cases"][key]["models"])
+        for model, cells in case["models"].items():
+            assert set(cells) == set(METRICS)
+            for metric, cell in cells.items():
+                values = np.array([r["cases"][key]["models"][model][metric] for r in replicas])
+                half = stats.t.ppf(0.975, 1) * values.std(ddof=1) / np.sqrt(2)
+                assert cell["values"] == list(values) and cell["n"] == 2
+                assert cell["mean"] == pytest.approx(values.mean(), abs=1e-12)
+                assert (cell["low"], cell["high"]) == (pytest.approx(values.mean() - half, abs=1e-12),
+                                                       pytest.approx(values.mean() + half, abs=1e-12))
+        best = case["best_competitor"]
+        assert best["model"] == max(COMPETITORS, key=lambda c: case["models"][c]["restoration"]["mean"])
+        rows = [r["cases"][key]["models"] for r in replicas]
+        margins = [m["fru"]["restoration"] - m[best["model"]]["restoration"] for m in rows]
+        assert best["fru_margin"]["mean"] == pytest.approx(np.mean(margins), abs=1e-12)
+    # claims: 1 competitor margin + same-norm, cross-norm, 1 stronger, 5 unseen (NAG and GAP included) + regeneration
+    # + 3 masking + 2 secondary
+    assert len(summary["claims"]) == 15
+    assert {"unseen-gap", "unseen-nag"} <= {c["statistic"].rsplit(" on ", 1)[-1] for c in summary["claims"]}
+    assert all(c["verdict"] in ("reproduced", "not reproduced", "inconclusive") for c in summary["claims"])
+    assert (out / "claims.md").read_text() == claims_markdown(summary["claims"])
+    results = (out / "results.md").read_text()
+    assert results.startswith("# Fashion-MNIST reproduction (FashionNet), 2 seeds")
+    assert claims_markdown(summary["claims"]) in results and "## Best competitor per case" in results
+    assert {t["verdict"] for t in summary["targets"]} <= {"met", "missed", "inconclusive"}
+    # the figure: error bars drawn over the bars of the means
+    figure = np.asarray(Image.open(out / "restoration.png").convert("L"))
+    means = {k: {m: c["restoration"]["mean"] for m, c in case["models"].items()} for k, case in summary["cases"].items()}
+    plain = np.asarray(Image.open(restoration_figure(means, tmp_path / "plain.png", subtitle=
+                                                     " (mean and 95% interval, 2 seeds)")).convert("L"))
+    assert figure.shape == plain.shape and figure.shape[1] > 1000
+    assert (figure != plain).mean() > 0.001
+
+
+@pytest.mark.slow
+def test_a_shipped_run_writes_seed_0s_demo_files_and_the_claims_table_into_the_docs(quick_seeds, tmp_path, root):
+    from defense.reproduce.claims import BEGIN, CLAIMS_DOCS, END, claims_markdown
+    from defense.reproduce.pipeline import ship_run
+
+    summary = json.loads((quick_seeds / "summary.json").read_text())
+    for doc in CLAIMS_DOCS:
+        (tmp_path / doc).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / doc).write_text(f"intro\n{BEGIN}\nplaceholder\n{END}\nrest\n")
+    shipped = ship_run(Context(QUICK, quick_seeds / "seed-0", progress=False), summary["claims"], tmp_path)
+    assert set(CLAIMS_DOCS) <= set(shipped) and demo_defaults(NET).fru[1] in shipped
+    assert all(not p.startswith("/") for p in shipped)
+    for doc in CLAIMS_DOCS:
+        assert (tmp_path / doc).read_text() == f"intro\n{BEGIN}\n{claims_markdown(summary['claims'])}{END}\nrest\n"
+    assert (tmp_path / demo_defaults(NET).fru[1]).read_bytes() == (
+        quick_seeds / "seed-0" / "train_fru" / "fashionnet_FRU.caffemodel").read_bytes()
+
+
+def test_pd_is_a_column_and_set_peers_keeps_its_options_together():
+    assert ReproConfig().peers[-1] == "pd"
+    cfg = ReproConfig().with_overrides(["peers=median:3,pd:deflections=3,window=1"])
+    assert cfg.peers == ("median:3", "pd:deflections=3,window=1")
+    with pytest.raises(ValueError, match="peers: peer defence 'pd:window=0': window must be a positive integer"):
+        ReproConfig().with_overrides(["peers=pd:window=0"])

@@ -193,6 +193,19 @@ def test_resume_refuses_a_run_that_would_draw_other_batches(setup, change, messa
         run(tmp, None, source, perts, resume=first.solverstate, **change)
 
 
+def test_resume_refuses_another_blas_thread_count_and_says_how_to_match_it(setup):
+    """Caffe's CPU sums depend on the OpenBLAS thread count: the record stores it (issue 22)."""
+    from defense.devices import blas_threads
+    tmp, init, source, perts = setup
+    _, first = run(tmp, init, source, perts, max_iter=2)
+    record = json.loads(record_path(first.solverstate).read_text())
+    assert record["blas_threads"] == blas_threads() and blas_threads() >= 1
+    record_path(first.solverstate).write_text(json.dumps({**record, "blas_threads": 64}))
+    with pytest.raises(ToolkitError, match=f"^{first.solverstate}: written with 64 BLAS thread\\(s\\), this run has "
+                                           f"{blas_threads()}, .* set OPENBLAS_NUM_THREADS=64 to resume"):
+        run(tmp, None, source, perts, resume=first.solverstate)
+
+
 def test_resume_refuses_a_snapshot_without_its_training_record(setup):
     tmp, init, source, perts = setup
     _, first = run(tmp, init, source, perts, max_iter=2)

@@ -1,4 +1,5 @@
-"""Random-weight preset nets for the GPU tests and the GPU check (caffe_build/gpu_check.py)."""
+"""Random-weight preset nets for the GPU tests and the GPU check (``caffe_build/gpu_check.py``):
+library code, so the check imports it from the package rather than from ``tests/``."""
 from __future__ import annotations
 
 import subprocess
@@ -8,12 +9,12 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from defense.core import caffe, load_net, param_shapes, read_net_param, set_net_blobs, write_net_param
-from defense.presets import get_preset
-from defense.generate.surgery import random_blobs
+from ..core import caffe, load_net, param_shapes, read_net_param, set_net_blobs, write_net_param
+from ..presets import PRESETS, get_preset
+from .surgery import random_blobs
 
-NETS = ("FashionNet", "CaffeNet", "VGG_F", "GoogLeNet", "VGG16", "ResNet152")
-ROOT = Path(__file__).resolve().parents[1]
+NETS = tuple(PRESETS)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def layer_types(net: "caffe.Net") -> Dict[str, str]:
