@@ -5,7 +5,7 @@ PY := ./.venv/bin/python
 PY_CUDA := ./.venv-cuda/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-cuda test test-cuda demo reproduce prototxt bench gpu-check gpu-bundle clean-build help
+.PHONY: setup setup-cuda test test-cuda demo reproduce prototxt bench bench-conv gpu-check gpu-bundle clean-build help
 
 help:
 	@echo "make setup      install Debian packages, build Caffe + pycaffe (cached), create .venv"
@@ -14,6 +14,7 @@ help:
 	@echo "make reproduce  setup, then the Fashion-MNIST reproduction into results/fashion/"
 	@echo "make prototxt   regenerate the committed prototxts under prototxt/"
 	@echo "make bench      CPU benchmarks (deploy layouts, batched UAP)"
+	@echo "make bench-conv Caffe's batched convolution on/off, onnxruntime, training step, UAP pass (results/bench/)"
 	@echo "make setup-cuda Caffe with CUDA 13.0 from PyPI's toolchain into .venv-cuda (CAFFE_CUDA_ARCH=...)"
 	@echo "make test-cuda  setup-cuda, then the whole test suite against .venv-cuda (GPU tests need a GPU)"
 	@echo "make gpu-check  on a GPU machine: GPU tests + GPU benchmark into gpu-check.json"
@@ -43,6 +44,12 @@ prototxt: setup
 bench: setup
 	$(PY) -m defense.bench
 	$(PY) -m attacks.bench
+
+# on an idle machine: regenerates results/bench/conv_batching*.json and prints the tables of docs/benchmarks.md
+bench-conv: setup
+	$(PY) -m defense.bench --compare conv-batching --nets FashionNet,CaffeNet --reps 11
+	$(PY) -m defense.bench --compare conv-batching --nets VGG16 --kinds forward,train --reps 7 \
+		--out results/bench/conv_batching_vgg16.json
 
 gpu-check:
 	bash caffe_build/gpu-check.sh

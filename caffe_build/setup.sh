@@ -224,6 +224,30 @@ else
   touch "$BUILD_ROOT/.complete"
 fi
 
+# ---- 6b. Caffe's own gtest suites -------------------------------------------------------
+# The suites of caffe_build/gtest-suites.txt (the layers the patches touch), built by Caffe's own
+# CMake target against the library above and cached beside it, keyed by the list; `make test`
+# runs them (tests/test_caffe_gtest.py).
+begin "Caffe gtest suites" gtest
+SUITES=$(sed 's/#.*//' "$RECIPE/gtest-suites.txt" | tr -s ' \t' '\n' | grep . | paste -sd, -)
+GTEST_DIR="$BUILD_ROOT/gtest-$(printf '%s' "$SUITES" | sha256sum | cut -c1-16)"
+if [ -f "$GTEST_DIR/.complete" ]; then
+  say "  cached at $GTEST_DIR"
+else
+  say "  building ${SUITES//,/, } (log: $LOG)"
+  exec 9>"$BUILD_ROOT/.gtest.lock"
+  flock 9  # one reconfiguration of the shared build folder at a time
+  if [ ! -f "$GTEST_DIR/.complete" ]; then
+    quiet cmake -DBUILD_only_tests="$SUITES" "$BUILD_ROOT/build"
+    quiet make -C "$BUILD_ROOT/build" -j"$JOBS" test.testbin
+    rm -rf "$GTEST_DIR"; mkdir -p "$GTEST_DIR"
+    cp "$BUILD_ROOT/build/test/test.testbin" "$GTEST_DIR/"
+    echo "${SUITES//,/ }" >"$GTEST_DIR/suites"
+    touch "$GTEST_DIR/.complete"
+  fi
+  exec 9>&-
+fi
+
 # ---- 7. toolkit in the venv -----------------------------------------------------------
 begin "toolkit install into $(basename "$VENV")" install
 SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
@@ -234,6 +258,7 @@ if [ "$(cat "$PROJ_STAMP" 2>/dev/null)" != "$(sha256_of "$ROOT/pyproject.toml")"
   sha256_of "$ROOT/pyproject.toml" >"$PROJ_STAMP"
 fi
 echo "$BUILD_ROOT" >"$VENV/.caffe_build"
+echo "$GTEST_DIR" >"$VENV/.caffe_gtest"
 
 # ---- 8. check ------------------------------------------------------------------------
 begin "check: import caffe" check

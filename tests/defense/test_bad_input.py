@@ -202,6 +202,7 @@ WRITERS = [
     ("defense.train_baseline", "--epochs 0.01", "--out", "file"),
     ("defense.reproduce", "--quick", "--out", "folder"),
     ("defense.bench", "--nets FashionNet", "--out", "file"),
+    ("defense.bench", "--compare conv-batching --nets FashionNet", "--out", "file"),
     ("defense.export", "--format onnx --prototxt {w}/net.prototxt --weights {w}/net.caffemodel", "--out", "file"),
     ("defense.export", "--prototxt {w}/net.prototxt --weights {w}/net.caffemodel", "--out", "folder"),
     ("defense.tables", "same-norm --net CaffeNet --index {w}/bomb_index.jsonl", "--out", "folder"),
@@ -297,6 +298,9 @@ SILENT_CASES = [  # class 6: accepted without a word before
     Case("defense.reproduce", "--quick --seeds 0 --out {w}/o", "argument --seeds"),
     Case("defense.imagenet", "check {w}/label_index.jsonl --dnn FashionNet", "{w}/label_index.jsonl"),
     Case("defense.generate", "--prototxt {w}/bad_net.prototxt --layers conv1 --out {w}/o", "{w}/bad_net.prototxt: Caffe cannot build"),
+    Case("defense.bench", "--compare conv-batching --batch 0 --out {w}/o.json", "--batch must list positive integers"),
+    Case("defense.bench", "--compare conv-batching --gpu 0 --out {w}/o.json", "drop --gpu"),
+    Case("defense.bench", "--compare conv-batching --kinds forward,infer --out {w}/o.json", "--kinds lists forward"),
 ]
 
 COMPETITOR_CASES = [  # issue 19: the competitor defences' options

@@ -60,3 +60,46 @@ def test_onnxruntime_is_timed_beside_caffe_for_the_chosen_layouts(tmp_path):
         bench.bench_one("FashionNet", batch=1, reps=1, only=["fru_folded"])
     assert bench.main(["--nets", "FashionNet", "--runtime", "caffe,tensorrt", "--out", str(tmp_path / "b.json")]) == 2
     assert not (tmp_path / "b.json").exists()
+
+
+def test_conv_batching_times_every_run_and_reports_ratios_and_peak_rss(monkeypatch):
+    """--compare conv-batching at a tiny size: each kind of run with Caffe's batching on and off,
+    the paired ratios, GMAC/s from the nets' MACs, and a peak RSS from a child process."""
+    monkeypatch.delenv(bench.BATCHING_ENV, raising=False)
+    res = bench.bench_batching("FashionNet", batch=2, reps=2, kinds=("forward", "train"), onnx=False, rss=False)
+    runs = res["runs"]
+    assert list(runs) == ["forward caffe batching on", "forward caffe batching off",
+                          "train caffe batching on", "train caffe batching off"]
+    assert all(len(r["ms_all"]) == 2 and r["ms"] > 0 for r in runs.values())
+    forward_macs = bench.net_macs(load_net(bench.with_batch(bench.layouts("FashionNet")["fru_explicit"][0], 2)))
+    row = runs["forward caffe batching on"]
+    assert row["gmac_per_s"] == pytest.approx(forward_macs / (row["ms"] / 1e3) / 1e9, rel=1e-9)
+    assert set(res["ratios"]) == {f"{kind}: {what}" for kind in ("forward", "train")
+                                  for what in ("speed-up of batching (off / on)", "CPU time of batching off / on")}
+    assert all(r["cpu_ms"] > 0 for r in runs.values())
+    assert all(v > 0 for v in res["ratios"].values())
+    import os
+    assert os.environ[bench.BATCHING_ENV] in ("0", "1")  # the switch was set before each call
+    rss = bench.peak_rss("FashionNet", 2, "forward", on=True)
+    assert 50 * 2**20 < rss < 4 * 2**30
+
+
+def test_conv_batching_uap_pass_and_onnxruntime_rows():
+    pytest.importorskip("onnxruntime")
+    res = bench.bench_batching("FashionNet", batch=2, reps=1, kinds=("forward", "uap"), rss=False)
+    runs = res["runs"]
+    assert {"forward onnxruntime 1 thread", "forward onnxruntime default threads", "uap caffe batching on",
+            "uap caffe batching off"} <= set(runs)
+    assert runs["uap caffe batching on"]["gmac_per_s"] is None  # a UAP pass has no fixed MAC count
+    assert res["ratios"]["caffe on speed / onnxruntime 1 thread speed"] > 0
+
+
+
+def test_docs_batching_tables_come_from_the_committed_json(root):
+    """Every number of docs/benchmarks.md's conv-batching section is rendered from results/bench/."""
+    import json
+    doc = (root / "docs" / "benchmarks.md").read_text()
+    for path in sorted((root / "results" / "bench").glob("conv_batching*.json")):
+        results = json.loads(path.read_text())["results"]
+        assert results
+        assert bench.batching_tables(results) in doc, f"docs/benchmarks.md does not show the tables of {path.name}"
