@@ -3,12 +3,15 @@ identity-initialised weights.
 
 - ``ranking``: filter norms and the channel ranking (which N channels an FRU regenerates);
 - ``graph``: NetParameter queries (readers, producers, outputs) and V1 upgrade;
+- ``fd``: the FD competitor's denoising blocks (Xie et al., CVPR 2019), its train net and weights;
 - ``fru``: the FRU block (``insert_frus``), the train net and FRU training's solver schedule;
 - ``surgery``: pure weight surgery (permutations, BatchNorm folding, identity FRU weights);
 - ``build``: targets, the files of one generated network, the committed prototxts;
 - ``export``: the fast deploy layout (``python -m defense.export``);
 - ``__main__``: ``python -m defense.generate``.
 """
-from .build import (ALL_COMMAND, FRU_HEADER, load_base_blobs, preset_fru_deploy, save_net_weights,  # noqa: F401
-                    targets_for, write_all, write_outputs)
-from .fru import FRU_SOLVER, MODES, FruBuild, build_fru, fru_solver_param, insert_frus, train_net  # noqa: F401
+from .build import (ALL_COMMAND, FRU_HEADER, load_base_blobs, preset_fd_deploy, preset_fru_deploy,  # noqa: F401
+                    save_net_weights, targets_for, write_all, write_fd_outputs, write_outputs)
+from .fd import AFFINITIES, FdBuild, build_fd, fd_parameter_counts, init_fd_blobs  # noqa: F401
+from .fru import (FRU_SOLVER, MODES, FruBuild, build_fru, fru_solver_param, insert_frus, supervised_net,  # noqa: F401
+                  train_net)  # noqa: F401

@@ -14,6 +14,7 @@ from ..core import (Blobs, ToolkitError, atomic_path, caffe, caffe_pb2, check_ne
                     net_blobs, net_param_text, set_net_blobs, write_net_param, write_text)
 from ..networks import BUILDERS, build_baseline, write_baselines
 from ..presets import PRESETS, PROTOTXT_DIR, FruTarget, NetPreset, default_target
+from .fd import FD_SOLVER, FdBuild, build_fd, init_fd_blobs
 from .fru import FruBuild, build_fru, conv_channels, fru_solver_param
 from .graph import layer_by_name
 from .surgery import init_fru_blobs
@@ -79,17 +80,44 @@ def write_outputs(build: FruBuild, out_dir: os.PathLike | str, header: str,
         written.append(save_net_weights(out / "init.caffemodel", build.deploy, blobs))
     written += [write_net_param(out / "deploy_FRU.prototxt", build.deploy, header),
                 write_net_param(out / "train.prototxt", build.train, header)]
-    solver = fru_solver_param("train.prototxt", random_seed=seed)
-    written.append(write_text(out / "solver.prototxt",
-                              "".join(f"# {line}\n" for line in header.splitlines())
-                              + text_format.MessageToString(solver)))
-    return written
+    return written + [_write_solver(out, header, seed)]
+
+
+def _write_solver(out: Path, header: str, seed: int, **overrides) -> Path:
+    """DIR/solver.prototxt for DIR/train.prototxt: the FRUs' schedule with ``overrides``."""
+    solver = fru_solver_param("train.prototxt", random_seed=seed, **overrides)
+    return write_text(out / "solver.prototxt", "".join(f"# {line}\n" for line in header.splitlines())
+                      + text_format.MessageToString(solver))
+
+
+def write_fd_outputs(build: FdBuild, out_dir: os.PathLike | str, header: str, base_blobs: Optional[Blobs] = None,
+                     seed: int = 0, source: str = "<net>") -> List[Path]:
+    """DIR/deploy_FD.prototxt, train.prototxt, solver.prototxt (+ init.caffemodel with weights):
+    the FRUs' layout, so ``python -m defense.train --dir DIR`` trains FD the same way. Both nets
+    are built before anything is written (no partial output)."""
+    out = Path(out_dir)
+    check_net_builds(net_param_text(build.deploy), caffe.TEST, f"{out / 'deploy_FD.prototxt'} (generated from {source})")
+    check_net_builds(net_param_text(build.train), caffe.TRAIN, f"{out / 'train.prototxt'} (generated from {source})")
+    written = []
+    if base_blobs is not None:
+        written.append(save_net_weights(out / "init.caffemodel", build.deploy, init_fd_blobs(build, base_blobs, seed)))
+    written += [write_net_param(out / "deploy_FD.prototxt", build.deploy, header),
+                write_net_param(out / "train.prototxt", build.train, header)]
+    return written + [_write_solver(out, header, seed, **FD_SOLVER)]
 
 
 def preset_fru_deploy(preset: NetPreset) -> "caffe_pb2.NetParameter":
     """The published FRU deploy net of a preset, built from the zoo's baseline."""
     build = build_fru(build_baseline(preset.name), preset.targets, preset.mode, source=preset.name)
     build.deploy.name = f"{build.deploy.name}_FRU" if build.deploy.name else f"{preset.name}_FRU"
+    return build.deploy
+
+
+def preset_fd_deploy(preset: NetPreset) -> "caffe_pb2.NetParameter":
+    """The FD deploy net of a preset: denoising blocks after the FRUs' target convs."""
+    build = build_fd(build_baseline(preset.name), [t.layer for t in preset.targets], source=preset.name)
+    if not build.deploy.name:
+        build.deploy.name = f"{preset.name}_FD"
     return build.deploy
 
 
@@ -102,4 +130,6 @@ def write_all(root: os.PathLike | str | None = None) -> List[Path]:
             continue
         path = root_path / preset.name / preset.deploy_fru.name
         written.append(write_net_param(path, preset_fru_deploy(preset), FRU_HEADER))
+        written.append(write_net_param(root_path / preset.name / preset.deploy_fd.name, preset_fd_deploy(preset),
+                                       FRU_HEADER))
     return written

@@ -10,13 +10,14 @@ train net (frozen baseline, trainable FRUs) and the solver.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 from ..core import L, P, ToolkitError, caffe, caffe_pb2, solver_param
 from ..presets import FruNames, FruTarget, fru_names
-from .graph import fold_plan, layer_index, num_param_blobs, output_blobs
+from .graph import fold_plan, insert_blocks, layer_index, num_param_blobs, output_blobs
 
 log = logging.getLogger(__name__)
 
@@ -126,34 +127,16 @@ def insert_frus(param: "caffe_pb2.NetParameter", targets: Sequence[FruTarget], m
     block's output gets a new name and the later layers are rewired to it).
     """
     resolved = resolve_targets(param, targets, mode, source)
-    out = caffe_pb2.NetParameter()
-    out.CopyFrom(param)
-    del out.layer[:]
-    rename: Dict[str, str] = {}
-    for layer in param.layer:
-        new = out.layer.add()
-        new.CopyFrom(layer)
-        for seq in (new.bottom, new.top):
-            for i, blob in enumerate(seq):
-                if blob in rename:
-                    seq[i] = rename[blob]
-        if layer.name not in resolved:
-            continue
-        target, channels = resolved[layer.name]
+    blocks = {}
+    for layer, (target, channels) in resolved.items():
         names = fru_names(target)
-        orig = new.top[0]
-        if orig != names.raw_blob:
-            raw, final = names.raw_blob, orig
-            new.top[0] = raw
-        else:
-            raw = orig
-            final = names.remap if mode == "explicit" else names.concat_blob
-            if target.n == channels and mode == "folded":
-                final = names.merged_blob
-            rename[orig] = final
-        out.layer.extend(_fru_layers(target, names, channels, raw, final, mode))
-        log.debug("FRU on %s: N=%d D=%d C=%d (%s)", layer.name, target.n, target.d, channels, mode)
-    return out
+        fallback = names.remap if mode == "explicit" else names.concat_blob
+        if target.n == channels and mode == "folded":
+            fallback = names.merged_blob
+        blocks[layer] = (names.raw_blob, fallback,
+                         functools.partial(_fru_layers, target, names, channels, mode=mode))
+        log.debug("FRU on %s: N=%d D=%d C=%d (%s)", layer, target.n, target.d, channels, mode)
+    return insert_blocks(param, blocks)
 
 
 # ---------------------------------------------------------------- train net and solver
@@ -169,20 +152,13 @@ def fru_layer_roles(targets: Sequence[FruTarget]) -> Dict[str, str]:
     return roles
 
 
-def _set_params(layer: "caffe_pb2.LayerParameter", lr: float, decay: float) -> None:
-    del layer.param[:]
-    for _ in range(num_param_blobs(layer)):
-        layer.param.add(lr_mult=lr, decay_mult=decay)
-
-
-def train_net(deploy: "caffe_pb2.NetParameter", targets: Sequence[FruTarget], batch_size: int,
-              source: str = "<net>") -> "caffe_pb2.NetParameter":
-    """The FRU training net: baseline and permutation layers frozen (lr_mult 0, BatchNorm on
-    global statistics), FRU convs and Scales learning, FRU BatchNorm learning its statistics;
-    Input blobs ``data`` (batch-sized) and ``label``, SoftmaxWithLoss + Accuracy on the logits."""
+def supervised_net(deploy: "caffe_pb2.NetParameter", batch_size: int, configure: Callable[["caffe_pb2.LayerParameter"], None],
+                   source: str = "<net>") -> "caffe_pb2.NetParameter":
+    """A deploy net made trainable: batch-sized Input blobs ``data`` and ``label``, SoftmaxWithLoss
+    + Accuracy on the logits in place of the final Softmax; ``configure`` sets each copied layer's
+    learning (``lr_mult``, BatchNorm statistics). Shared by every defence that trains in Caffe."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
-    roles = fru_layer_roles(targets)
     net = caffe_pb2.NetParameter()
     net.CopyFrom(deploy)
     del net.layer[:]
@@ -202,25 +178,45 @@ def train_net(deploy: "caffe_pb2.NetParameter", targets: Sequence[FruTarget], ba
             continue
         new = net.layer.add()
         new.CopyFrom(layer)
-        role = roles.get(layer.name)
         if layer.type == "Input":
             new.input_param.shape[0].dim[0] = batch_size
             if layer is data_inputs[0]:
                 label = net.layer.add(name="label", type="Input")
                 label.top.append("label")
                 label.input_param.shape.add().dim.append(batch_size)
-        elif role == "conv":
-            _set_params(new, 1.0, 1.0)
-        elif role == "scale":
-            _set_params(new, 1.0, 0.0)
-        elif role == "bn":
-            _set_params(new, 0.0, 0.0)
-            new.batch_norm_param.use_global_stats = False
-        elif num_param_blobs(layer):
-            _set_params(new, 0.0, 0.0)
-            if layer.type == "BatchNorm":
-                new.batch_norm_param.use_global_stats = True
+        else:
+            configure(new)
     return net
+
+
+def set_learning(layer: "caffe_pb2.LayerParameter", lr: float, decay: float) -> None:
+    """One ``param`` spec per learnable blob of ``layer``, all with these multipliers."""
+    del layer.param[:]
+    for _ in range(num_param_blobs(layer)):
+        layer.param.add(lr_mult=lr, decay_mult=decay)
+
+
+def train_net(deploy: "caffe_pb2.NetParameter", targets: Sequence[FruTarget], batch_size: int,
+              source: str = "<net>") -> "caffe_pb2.NetParameter":
+    """The FRU training net: baseline and permutation layers frozen (lr_mult 0, BatchNorm on
+    global statistics), FRU convs and Scales learning, FRU BatchNorm learning its statistics;
+    Input blobs ``data`` (batch-sized) and ``label``, SoftmaxWithLoss + Accuracy on the logits."""
+    roles = fru_layer_roles(targets)
+
+    def configure(layer: "caffe_pb2.LayerParameter") -> None:
+        role = roles.get(layer.name)
+        if role == "conv":
+            set_learning(layer, 1.0, 1.0)
+        elif role == "scale":
+            set_learning(layer, 1.0, 0.0)
+        elif role == "bn":
+            set_learning(layer, 0.0, 0.0)
+            layer.batch_norm_param.use_global_stats = False
+        elif num_param_blobs(layer):
+            set_learning(layer, 0.0, 0.0)
+            if layer.type == "BatchNorm":
+                layer.batch_norm_param.use_global_stats = True
+    return supervised_net(deploy, batch_size, configure, source)
 
 
 def _final_softmax(param: "caffe_pb2.NetParameter", source: str) -> "caffe_pb2.LayerParameter":

@@ -19,7 +19,7 @@ DEFAULT_OUT = Path("results/fashion")
 # xi_2 / xi_inf of the paper (2000 / 10 on 224x224x3), scaled by sqrt(input size) like
 # attacks.projection.default_xi: l_2 = xi * 200 * sqrt(784 / 150528) = 14.43 xi.
 L2_PER_LINF = 200.0 * float(np.sqrt(28 * 28 / (224 * 224 * 3)))
-MODEL_ORDER = ("baseline", "fru", "fru_secondary", "fru_bottom", "median", "jpeg", "bits", "adv_finetune")
+MODEL_ORDER = ("baseline", "fru", "fru_secondary", "fru_bottom", "median", "jpeg", "bits", "adv_finetune", "fd")
 IMAGE_PEERS = ("median", "jpeg", "bits")
 REQUIRED_MODELS = ("baseline", "fru") + IMAGE_PEERS + ("adv_finetune",)
 METRICS = ("clean_top1", "perturbed_top1", "restoration", "fooling_rate")

@@ -14,8 +14,8 @@ from .attack_stages import stage_adaptive, stage_test_attacks, stage_train_attac
 from .config import ReproConfig
 from .report import ship, write_report
 from .runner import Context, Stage, run_parallel, run_stage, save_json
-from .stages import (stage_baseline, stage_evaluate, stage_generate, stage_masking, stage_peers, stage_ranking,
-                     stage_secondary, stage_train_fru)
+from .stages import (stage_baseline, stage_evaluate, stage_fd, stage_generate, stage_masking, stage_peers,
+                     stage_ranking, stage_secondary, stage_train_fru)
 
 
 # Fields that place a perturbation set's training subset (train_subsets allocates them in order).
@@ -43,8 +43,10 @@ STAGES: Tuple[Stage, ...] = (
     Stage("masking", stage_masking, ("test_images", "eval_seed"), ("baseline", "test_attacks")),
     Stage("peers", stage_peers, ("seed", "fru_iters", "fru_batch", "advft_solver", "advft_lr", "fru_clean_fraction"),
           ("train_attacks", "baseline")),
+    Stage("fd", stage_fd, ("seed", "fru_iters", "fru_batch", "advft_solver", "advft_lr", "fru_clean_fraction"),
+          ("train_attacks", "baseline", "generate")),
     Stage("evaluate", stage_evaluate, ("test_images", "eval_seed", "peers"),
-          ("test_attacks", "train_fru", "ranking", "adaptive", "secondary", "peers")),
+          ("test_attacks", "train_fru", "ranking", "adaptive", "secondary", "peers", "fd")),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 

@@ -108,6 +108,14 @@ def markdown_report(summary: dict) -> str:
                   for layer, r in rk["masking"].items()]
         lines += ["", "Regeneration: `fru` regenerates the top-ranked half, `fru_bottom` the bottom-ranked half "
                   "(same training); see the tables above.", ""]
+    budget = summary.get("training_budget") or {}
+    if budget:
+        lines += ["## Training budget", "", "FD (feature denoising blocks, the whole net trained) gets the FRUs' batches, "
+                  "iterations and batch size; seconds are wall time on this run's machine.", "",
+                  "| model | iterations | batch | solver | trainable parameters | seconds |", "|---|---|---|---|---|---|"]
+        lines += [f"| {m} | {b['iterations']} | {b['batch']} | {b['solver']} | {b['trainable_parameters']:,} | "
+                  f"{b['seconds']:.1f} |" for m, b in budget.items()]
+        lines.append("")
     lines += ["## Targets", "", "| target | value | met |", "|---|---|---|"]
     lines += [f"| {t['target']} | {t['value']:.4f} | {'yes' if t['met'] else '**no**'} {t['detail']} |"
               for t in summary["targets"]]
@@ -194,6 +202,17 @@ def finish_order(records: Dict[str, dict]) -> List[Tuple[str, dict]]:
     return items
 
 
+def training_budget(records: Dict[str, dict]) -> dict:
+    """Iterations, batch, solver, seconds and trainable parameters of the FRUs and of FD, side by side."""
+    fd = records.get("fd", {}).get("result")
+    if not fd:
+        return {}
+    fru = records.get("train_fru", {}).get("result", {})
+    return {"fru": {**fru, "trainable_parameters": fd["fru_trainable_parameters"]},
+            "fd": {**fd["training"], "trainable_parameters": fd["trainable_parameters"],
+                   "block_parameters": fd["block_parameters"], "blocks": fd["blocks"]}}
+
+
 def build_summary(ctx: Context, started: float, load_start: Sequence[float]) -> dict:
     cases = {}
     rec = ctx.records
@@ -217,6 +236,7 @@ def build_summary(ctx: Context, started: float, load_start: Sequence[float]) -> 
         "cases": cases, "ranking": {**rec.get("masking", {}).get("result", {}),
                     "bottom_ranked_training": rec.get("ranking", {}).get("result", {})},
         "adaptive": adaptive_results(rec),
+        "training_budget": training_budget(rec),
         "perturbation_sets": perturbation_sets(rec),
         "timings": timings, "wall_seconds_this_run": round(time.perf_counter() - started, 1),
         "wall_seconds_all_stages": stages_wall_seconds(rec.values()),

@@ -84,12 +84,15 @@ class Context:
                 "fru": self.folder("train_fru") / "fashionnet_FRU.caffemodel",
                 "fru_bottom": self.folder("ranking") / "fashionnet_FRU_bottom.caffemodel",
                 "fru_secondary": self.folder("secondary") / "fashionnet_FRU_secondary.caffemodel",
-                "adv_finetune": self.folder("peers") / "fashionnet_adv_finetune.caffemodel"}[model]
+                "adv_finetune": self.folder("peers") / "fashionnet_adv_finetune.caffemodel",
+                "fd": self.folder("fd") / "fashionnet_FD.caffemodel"}[model]
 
     def classifier(self, model: str) -> CaffeClassifier:
-        """A CaffeClassifier for a trained model (baseline deploy or FRU deploy)."""
+        """A CaffeClassifier for a trained model (baseline, FRU or FD deploy)."""
         if model not in self._classifiers:
             deploy = self.fru_deploy if model.startswith("fru") else self.baseline_deploy
+            if model == "fd":
+                deploy = self.folder("fd") / "deploy_FD.prototxt"
             self._classifiers[model] = CaffeClassifier.from_files(deploy, self.weights(model), self.preset.mean_bgr,
                                                                   batch_size=self.cfg.eval_batch)
         return self._classifiers[model]

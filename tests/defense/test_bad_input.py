@@ -240,6 +240,13 @@ SILENT_CASES = [  # class 6: accepted without a word before
     Case("attacks.bench", "--n-images 0", "argument --n-images"),
     Case("defense.imagenet", "check {w}/label_index.jsonl --dnn FashionNet", "{w}/label_index.jsonl"),
     Case("defense.generate", "--prototxt {w}/bad_net.prototxt --layers conv1 --out {w}/o", "{w}/bad_net.prototxt: Caffe cannot build"),
+    Case("defense.generate", "--preset FashionNet --affinity dot --out {w}/o", "--affinity applies to --defense fd only"),
+    Case("defense.generate", "--defense pd --preset FashionNet --out {w}/o", "argument --defense"),
+    Case("defense.generate", "--defense fd --preset FashionNet --affinity cosine --out {w}/o", "argument --affinity"),
+    Case("defense.generate", "--defense fd --preset FashionNet --layers relu1 --out {w}/o",
+         "FashionNet: FD target 'relu1' is a ReLU layer, not a Convolution"),
+    Case("defense.generate", "--defense fd --preset FashionNet --weights {w}/nan.caffemodel --out {w}/o",
+         "{w}/nan.caffemodel: layer '{layer}' blob 0 holds NaN"),
 ]
 
 FORMAT_CASES = [  # class 5: JSON and HDF5 attributes of the wrong type or missing

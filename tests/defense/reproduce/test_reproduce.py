@@ -44,7 +44,7 @@ def test_quick_run_reports_every_case_model_and_metric(quick_run):
     for key, case in summary["cases"].items():
         base_clean = case["models"]["baseline"]["clean_top1"]
         assert case["images"] == QUICK.test_images
-        for model in REQUIRED_MODELS + ("fru_secondary", "fru_bottom"):
+        for model in REQUIRED_MODELS + ("fru_secondary", "fru_bottom", "fd"):
             row = case["models"][model]
             assert set(METRICS) <= set(row), (key, model)
             for metric in ("clean_top1", "perturbed_top1", "fooling_rate"):
@@ -70,8 +70,13 @@ def test_quick_run_writes_models_and_bounded_perturbations(quick_run):
     for path in (out / "baseline" / "fashionnet.caffemodel", out / "train_fru" / "fashionnet_FRU.caffemodel",
                  out / "ranking" / "fashionnet_FRU_bottom.caffemodel",
                  out / "secondary" / "fashionnet_FRU_secondary.caffemodel",
-                 out / "peers" / "fashionnet_adv_finetune.caffemodel"):
+                 out / "peers" / "fashionnet_adv_finetune.caffemodel", out / "fd" / "fashionnet_FD.caffemodel"):
         assert path.stat().st_size > 100_000, path
+    budget = summary["training_budget"]
+    assert budget["fd"]["iterations"] == budget["fru"]["iterations"] == QUICK.fru_iters
+    assert budget["fd"]["batch"] == budget["fru"]["batch"] == QUICK.fru_batch
+    assert budget["fd"]["trainable_parameters"] > budget["fru"]["trainable_parameters"] > 0
+    assert [b["affinity"] for b in budget["fd"]["blocks"]] == ["gaussian"] * 3
     for s in attack_sets(QUICK):
         files = sorted((out / stage_of(s.name) / s.name).glob("*.npy"))
         assert len(files) == s.count, s.name
@@ -231,11 +236,11 @@ def test_ready_stages_wait_for_upstream_and_keep_the_stage_order():
     assert names(ready_stages(STAGES, set(), set())) == ["baseline"]
     assert names(ready_stages(STAGES, {"baseline"}, set())) == ["train_attacks", "generate", "test_attacks"]
     done = {"baseline", "train_attacks", "generate"}
-    assert names(ready_stages(STAGES, done, {"test_attacks"})) == ["train_fru", "ranking", "peers"]
+    assert names(ready_stages(STAGES, done, {"test_attacks"})) == ["train_fru", "ranking", "peers", "fd"]
     done |= {"train_fru", "test_attacks"}
     # the secondary defence (on the longest chain) comes before the rest
-    assert names(ready_stages(STAGES, done, {"ranking"})) == ["secondary", "adaptive", "masking", "peers"]
-    done |= {"ranking", "masking", "peers", "secondary"}
+    assert names(ready_stages(STAGES, done, {"ranking"})) == ["secondary", "adaptive", "masking", "peers", "fd"]
+    done |= {"ranking", "masking", "peers", "secondary", "fd"}
     assert names(ready_stages(STAGES, done, set())) == ["adaptive"]
     done |= {"adaptive"}
     assert names(ready_stages(STAGES, done, set())) == ["evaluate"]
