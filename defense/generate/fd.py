@@ -140,7 +140,9 @@ def _flatten(x, name: str):
 
 
 def _matmul(a, b, name: str, transpose_a: bool = False, transpose_b: bool = False):
-    return L.BatchMatMul(a, b, name=name, batch_mat_mul_param=dict(transpose_a=transpose_a, transpose_b=transpose_b))
+    """op(a) x op(b), per image; only the flags that are set are written."""
+    flags = {key: True for key, on in (("transpose_a", transpose_a), ("transpose_b", transpose_b)) if on}
+    return L.BatchMatMul(a, b, name=name, **({"batch_mat_mul_param": flags} if flags else {}))
 
 
 def denoising_layers(target: FdTarget, raw: str, final: str) -> List["caffe_pb2.LayerParameter"]:
