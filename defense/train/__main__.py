@@ -1,7 +1,7 @@
 """``python -m defense.train``: train the FRUs of a generated network (``python -m defense.generate``).
 
 Every mini-batch is half clean, half perturbed by a random perturbation of the given set; only
-FRU layers learn. Ctrl-C writes a snapshot; ``--resume`` continues from it; ``--gpus 0,1``
+FRU layers learn (an FD net from ``--defense fd``: every layer learns, as its train net says). Ctrl-C writes a snapshot; ``--resume`` continues from it; ``--gpus 0,1``
 trains on several GPUs with NCCL.
 """
 from __future__ import annotations
