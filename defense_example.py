@@ -3,6 +3,7 @@
   python defense_example.py --dnn ResNet152 --attack UAP --defense True
   python defense_example.py --input IMG --dnn CaffeNet --load WEIGHTS --attack FFF --defense True
   python defense_example.py --dnn FashionNet --attack UAP --defense True --out demo.png   # offline
+  python defense_example.py --dnn FashionNet --attack UAP --peers pd,median:3   # + image-domain defences
 
 Adds a universal perturbation to the image (clipped to [0, 255], as published), prints the
 top-1 and top-5 of the undefended baseline and of the FRU-defended net, and writes a figure.
@@ -22,6 +23,7 @@ from typing import Optional, Sequence
 
 from defense.core import parse_args, run_cli, set_mode
 from defense.evaluate.demo import LABELS_ENV, DemoOptions, run_demo, save_figure
+from defense.evaluate.peers import peer_specs
 from defense.generate.onnx_graph import RUNTIMES
 from defense.outputs import check_output, output_file
 from defense.paper import DEMO, DEMO_ATTACKS
@@ -46,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--attack", default="UAP", choices=DEMO_ATTACKS, help="universal attack (default: UAP)")
     ap.add_argument("--defense", type=_bool, default=True, metavar="{True,False}",
                     help="True: baseline and FRU defence; False: baseline only (default: True)")
+    ap.add_argument("--peers", type=peer_specs, default=[],
+                    help="image-domain defences on the baseline, comma-separated, e.g. pd or "
+                         "pd:deflections=200,window=10,median:3 (see python -m defense.evaluate --help)")
     ap.add_argument("--perturbation", type=Path, help="perturbation file replacing the attack's default file")
     ap.add_argument("--perturbations", type=Path, default=None,
                     help="local copy of the published Attack_samples/ folder; a missing file is downloaded into it "
@@ -72,7 +77,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result = run_demo(DemoOptions(net=args.dnn, input=args.input, load=args.load, load_baseline=args.load_baseline,
                                   attack=args.attack, defense=args.defense, perturbation=args.perturbation,
                                   perturbations_dir=args.perturbations, offline=args.offline, labels=args.labels,
-                                  manifest=args.manifest, runtime=args.runtime))
+                                  manifest=args.manifest, runtime=args.runtime, peers=tuple(args.peers)))
     for model, pred in result.predictions.items():
         top = pred.perturbed[0]
         print(f"{model}: top 1 prediction on the perturbed image: {top[1]}, confidence score: {top[2]:.4f}")

@@ -177,6 +177,20 @@ class CaffeClassifier:
                     seen.append(top)
         return seen
 
+    def last_feature_map(self) -> Optional[str]:
+        """The last convolutional feature map before the logits (for class activation maps): the
+        last 4-D blob with more than one position that a layer other than the input, a pooling or
+        Caffe's Split writes before the logits' layer; None if there is none."""
+        found = None
+        for i, name in enumerate(self._layer_names[:self.producer(self.logits_blob)]):
+            if self.layer_type(i) in ("Input", "Pooling", "Split"):
+                continue
+            for top in self.net.top_names[name]:
+                shape = self.net.blobs[top].data.shape
+                if len(shape) == 4 and shape[2] * shape[3] > 1:
+                    found = top
+        return found
+
     # ------------------------------------------------------------ one batch
     def _check_x(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x)
@@ -297,6 +311,25 @@ class CaffeClassifier:
         for m in range(weights.shape[1]):
             grads[:, m] = self.backward_batch({self.logits_blob: weights[:, m].reshape(shape)})
         return logits.reshape(len(x), -1), grads
+
+    def top_class_gradient(self, x: np.ndarray, blob: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For one batch, one forward and one backward pass: each image's top-1 class, the values
+        of ``blob`` and the gradient of the top-1 logit w.r.t. them (class activation maps).
+
+        The gradient is w.r.t. the blob as the layers above its producer read it, i.e. after its
+        in-place layers (a ReLU): the backward pass stops there.
+        :returns: labels (N,), values and gradients (the blob's shape).
+        """
+        values = self.forward_batch(x, [blob, self.logits_blob])
+        logits = values[self.logits_blob].reshape(len(x), -1)
+        labels = logits.argmax(axis=1)
+        diff = self.net.blobs[self.logits_blob].diff
+        diff[...] = 0.0
+        diff.reshape(len(x), -1)[np.arange(len(x)), labels] = 1.0
+        start, stop = self.producer(self.logits_blob), self.producer(blob) + 1
+        if stop <= start:
+            self.net._backward(start, stop)
+        return labels, values[blob], self.net.blobs[blob].diff.copy()
 
     def class_gradients(self, x: np.ndarray, classes: np.ndarray, batch_size: Optional[int] = None) -> np.ndarray:
         """Input gradients of the logits ``classes[i, m]`` of image i: (N, M, C, H, W)."""

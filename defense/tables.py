@@ -15,6 +15,7 @@ with the published perturbation files (``--perturbations``: a local copy of the 
 ``FRU_OFFLINE=1``) never downloads. It reports clean/perturbed top-1 and top-5, fooling rate
 and restoration accuracy, (clean top-1 + perturbed top-1) / (2 x baseline clean top-1), with the published denominator
 (``preset.baseline_top1``) and with the measured one, next to the published number.
+``--peers pd,median:3`` adds the baseline behind image-domain defences (``defense.evaluate.peers``).
 Outputs: ``<out>/<table>_<net>.json`` and ``.md``; ``.state.npz`` lets an interrupted run resume.
 
 Differences from the published scripts, by design: images within a class are taken in sorted
@@ -42,8 +43,9 @@ from attacks.published import published_dir
 from .core import ToolkitError, parse_args, positive_int, run_cli, set_mode, write_text
 from .data import Subset
 from .data.imagenet import ImageNetIndex
-from .evaluate.compare import add_restoration, metric_row, metric_rows
+from .evaluate.compare import Model, add_restoration, metric_row, metric_rows
 from .evaluate.conditions import Condition, Predictions, draw_choices, predict_conditions
+from .evaluate.peers import make_peer, peer_specs
 from .evaluate.resources import (ModelPair, fetch_missing, load_classifier, model_pair, published_path,
                                  require_weights)
 from .outputs import output_dir
@@ -55,6 +57,7 @@ log = logging.getLogger(__name__)
 INDEX_ENV = "FRU_IMAGENET_VAL_INDEX"
 DEFAULT_OUT = Path("results") / "tables"
 MODELS = ("baseline", "fru")
+MODEL_LABELS = {"baseline": "baseline", "fru": "FRU"}  # a peer's row: "baseline+<its key>"
 RUN_METRICS = ("perturbed_top1", "perturbed_top5", "fooling_rate")
 
 
@@ -111,7 +114,8 @@ def summarize_case(case: TableCase, conditions: Sequence[Condition], labels: np.
     add_restoration(rows, rows["baseline"]["clean_top1"] if "baseline" in rows else None,
                     key="restoration_accuracy_measured_denominator")
     for model, row in rows.items():
-        row["published_restoration_accuracy"] = case.published.baseline if model == "baseline" else case.published.fru
+        row["published_restoration_accuracy"] = {"baseline": case.published.baseline,
+                                                 "fru": case.published.fru}.get(model)
         if published_denominator:
             pert_hit = np.mean([preds[model][c].top1 == labels for c in names], axis=0)
             per_image = ((preds[model]["clean"].top1 == labels).astype(np.float64) + pert_hit) / (2 * published_denominator)
@@ -141,11 +145,8 @@ def markdown(report: dict) -> str:
              "| restoration acc. | restoration acc. (measured denom.) | published |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for case in report["cases"]:
-        for model in MODELS:
-            r = case["results"].get(model)
-            if r is None:
-                continue
-            lines.append(f"| {case['attack']} | {'FRU' if model == 'fru' else 'baseline'} | {_fmt(r['clean_top1'])} "
+        for model, r in case["results"].items():
+            lines.append(f"| {case['attack']} | {MODEL_LABELS.get(model, f'baseline+{model}')} | {_fmt(r['clean_top1'])} "
                          f"| {_fmt(r['perturbed_top1'])} | {_fmt(r['clean_top5'])} | {_fmt(r['perturbed_top5'])} "
                          f"| {_fmt(r['fooling_rate'])} | {_fmt(r['restoration_accuracy'])} "
                          f"| {_fmt(r['restoration_accuracy_measured_denominator'])} "
@@ -166,6 +167,7 @@ class TableOptions:
     perturbations: Optional[Path] = None  # default: published_dir()
     offline: bool = False
     own: Tuple[Path, ...] = ()
+    peers: Tuple[str, ...] = ()  # make_peer specs: the baseline behind each
     limit: Optional[int] = None
     batch: Optional[int] = None
     workers: int = 4
@@ -233,16 +235,20 @@ def run_table(table: str, net: str, options: TableOptions) -> dict:
         if tuple(clf.input_shape) != shape:
             raise ToolkitError(f"{pair.baseline.prototxt if name == 'baseline' else pair.fru.prototxt}: input shape "
                                f"{clf.input_shape} does not match the {preset.name} preset's {shape}")
+    models = {**classifiers}
+    for peer in map(make_peer, options.peers):
+        models[peer.key] = Model(peer.key, classifiers["baseline"], peer)
+    described = {"baseline": pair.baseline.describe(), "fru": pair.fru.describe(),
+                 **{m: f"baseline+{model.preprocessor.describe()}" for m, model in models.items() if m not in MODELS}}
     out = Path(options.out)
     stem = f"{table}_{preset.name}"
     config = {"table": table, "net": preset.name, "index": str(Path(options.index).resolve()), "images": len(source),
-              "limit": options.limit, "clip": options.clip, "models": {"baseline": pair.baseline.describe(),
-                                                                       "fru": pair.fru.describe()},
+              "limit": options.limit, "clip": options.clip, "models": described,
               "conditions": [[c.name, list(c.files)] for c in conditions]}
     state = out / f"{stem}.state.npz"
     if not options.resume and state.exists():
         state.unlink()
-    labels, preds = predict_conditions(classifiers, source, conditions, batch, options.clip, state, config,
+    labels, preds = predict_conditions(models, source, conditions, batch, options.clip, state, config,
                              options.progress, desc=f"{table} {preset.name}")
     measured = float(np.mean(preds["baseline"]["clean"].top1 == labels))
     report = {
@@ -254,7 +260,7 @@ def run_table(table: str, net: str, options: TableOptions) -> dict:
         "per_class_note": f"first {per_class} per class" + (f", {len(source)} spread over them (--limit)"
                                                              if options.limit and len(source) < len(protocol) else ""),
         "clip": options.clip, "clipping": "[0, 255]" if options.clip else "none (published table scripts do not clip)",
-        "batch_size": batch, "models": {"baseline": pair.baseline.describe(), "fru": pair.fru.describe()},
+        "batch_size": batch, "models": described,
         "denominators": {"published": preset.baseline_top1, "measured": measured},
         "cases": [], "command": options.command,
     }
@@ -294,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="never download (also FRU_OFFLINE=1): a missing file is an error naming its address")
     ap.add_argument("--own", type=Path, nargs="+", default=(),
                     help="the toolkit's own perturbation files (.h5 or .npy) instead of the published ones")
+    ap.add_argument("--peers", type=peer_specs, default=[],
+                    help="image-domain defences on the baseline, comma-separated (e.g. pd,median:3; "
+                         "see python -m defense.evaluate --help)")
     ap.add_argument("--limit", type=positive_int, help="evaluate only N images, spread over the protocol's images (quick run)")
     ap.add_argument("--batch", type=positive_int, help="batch size (default: the preset's, as in the published scripts)")
     ap.add_argument("--workers", type=positive_int, default=4, help="image decoding threads (default: 4)")
@@ -320,7 +329,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = "python -m defense.tables " + " ".join(sys.argv[1:] if argv is None else argv)
     options = TableOptions(index=args.index, root=args.root, manifest=args.manifest, weights_dir=args.weights_dir,
                            defense=args.defense, perturbations=args.perturbations, offline=args.offline,
-                           own=tuple(args.own), limit=args.limit, batch=args.batch, workers=args.workers,
+                           own=tuple(args.own), peers=tuple(args.peers), limit=args.limit, batch=args.batch, workers=args.workers,
                            clip=args.clip, out=args.out, resume=not args.no_resume, progress=not args.quiet,
                            command=command)
     set_mode(args.gpu, seed=0)

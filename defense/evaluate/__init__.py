@@ -2,7 +2,8 @@
 
 - ``conditions``: one resumable pass over a data source under several perturbation conditions;
 - ``compare``: ``Model``, ``evaluate()`` and the one per-model comparison (``metric_rows``);
-- ``peers``: image-domain peer defences (median, JPEG, bit depth);
+- ``peers``: image-domain peer defences (median, JPEG, bit depth, pixel deflection), ``make_peer`` specs;
+- ``deflection``: pixel deflection's steps (activation map, deflection, wavelet denoising);
 - ``report``: markdown table, the one bar-chart helper, the report files;
 - ``resources``: where a network's files and the published perturbations lie;
 - ``demo``: the single-image demo behind ``defense_example.py``;

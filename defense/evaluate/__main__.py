@@ -20,7 +20,7 @@ from ..generate.onnx_graph import RUNTIMES, classifier_for
 from ..outputs import output_dir
 from ..presets import get_preset
 from .compare import Model, evaluate
-from .peers import PEERS, make_peer
+from .peers import PEERS, make_peer, peer_specs
 from .report import markdown_table, write_reports
 
 
@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--defended-prototxt", type=Path, help="default: the preset's deploy_*_FRU file")
     p.add_argument("--defended-weights", type=Path, help="default: weights/<Net>/<stem>_FRU.caffemodel")
     p.add_argument("--no-defended", action="store_true", help="evaluate the baseline (and peers) only")
-    p.add_argument("--peers", default="", help=f"comma-separated image-domain defences on the baseline: {', '.join(PEERS)}")
+    p.add_argument("--peers", type=peer_specs, default=[],
+                   help=f"comma-separated image-domain defences on the baseline: {', '.join(PEERS)} "
+                        "(e.g. median:3,jpeg:75,pd or pd:deflections=200,window=10)")
     p.add_argument("--data", default="fashion-mnist", choices=sorted(DATA_SOURCES), help="data source")
     p.add_argument("--split", default="test", help="data split (default test)")
     p.add_argument("--limit", type=positive_int, default=None, help="evaluate a seeded random subset of this many images")
@@ -71,8 +73,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         models.append(Model("FRU", classifier_for(args.defended_prototxt or preset.deploy_fru,
                                                   args.defended_weights or preset.weights(defended=True),
                                                   preset.mean_bgr, args.runtime, batch_size=batch)))
-    for name in filter(None, (s.strip() for s in args.peers.split(","))):
-        peer = make_peer(name)
+    for spec in args.peers:
+        peer = make_peer(spec)
         models.append(Model(f"baseline+{peer.describe()}", base, peer))
     denominator = preset.baseline_top1 if args.published_denominator else None
     if args.published_denominator and denominator is None:

@@ -37,7 +37,7 @@ class Model:
     def logits(self, x: np.ndarray, batch_size: int) -> np.ndarray:
         """Logits (N, classes) of pixel-unit images, after the preprocessor if any."""
         if self.preprocessor is not None:
-            x = self.preprocessor(x)
+            x = self.preprocessor(x, self.classifier)
         return self.classifier.logits(x, batch_size)
 
 

@@ -9,6 +9,7 @@ caffemodel when present, else the FRU caffemodel itself (the released FRU models
 frozen baseline weights under the same layer names), so the published command downloads one
 caffemodel. What is missing (the authors' demo image, the published perturbation, the
 caffemodel) is downloaded, verified and cached first (``resources``) unless ``offline``.
+``peers`` adds the baseline behind image-domain defences (``peers.make_peer`` specs, e.g. ``pd``).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from attacks.classifier import softmax
 from attacks.perturbation_io import FORMATS, detect_format, load_any
 from attacks.published import published_dir
 
@@ -29,6 +31,8 @@ from ..data import FashionMnist
 from ..data.preprocess import load_image, preprocess
 from ..paper import DEMO_IMAGE, DemoDefaults, demo_defaults
 from ..presets import REPO_ROOT, NetPreset, get_preset
+from .compare import Model
+from .peers import make_peer
 from .resources import (NetFiles, demo_image, fetch_missing, has_all_layers, load_classifier, model_pair,
                         require_weights)
 
@@ -49,6 +53,7 @@ class DemoOptions:
     :param perturbations_dir: the copy of ``Attack_samples/`` (default: ``attacks.published.published_dir()``).
     :param offline: never download; a missing published file is an error naming its address.
     :param runtime: ``caffe``, or ``onnx`` (the nets exported to ONNX, run in onnxruntime).
+    :param peers: image-domain defences (``make_peer`` specs) shown on the baseline, ``baseline+<key>``.
     """
 
     net: str = "ResNet152"
@@ -64,6 +69,7 @@ class DemoOptions:
     manifest: Optional[Path] = None
     clip: bool = True
     runtime: str = "caffe"
+    peers: Tuple[str, ...] = ()
 
 
 @dataclass
@@ -82,7 +88,7 @@ class DemoResult:
     perturbed: np.ndarray      # (C, H, W), clipped as published
     true_label: Optional[int]
     true_name: Optional[str] = None
-    predictions: Dict[str, Prediction] = field(default_factory=dict)  # "baseline" / "FRU"
+    predictions: Dict[str, Prediction] = field(default_factory=dict)  # "baseline" / "FRU" / "baseline+pd"
     files: Dict[str, str] = field(default_factory=dict)
 
 
@@ -213,12 +219,17 @@ def run_demo(options: DemoOptions) -> DemoResult:
     true_name = None if true_label is None else (names[true_label] if names else f"class {true_label}")
     result = DemoResult(preset.name, options.attack, image, perturbed, true_label, true_name,
                         files={"perturbation": v_file})
+    peers = [make_peer(spec) for spec in options.peers]
     batch = np.stack([image, perturbed]).astype(np.float32)
+    models = []
     for label, files, weights in nets:
-        clf = load_classifier(files, preset, batch_size=2, weights=weights, runtime=options.runtime)
-        probs = clf.predict(batch)
-        result.predictions[label] = Prediction(_top5(probs[0], names), _top5(probs[1], names))
+        models.append(Model(label, load_classifier(files, preset, batch_size=2, weights=weights,
+                                                   runtime=options.runtime)))
         result.files[label] = str(weights)
+    models += [Model(f"baseline+{peer.key}", models[0].classifier, peer) for peer in peers]
+    for model in models:
+        probs = softmax(model.logits(batch, batch_size=2))
+        result.predictions[model.name] = Prediction(_top5(probs[0], names), _top5(probs[1], names))
     return result
 
 
@@ -234,7 +245,7 @@ def save_figure(result: DemoResult, path: os.PathLike | str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     models = list(result.predictions)
-    fig, axes = plt.subplots(2, max(2, len(models)), figsize=(10, 8))
+    fig, axes = plt.subplots(2, max(2, len(models)), figsize=(max(10, 3.3 * len(models)), 8))
     for ax, img, title in ((axes[0, 0], result.image, "Original image"),
                            (axes[0, 1], result.perturbed, f"Perturbed ({result.attack})")):
         ax.imshow(_display(img), cmap="gray" if img.shape[0] == 1 else None)
@@ -251,7 +262,8 @@ def save_figure(result: DemoResult, path: os.PathLike | str) -> Path:
             ax.text(min(p, 0.85) + 0.01, y, f"{p:.2f}", va="center", fontsize=9)
         ax.set_xlim(0, 1)
         clean = result.predictions[model].clean[0]
-        ax.set_title(f"{'FRU defence' if model == 'FRU' else 'Baseline'} on the perturbed image\n"
+        title = {"FRU": "FRU defence", "baseline": "Baseline"}.get(model, model.replace("baseline+", "Baseline + "))
+        ax.set_title(f"{title} on the perturbed image\n"
                      f"(clean image: {clean[1]}, {clean[2]:.2f})", fontsize=10)
         ax.set_xlabel("probability")
     for ax in axes[1, len(models):]:

@@ -29,10 +29,11 @@ def markdown_table(result: Dict[str, object]) -> str:
 def bar_chart(path: Path, groups: Sequence[str], series: Mapping[str, Sequence[float]], title: str,
               figsize: Tuple[float, float], ylim: Tuple[float, float], ylabel: Optional[str] = None,
               value_labels: bool = False, tick_style: Optional[dict] = None, hline: Optional[float] = None,
-              legend: Optional[dict] = None) -> Path:
+              legend: Optional[dict] = None, errors: Optional[Mapping[str, Sequence[float]]] = None) -> Path:
     """The one bar-chart helper: a bar per series within each group, written atomically as PNG.
 
     :param series: name -> one value per group (NaN leaves a gap).
+    :param errors: name -> one error-bar half-height per group (NaN: no bar), or None.
     """
     import matplotlib
     matplotlib.use("Agg")
@@ -41,7 +42,9 @@ def bar_chart(path: Path, groups: Sequence[str], series: Mapping[str, Sequence[f
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=figsize)
     for i, (name, values) in enumerate(series.items()):
-        bars = ax.bar(np.arange(len(groups)) + (i - (len(series) - 1) / 2) * width, values, width, label=name)
+        yerr = None if errors is None else errors[name]
+        bars = ax.bar(np.arange(len(groups)) + (i - (len(series) - 1) / 2) * width, values, width, label=name,
+                      yerr=yerr, capsize=2 if yerr is not None else 0, error_kw=dict(lw=0.8))
         if value_labels:
             ax.bar_label(bars, fmt="%.2f", fontsize=7)
     ax.set_xticks(np.arange(len(groups)), list(groups), **(tick_style or {}))

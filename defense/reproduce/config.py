@@ -14,14 +14,28 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..core import ToolkitError
+from ..evaluate.peers import make_peer, split_peer_specs
+
 NET = "FashionNet"
 DEFAULT_OUT = Path("results/fashion")
 # xi_2 / xi_inf of the paper (2000 / 10 on 224x224x3), scaled by sqrt(input size) like
 # attacks.projection.default_xi: l_2 = xi * 200 * sqrt(784 / 150528) = 14.43 xi.
 L2_PER_LINF = 200.0 * float(np.sqrt(28 * 28 / (224 * 224 * 3)))
-MODEL_ORDER = ("baseline", "fru", "fru_secondary", "fru_bottom", "median", "jpeg", "bits", "adv_finetune", "fd")
+MODEL_ORDER = ("baseline", "fru", "fru_secondary", "fru_bottom", "median", "jpeg", "bits", "pd", "adv_finetune", "fd")
 IMAGE_PEERS = ("median", "jpeg", "bits")
-REQUIRED_MODELS = ("baseline", "fru") + IMAGE_PEERS + ("adv_finetune",)
+# The defences the FRUs are compared with (the paper's ">10%" claim and the best-competitor row):
+# the one list of competitor columns; a new competitor defence adds its column name here.
+COMPETITORS = IMAGE_PEERS + ("pd", "adv_finetune", "fd")
+REQUIRED_MODELS = ("baseline", "fru") + COMPETITORS
+# Thresholds shared by the targets and the claims: "FRUs restore an attack" means a restoration
+# gain over the undefended baseline of at least RESTORATION_GAIN; the paper's headline is a margin
+# of more than COMPETITOR_MARGIN over the best competitor.
+RESTORATION_GAIN = 0.15
+COMPETITOR_MARGIN = 0.10
+# Independent replicas (seeds seed .. seed + K - 1) of ``make reproduce``: every cell is reported
+# as a mean with its 95% interval over them (issue 20).
+DEFAULT_SEEDS = 5
 METRICS = ("clean_top1", "perturbed_top1", "restoration", "fooling_rate")
 
 
@@ -89,7 +103,7 @@ class ReproConfig:
     test_images: Optional[int] = 2000
     eval_seed: int = 0
     eval_batch: int = 100
-    peers: Tuple[str, ...] = ("median:3", "jpeg:75", "bits:4")
+    peers: Tuple[str, ...] = ("median:3", "jpeg:75", "bits:4", "pd")
 
     def __post_init__(self):
         for name in ("uap_images", "uap_passes", "uap_classes", "uap_batch", "train_uaps", "test_uaps", "l2_uaps",
@@ -120,6 +134,11 @@ class ReproConfig:
             raise ValueError(f"advft_solver must be SGD or Adam, got '{self.advft_solver}'")
         if not 0.0 <= self.fru_clean_fraction < 1.0:
             raise ValueError(f"fru_clean_fraction must be in [0, 1), got {self.fru_clean_fraction}")
+        for spec in self.peers:
+            try:
+                make_peer(spec)
+            except ToolkitError as exc:
+                raise ValueError(f"peers: {exc}") from None
 
     @property
     def l2_radius(self) -> float:
@@ -146,7 +165,8 @@ class ReproConfig:
                 raise ValueError(f"--set takes key=value, got '{pair}'")
             if key not in hints:
                 raise ValueError(f"unknown config key '{key}'; valid: {', '.join(f.name for f in dataclasses.fields(self))}")
-            changes[key] = _parse_value(key, text.strip(), hints[key])
+            changes[key] = (tuple(split_peer_specs(text)) if key == "peers"  # pd:deflections=3,window=1 is one
+                            else _parse_value(key, text.strip(), hints[key]))
         return dataclasses.replace(self, **changes)
 
 

@@ -7,11 +7,14 @@ import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from ..data import DataSource
 from .attack_stages import stage_adaptive, stage_test_attacks, stage_train_attacks
-from .config import ReproConfig
+from ..core import set_mode
+from .aggregate import write_aggregate
+from .claims import CLAIMS_DOCS, claims_markdown, claims_span, write_claims_into
+from .config import DEFAULT_SEEDS, ReproConfig
 from .report import ship, write_report
 from .runner import Context, Stage, run_parallel, run_stage, save_json
 from .stages import (stage_baseline, stage_evaluate, stage_fd, stage_generate, stage_masking, stage_peers,
@@ -51,28 +54,55 @@ STAGES: Tuple[Stage, ...] = (
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
 
-def reproduce(cfg: ReproConfig, out: Path, force: bool = False, progress: bool = True,
+def replica_folder(out: Path, seed: int) -> Path:
+    """Where one seed's replica (its stages, summary.json, results.md, figures) lives."""
+    return Path(out) / f"seed-{seed}"
+
+
+def reproduce(cfg: ReproConfig, out: Path, seeds: int = DEFAULT_SEEDS, force: bool = False, progress: bool = True,
               ship_to: Optional[Path] = None, train_source: Optional[DataSource] = None,
               test_source: Optional[DataSource] = None, jobs: int = 1, gpu: Optional[int] = None) -> dict:
-    """Run (or resume) every stage, then write summary.json, results.md and the figures.
+    """Run (or resume) every stage of ``seeds`` independent replicas (seeds ``cfg.seed`` ..
+    ``cfg.seed + seeds - 1``, each in ``out/seed-<s>/`` with its own report), then write the
+    aggregate (means and 95% intervals over the seeds, the claims) into ``out``.
 
-    :param jobs: worker processes for independent stages (1: every stage in this process, in
-        order; also when custom data sources are given).
+    :param jobs: worker processes for independent stages, of every replica (1: every stage in
+        this process, replica by replica; also when custom data sources are given).
     """
+    if seeds < 1:
+        raise ValueError(f"seeds must be a positive integer, got {seeds}")
+    for doc in CLAIMS_DOCS if ship_to is not None else ():
+        claims_span(Path(ship_to) / doc)  # a document without its markers fails now, not after the run
     started, load_start = time.perf_counter(), os.getloadavg()
     parallel = jobs > 1 and train_source is None and test_source is None
-    ctx = Context(cfg, Path(out), force=force, progress=progress, gpu=gpu, jobs=jobs if parallel else 1,
-                  train_source=train_source, test_source=test_source)
-    ctx.out.mkdir(parents=True, exist_ok=True)
-    save_json(ctx.out / "config.json", dataclasses.asdict(cfg))
+    contexts = [Context(dataclasses.replace(cfg, seed=cfg.seed + i), replica_folder(out, cfg.seed + i), force=force,
+                        progress=progress, gpu=gpu, jobs=jobs if parallel else 1, train_source=train_source,
+                        test_source=test_source) for i in range(seeds)]
+    Path(out).mkdir(parents=True, exist_ok=True)
+    save_json(Path(out) / "config.json", dataclasses.asdict(cfg))
+    for ctx in contexts:
+        ctx.out.mkdir(parents=True, exist_ok=True)
+        save_json(ctx.out / "config.json", dataclasses.asdict(ctx.cfg))
     if parallel:
-        run_parallel(ctx, STAGES, jobs)
+        run_parallel(contexts, STAGES, jobs)
     else:
-        for stage in STAGES:
-            run_stage(ctx, stage)
-    summary = write_report(ctx, started, load_start)
+        for ctx in contexts:
+            set_mode(gpu, ctx.cfg.seed)
+            for stage in STAGES:
+                run_stage(ctx, stage)
+    replicas = [write_report(ctx, started, load_start) for ctx in contexts]
+    summary = write_aggregate(Path(out), cfg, replicas, [ctx.out for ctx in contexts],
+                              [r for ctx in contexts for r in ctx.records.values()], started, load_start, jobs)
     if ship_to is not None:
-        # paths relative to where they were shipped (the repository), never the machine's
-        summary["shipped"] = [Path(p).relative_to(ship_to).as_posix() for p in ship(ctx, ship_to)]
-        save_json(ctx.out / "summary.json", summary)
+        summary["shipped"] = ship_run(contexts[0], summary["claims"], Path(ship_to))
+        save_json(Path(out) / "summary.json", summary)
     return summary
+
+
+def ship_run(ctx: Context, claims: Sequence[dict], root: Path) -> List[str]:
+    """Copy one replica's demo files (``report.ship``) and write the claims table into
+    ``CLAIMS_DOCS`` below ``root`` (the repository); returns the paths written, relative to
+    ``root`` (never the machine's)."""
+    table = claims_markdown(claims)
+    shipped = ship(ctx, root) + [write_claims_into(root / doc, table) for doc in CLAIMS_DOCS]
+    return [Path(p).relative_to(root).as_posix() for p in shipped]

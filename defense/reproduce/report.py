@@ -9,7 +9,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -17,9 +17,10 @@ from ..core import atomic_path, load_blobs, write_bytes, write_text
 from ..evaluate.report import bar_chart
 from ..generate.ranking import rank_channels
 from ..paper import demo_defaults
-from .config import IMAGE_PEERS, MODEL_ORDER, NET, eval_cases, stage_of
+from .config import COMPETITORS, IMAGE_PEERS, MODEL_ORDER, NET, RESTORATION_GAIN, eval_cases, stage_of
 from .runner import Context, save_json
 from .stages import evaluation_images, fru_targets
+from .stats import OPS
 
 
 def case_rows(result: dict) -> Dict[str, Dict[str, float]]:
@@ -29,38 +30,40 @@ def case_rows(result: dict) -> Dict[str, Dict[str, float]]:
 
 
 def check_targets(summary: dict) -> List[dict]:
-    """The issue's targets, each with the measured value and whether it is met."""
+    """The issue's targets, each with the measured value, its comparison (``value op threshold``)
+    and whether it is met. ``over_seeds``: whether the aggregate judges it from the interval over
+    the seeds (every target but this replica's own wall time)."""
     cases, out = summary["cases"], []
 
-    def add(name, value, ok, detail=""):
-        out.append({"target": name, "value": value, "met": bool(ok), "detail": detail})
+    def add(name, value, op, threshold, detail="", over_seeds=True):
+        out.append({"target": name, "value": value, "op": op, "threshold": threshold,
+                    "met": bool(OPS[op](value, threshold)), "detail": detail, "over_seeds": over_seeds})
 
     top1 = summary["baseline"]["test_top1"]
-    add("baseline test top-1 >= 0.90", top1, top1 >= 0.90, f"on {summary['baseline']['test_images']} test images")
+    add("baseline test top-1 >= 0.90", top1, ">=", 0.90, f"on {summary['baseline']['test_images']} test images")
     if "same-norm" in cases:
         m = cases["same-norm"]["models"]
-        add("same-norm: baseline fooling rate >= 0.5", m["baseline"]["fooling_rate"], m["baseline"]["fooling_rate"] >= 0.5)
-        add("same-norm: baseline restoration <= 0.75", m["baseline"]["restoration"], m["baseline"]["restoration"] <= 0.75)
-        add("same-norm: FRU restoration >= 0.95", m["fru"]["restoration"], m["fru"]["restoration"] >= 0.95)
+        add("same-norm: baseline fooling rate >= 0.5", m["baseline"]["fooling_rate"], ">=", 0.5)
+        add("same-norm: baseline restoration <= 0.75", m["baseline"]["restoration"], "<=", 0.75)
+        add("same-norm: FRU restoration >= 0.95", m["fru"]["restoration"], ">=", 0.95)
         diff = abs(m["fru"]["clean_top1"] - m["baseline"]["clean_top1"])
-        add("FRU clean top-1 within 0.01 of the baseline's", diff, diff <= 0.01,
+        add("FRU clean top-1 within 0.01 of the baseline's", diff, "<=", 0.01,
             f"FRU {m['fru']['clean_top1']:.4f}, baseline {m['baseline']['clean_top1']:.4f}")
     for key, case in cases.items():
         if case["group"] not in ("stronger", "unseen"):
             continue
         m = case["models"]
-        gain = m["fru"]["restoration"] - m["baseline"]["restoration"]
-        add(f"{key}: FRU restoration >= 0.85", m["fru"]["restoration"], m["fru"]["restoration"] >= 0.85)
-        add(f"{key}: FRU - baseline restoration >= 0.15", gain, gain >= 0.15)
+        add(f"{key}: FRU restoration >= 0.85", m["fru"]["restoration"], ">=", 0.85)
+        add(f"{key}: FRU - baseline restoration >= {RESTORATION_GAIN:g}",
+            m["fru"]["restoration"] - m["baseline"]["restoration"], ">=", RESTORATION_GAIN)
     rk = summary.get("ranking", {})
     if "fru_bottom" in cases.get("same-norm", {}).get("models", {}):
         top, bottom = (cases["same-norm"]["models"][k]["restoration"] for k in ("fru", "fru_bottom"))
-        add("ranking: top-ranked FRU beats bottom-ranked FRU (same-norm restoration)", top - bottom, top > bottom,
+        add("ranking: top-ranked FRU beats bottom-ranked FRU (same-norm restoration)", top - bottom, ">", 0.0,
             f"top {top:.4f}, bottom {bottom:.4f}")
     for layer, r in rk.get("masking", {}).items():
         add(f"ranking: masking top half beats bottom half ({layer})", r["top_half_masked"] - r["bottom_half_masked"],
-            r["top_half_masked"] > r["bottom_half_masked"],
-            f"top {r['top_half_masked']:.4f}, bottom {r['bottom_half_masked']:.4f}")
+            ">", 0.0, f"top {r['top_half_masked']:.4f}, bottom {r['bottom_half_masked']:.4f}")
     for key, case in cases.items():
         if case["group"] not in ("same-norm", "unseen"):
             continue
@@ -68,19 +71,54 @@ def check_targets(summary: dict) -> List[dict]:
         best = max(IMAGE_PEERS, key=lambda p: m[p]["restoration"] if p in m else -1)
         if best in m:
             add(f"{key}: FRU restoration above every image-domain peer", m["fru"]["restoration"] - m[best]["restoration"],
-                m["fru"]["restoration"] > m[best]["restoration"], f"best peer {best} {m[best]['restoration']:.4f}")
+                ">", 0.0, f"best peer {best} {m[best]['restoration']:.4f}")
     wall = summary.get("wall_seconds_all_stages")
     if wall is not None:
-        add("reproduction under 20 minutes (first stage start to last stage end)", wall, wall < 1200,
+        add("reproduction under 20 minutes (first stage start to last stage end)", wall, "<", 1200,
             f"{os.cpu_count()} cores, {summary['machine'].get('jobs', 1)} jobs, "
-            f"load average {summary['machine']['loadavg_end']}")
+            f"load average {summary['machine']['loadavg_end']}", over_seeds=False)
     return out
+
+
+def best_competitor(restoration: Dict[str, float]) -> Optional[str]:
+    """The competitor column (``config.COMPETITORS``) with the highest restoration among those
+    present in ``restoration`` (model -> restoration); the first in that order on a tie."""
+    present = [c for c in COMPETITORS if c in restoration]
+    return max(present, key=lambda c: restoration[c]) if present else None
+
+
+def competitor_row(models: Dict[str, dict]) -> Optional[dict]:
+    """One case's best competitor and the FRUs' margin over it (restoration), in one replica."""
+    best = best_competitor({m: row["restoration"] for m, row in models.items()})
+    if best is None or "fru" not in models:
+        return None
+    return {"model": best, "restoration": models[best]["restoration"],
+            "fru_margin": models["fru"]["restoration"] - models[best]["restoration"]}
+
+
+def ordered_models(cases: Dict[str, dict]) -> List[str]:
+    """Every model column of ``cases``: ``MODEL_ORDER`` first, then any other in order of appearance."""
+    present = [m for c in cases.values() for m in c["models"]]
+    return [m for m in MODEL_ORDER if m in present] + [m for m in dict.fromkeys(present) if m not in MODEL_ORDER]
+
+
+def metric_tables(cases: Dict[str, dict], models: Sequence[str], cell: Callable[[object], str]) -> List[str]:
+    """One markdown table per metric (cases x models), each cell written by ``cell``; "-" where missing."""
+    lines = []
+    for metric, title in (("restoration", "Restoration accuracy"), ("fooling_rate", "Fooling rate"),
+                          ("perturbed_top1", "Perturbed top-1"), ("clean_top1", "Clean top-1")):
+        lines += [f"## {title}", "", "| case | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
+        for key, case in cases.items():
+            cells = [cell(case["models"][m][metric]) if metric in case["models"].get(m, {}) else "-" for m in models]
+            lines.append(f"| {key}: {case['title']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 def markdown_report(summary: dict) -> str:
     cases = summary["cases"]
-    models = [m for m in MODEL_ORDER if any(m in c["models"] for c in cases.values())]
-    lines = ["# Fashion-MNIST reproduction (FashionNet)", "",
+    models = ordered_models(cases)
+    lines = [f"# Fashion-MNIST reproduction (FashionNet), seed {summary['config']['seed']}", "",
              f"Baseline test top-1 {summary['baseline']['test_top1']:.4f} on {summary['baseline']['test_images']} "
              f"images. Attacks: l_inf xi = {summary['config']['xi']:g}, l_2 xi = {summary['xi_l2']:g} (pixel units, "
              f"[0, 255]), computed on the training split. Evaluation: {summary['evaluation_images']} test images, one "
@@ -91,13 +129,13 @@ def markdown_report(summary: dict) -> str:
                   f"perturbations each of {', '.join(extra)} (on their own training images) were added to the FRU and "
                   "fine-tuning training set, so those attacks are seen, not unseen, here.", ""]
     lines += ["Restoration accuracy = (clean top-1 + perturbed top-1) / (2 x baseline clean top-1).", ""]
-    for metric, title in (("restoration", "Restoration accuracy"), ("fooling_rate", "Fooling rate"),
-                          ("perturbed_top1", "Perturbed top-1"), ("clean_top1", "Clean top-1")):
-        lines += [f"## {title}", "", "| case | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
-        for key, case in cases.items():
-            cells = [f"{case['models'][m][metric]:.4f}" if m in case["models"] else "-" for m in models]
-            lines.append(f"| {key}: {case['title']} | " + " | ".join(cells) + " |")
-        lines.append("")
+    lines += metric_tables(cases, models, lambda value: f"{value:.4f}")
+    lines += ["## Best competitor per case", "", f"The competitor ({', '.join(COMPETITORS)}) with the highest "
+              "restoration, and the FRUs' margin over it.", "",
+              "| case | best competitor | its restoration | FRU - best competitor |", "|---|---|---|---|"]
+    lines += [f"| {key} | {b['model']} | {b['restoration']:.4f} | {b['fru_margin']:+.4f} |"
+              for key, b in ((k, c.get("best_competitor")) for k, c in cases.items()) if b]
+    lines.append("")
     rk = summary.get("ranking", {})
     if rk.get("masking"):
         lines += ["## Ranking experiment", "",
@@ -129,15 +167,20 @@ def markdown_report(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def restoration_figure(summary: dict, path: Path) -> Path:
-    """Restoration accuracy per case (groups) and model (bars)."""
-    cases = summary["cases"]
-    models = [m for m in MODEL_ORDER if m != "fru_bottom" and any(m in c["models"] for c in cases.values())]
-    bar_chart(path, list(cases), {m: [c["models"].get(m, {}).get("restoration", np.nan) for c in cases.values()]
-                                  for m in models},
-              "FashionNet on Fashion-MNIST test: restoration per attack", figsize=(2 + 1.3 * len(cases), 4.5),
-              ylim=(0.4, 1.05), ylabel="restoration accuracy", tick_style=dict(rotation=30, ha="right"), hline=1.0,
-              legend=dict(fontsize=7, ncol=4))
+def restoration_figure(restoration: Dict[str, Dict[str, float]], path: Path,
+                       errors: Optional[Dict[str, Dict[str, float]]] = None, subtitle: str = "") -> Path:
+    """Restoration accuracy per case (groups) and model (bars), with error bars when given.
+
+    :param restoration: case -> model -> restoration; ``errors``: the same, half-widths.
+    """
+    cases = {k: {"models": v} for k, v in restoration.items()}
+    models = [m for m in ordered_models(cases) if m != "fru_bottom"]
+    nan = float("nan")
+    bar_chart(path, list(restoration), {m: [row.get(m, nan) for row in restoration.values()] for m in models},
+              f"FashionNet on Fashion-MNIST test: restoration per attack{subtitle}",
+              figsize=(2 + 1.3 * len(restoration), 4.5), ylim=(0.4, 1.05), ylabel="restoration accuracy",
+              tick_style=dict(rotation=30, ha="right"), hline=1.0, legend=dict(fontsize=7, ncol=4),
+              errors=None if errors is None else {m: [row.get(m, nan) for row in errors.values()] for m in models})
     return path
 
 
@@ -223,6 +266,7 @@ def build_summary(ctx: Context, started: float, load_start: Sequence[float]) -> 
         title = case.title.replace("xi calibrated", f"xi={xi:g} (calibrated)") if xi is not None else case.title
         cases[case.key] = {"title": title, "group": case.group, "perturbations": result["perturbations"],
                            "images": result["images"], "models": case_rows(result)}
+        cases[case.key]["best_competitor"] = competitor_row(cases[case.key]["models"])
     rec = ctx.records
     base = rec["baseline"]["result"]
     timings = {name: {"seconds": r["seconds"], "resumed": r.get("resumed", False)} for name, r in finish_order(rec)}
@@ -251,7 +295,8 @@ def write_report(ctx: Context, started: float, load_start: Sequence[float]) -> d
     summary = build_summary(ctx, started, load_start)
     _, fmap = feature_map_figure(ctx, ctx.out / "feature_map.png")
     summary["feature_map"] = fmap
-    restoration_figure(summary, ctx.out / "restoration.png")
+    restoration_figure({k: {m: r["restoration"] for m, r in c["models"].items()} for k, c in summary["cases"].items()},
+                       ctx.out / "restoration.png", subtitle=f" (seed {ctx.cfg.seed})")
     summary["targets"] = check_targets(summary)
     save_json(ctx.out / "summary.json", summary)
     write_text(ctx.out / "results.md", markdown_report(summary))

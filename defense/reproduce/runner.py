@@ -174,9 +174,14 @@ def save_npy(path: Path, v: np.ndarray) -> Path:
     return path
 
 
-def ready_stages(stages: Sequence[Stage], done: set, running: set) -> List[Stage]:
-    """Stages whose upstream stages are all done, in ``stages`` order (the critical path first)."""
-    return [s for s in stages if s.name not in done | running and all(u in done for u in s.upstream)]
+def ready_tasks(stages: Sequence[Stage], replicas: int, done: set, running: set) -> List[Tuple[int, Stage]]:
+    """``(replica, stage)`` pairs whose upstream stages (in the same replica) are all done: stage by
+    stage in ``stages`` order (the critical path first), each stage for every replica in turn.
+
+    :param done: finished ``(replica, stage name)`` pairs; ``running``: those under way.
+    """
+    return [(r, s) for s in stages for r in range(replicas)
+            if (r, s.name) not in done | running and all((r, u) in done for u in s.upstream)]
 
 
 def _stage_worker(cfg: ReproConfig, out: Path, force: bool, gpu: Optional[int], jobs: int, keys: Dict[str, str],
@@ -188,37 +193,42 @@ def _stage_worker(cfg: ReproConfig, out: Path, force: bool, gpu: Optional[int], 
     return run_stage(ctx, stage)
 
 
-def run_parallel(ctx: Context, stages: Sequence[Stage], jobs: int) -> None:
-    """Run independent stages side by side in ``jobs`` worker processes.
+def run_parallel(contexts: Sequence[Context], stages: Sequence[Stage], jobs: int) -> None:
+    """Run independent stages side by side in ``jobs`` worker processes, over every replica
+    (one ``Context`` per seed): the stages of all replicas share one pool.
 
     On a small CPU, Caffe's convolutions of 28x28 images hardly use a second BLAS thread, so
     two stages on one core each (FRU training beside the bottom-ranked training, the secondary
-    defence beside adversarial fine-tuning) take about the time of one. Workers run one BLAS
-    thread each (``OPENBLAS_NUM_THREADS=1``), so the numbers do not depend on the number of
-    cores (floating-point sums depend on the thread count, and SGD amplifies such
-    differences: results are bit-identical for the same ``--jobs`` on the same kind of CPU).
-    Progress shows as one bar of stages.
+    defence beside adversarial fine-tuning, or two seeds' stages) take about the time of one.
+    Workers run one BLAS thread each (``OPENBLAS_NUM_THREADS=1``), so the numbers do not
+    depend on the number of cores (floating-point sums depend on the thread count, and SGD
+    amplifies such differences: results are bit-identical for the same ``--jobs`` on the same
+    kind of CPU). Progress shows as one bar of stages.
     """
-    for stage in stages:  # a worker needs the keys of its upstream stages
-        ctx.keys[stage.name] = stage_key(ctx, stage)
+    for ctx in contexts:  # a worker needs the keys of its upstream stages
+        for stage in stages:
+            ctx.keys[stage.name] = stage_key(ctx, stage)
     saved = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
     os.environ.update({k: "1" for k in saved})
     done: set = set()
-    running: Dict[object, str] = {}
+    running: Dict[object, Tuple[int, str]] = {}
+    total = len(stages) * len(contexts)
+    label = (lambda r, name: name) if len(contexts) == 1 else (lambda r, name: f"{contexts[r].cfg.seed}:{name}")
     try:
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool, \
-                tqdm(total=len(stages), desc="stages", unit="stage", disable=not ctx.progress) as bar:
-            while len(done) < len(stages):
-                for stage in ready_stages(stages, done, set(running.values()))[:jobs - len(running)]:
-                    log.info("stage %s: starting in a worker", stage.name)
+                tqdm(total=total, desc="stages", unit="stage", disable=not contexts[0].progress) as bar:
+            while len(done) < total:
+                for r, stage in ready_tasks(stages, len(contexts), done, set(running.values()))[:jobs - len(running)]:
+                    ctx = contexts[r]
+                    log.info("stage %s (seed %d): starting in a worker", stage.name, ctx.cfg.seed)
                     running[pool.submit(_stage_worker, ctx.cfg, ctx.out, ctx.force, ctx.gpu, jobs, dict(ctx.keys),
-                                        stage, logging.getLogger().level)] = stage.name
-                bar.set_postfix(running=",".join(sorted(running.values())))
+                                        stage, logging.getLogger().level)] = (r, stage.name)
+                bar.set_postfix(running=",".join(sorted(label(*t) for t in running.values())))
                 finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for future in finished:
-                    name = running.pop(future)
-                    ctx.records[name] = future.result()
-                    done.add(name)
+                    r, name = running.pop(future)
+                    contexts[r].records[name] = future.result()
+                    done.add((r, name))
                     bar.update(1)
     finally:
         for k, v in saved.items():

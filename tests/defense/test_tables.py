@@ -157,6 +157,21 @@ def test_clip_is_recorded(fake, tmp_path):
     assert report["cases"][0]["results"]["baseline"]["perturbed_top1"] == 1.0
 
 
+def test_peers_join_the_table(fake, tmp_path):
+    """``--peers``: the baseline behind pixel deflection and a median filter, one row each. PD
+    clips the +-400 checkerboard to a valid image first (which alone undoes this attack, see
+    test_clip_is_recorded); a 3x3 median keeps a checkerboard as it is."""
+    pert = write_same_norm(tmp_path / "samples", fooling=range(1, 6))
+    out, report = _run(fake, tmp_path, "same-norm", pert, "--limit", "3", "--peers", "pd:seed=1,median:3")
+    results = report["cases"][0]["results"]
+    assert list(results) == ["baseline", "fru", "pd", "median"]
+    assert (results["pd"]["clean_top1"], results["pd"]["perturbed_top1"]) == (1.0, 1.0)
+    assert results["median"]["perturbed_top1"] == pytest.approx(1 / 3)
+    assert results["pd"]["published_restoration_accuracy"] is None
+    assert report["models"]["pd"] == "baseline+pd(deflections=auto, window=auto, sigma=0.04, map=cam, seed=1)"
+    assert "| baseline+pd | 1.000 | 1.000 |" in (out / "same-norm_CaffeNet.md").read_text()
+
+
 # ---------------------------------------------------------------- errors
 def test_missing_weights_exit_2_with_fetch_hint(fake, tmp_path, capsys):
     code = run_cli(main, ["same-norm", "--net", "CaffeNet", "--index", str(fake["index"]),

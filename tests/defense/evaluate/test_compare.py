@@ -75,7 +75,7 @@ class DropSecondPixel(Preprocessor):
     def _check_params(self):
         pass
 
-    def _apply(self, x):
+    def _apply(self, x, classifier=None):
         out = x.copy()
         out[..., 1] = 0.0
         return out
@@ -119,11 +119,12 @@ def test_cli_on_fashion_mnist(tmp_path, capsys):
     code = main(["--net", "FashionNet", "--perturbations", str(tmp_path / "v.npy"), "--limit", "30",
                  "--baseline-prototxt", str(base[0]), "--baseline-weights", str(base[1]),
                  "--defended-prototxt", str(fru[0]), "--defended-weights", str(fru[1]),
-                 "--peers", "median,bits:4", "--out", str(tmp_path / "r")])
+                 "--peers", "median,bits:4,pd:map=uniform,seed=1", "--out", str(tmp_path / "r")])
     assert code == 0
     result = json.loads((tmp_path / "r" / "evaluation.json").read_text())
     assert result["images"] == 30 and result["perturbations"] == 2 and result["network"] == "FashionNet"
-    assert list(result["models"]) == ["baseline", "FRU", "baseline+median(3)", "baseline+bits(4)"]
+    assert list(result["models"]) == ["baseline", "FRU", "baseline+median(3)", "baseline+bits(4)",
+                                      "baseline+pd(deflections=auto, window=auto, sigma=0.04, map=uniform, seed=1)"]
 
 
 def test_cli_missing_weights_is_one_line(tmp_path, capsys):

@@ -117,3 +117,19 @@ def test_fashionnet_demo_offline(tmp_path):
                                           "--input", "fashion:0", "--out", str(out)]) == 0
     with Image.open(out) as png:
         assert png.format == "PNG"
+
+
+@pytest.mark.skipif(not all(p.is_file() for p in FASHION_FILES), reason="FashionNet demo files not shipped yet")
+def test_fashionnet_demo_with_pixel_deflection(tmp_path, capsys):
+    """--peers: the baseline behind pixel deflection, printed and drawn beside the FRU net."""
+    out = tmp_path / "demo.png"
+    assert run_cli(defense_example.main, ["--dnn", "FashionNet", "--attack", "UAP", "--input", "fashion:0",
+                                          "--peers", "pd:seed=1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "baseline+pd: top 1 prediction on the perturbed image: " in printed
+    assert [line.split(":")[0] for line in printed.splitlines() if "top 1" in line] == ["baseline", "FRU", "baseline+pd"]
+    result = run_demo(DemoOptions(net="FashionNet", input="fashion:0", peers=("pd:seed=1",)))
+    assert list(result.predictions) == ["baseline", "FRU", "baseline+pd"]
+    # measured: fashion:0 (an ankle boot) stays a shirt behind PD, as for the baseline (the FRUs restore it)
+    assert [(m, p.clean[0][1], p.perturbed[0][1]) for m, p in result.predictions.items()] == [
+        ("baseline", "Ankle boot", "Shirt"), ("FRU", "Ankle boot", "Ankle boot"), ("baseline+pd", "Ankle boot", "Shirt")]

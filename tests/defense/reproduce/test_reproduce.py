@@ -8,11 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from defense.reproduce.config import (L2_PER_LINF, METRICS, NET, REQUIRED_MODELS, ReproConfig, attack_sets,
-                                      eval_cases, stage_of, train_subsets)
+from defense.reproduce.config import (COMPETITORS, L2_PER_LINF, METRICS, NET, REQUIRED_MODELS, ReproConfig,
+                                      attack_sets, eval_cases, stage_of, train_subsets)
 from defense.reproduce.pipeline import STAGE_NAMES, STAGES
 from defense.reproduce.report import check_targets, finish_order, ship, stages_wall_seconds
-from defense.reproduce.runner import Context, ready_stages
+from defense.reproduce.runner import Context, ready_tasks
 from defense.reproduce.stages import (_bottom_ranked, evaluation_images, fru_targets, masked_restoration,
                                       training_perturbations)
 from defense.paper import demo_defaults
@@ -28,10 +28,18 @@ def _cli(*args, cwd):
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory, root):
+def quick_seeds(tmp_path_factory, root):
+    """A 2-seed --quick reproduction (both replicas' stages in one pool of two workers)."""
     out = tmp_path_factory.mktemp("repro") / "fashion"
-    res = _cli("--quick", "--quiet", "--out", str(out), "--jobs", "2", cwd=root)
+    res = _cli("--quick", "--quiet", "--seeds", "2", "--out", str(out), "--jobs", "2", cwd=root)
     assert res.returncode == 0, res.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def quick_run(quick_seeds):
+    """The first replica (seed 0) of the 2-seed run, and its own summary."""
+    out = quick_seeds / "seed-0"
     return out, json.loads((out / "summary.json").read_text())
 
 
@@ -44,7 +52,7 @@ def test_quick_run_reports_every_case_model_and_metric(quick_run):
     for key, case in summary["cases"].items():
         base_clean = case["models"]["baseline"]["clean_top1"]
         assert case["images"] == QUICK.test_images
-        for model in REQUIRED_MODELS + ("fru_secondary", "fru_bottom", "fd"):
+        for model in REQUIRED_MODELS + ("fru_secondary", "fru_bottom"):
             row = case["models"][model]
             assert set(METRICS) <= set(row), (key, model)
             for metric in ("clean_top1", "perturbed_top1", "fooling_rate"):
@@ -109,24 +117,27 @@ def test_masking_every_channel_gives_back_clean_accuracy(quick_run):
 
 
 @pytest.mark.slow
-def test_rerun_resumes_and_a_changed_field_redoes_only_downstream_stages(quick_run, root):
+def test_rerun_resumes_and_a_changed_field_redoes_only_downstream_stages(quick_seeds, quick_run, root):
     out, first = quick_run
     assert first["machine"]["jobs"] == 2  # the fixture ran stages side by side in two workers
     starts = {name: json.loads((out / name / "stage.json").read_text()) for name in STAGE_NAMES}
     for stage in STAGES:  # no stage started before its upstream stages ended
         for up in stage.upstream:
             assert starts[stage.name]["started_at"] >= starts[up]["ended_at"], (stage.name, up)
-    res = _cli("--quick", "--quiet", "--out", str(out), "--jobs", "1", cwd=root)
+    aggregate = json.loads((quick_seeds / "summary.json").read_text())
+    res = _cli("--quick", "--quiet", "--seeds", "2", "--out", str(quick_seeds), "--jobs", "1", cwd=root)
     assert res.returncode == 0, res.stderr[-2000:]
     again = json.loads((out / "summary.json").read_text())
     assert all(t["resumed"] for t in again["timings"].values())
     assert again["cases"] == first["cases"]
-    res = _cli("--quick", "--quiet", "--out", str(out), "--set", "test_images=150", cwd=root)
+    assert json.loads((quick_seeds / "summary.json").read_text())["cases"] == aggregate["cases"]
+    res = _cli("--quick", "--quiet", "--seeds", "2", "--out", str(quick_seeds), "--set", "test_images=150", cwd=root)
     assert res.returncode == 0, res.stderr[-2000:]
-    changed = json.loads((out / "summary.json").read_text())
-    redone = {name for name, t in changed["timings"].items() if not t["resumed"]}
-    assert redone == {"masking", "evaluate"}
-    assert changed["cases"]["same-norm"]["images"] == 150
+    for seed in (0, 1):
+        changed = json.loads((quick_seeds / f"seed-{seed}" / "summary.json").read_text())
+        redone = {name for name, t in changed["timings"].items() if not t["resumed"]}
+        assert redone == {"masking", "evaluate"}
+        assert changed["cases"]["same-norm"]["images"] == 150
 
 
 def test_bottom_ranked_weights_reverse_each_targets_ranking():
@@ -232,19 +243,33 @@ def test_ship_copies_models_with_records_naming_where_they_lie(quick_run, tmp_pa
 
 
 def test_ready_stages_wait_for_upstream_and_keep_the_stage_order():
-    names = lambda stages: [s.name for s in stages]  # noqa: E731
-    assert names(ready_stages(STAGES, set(), set())) == ["baseline"]
-    assert names(ready_stages(STAGES, {"baseline"}, set())) == ["train_attacks", "generate", "test_attacks"]
+    def names(done, running=()):
+        tasks = ready_tasks(STAGES, 1, {(0, n) for n in done}, {(0, n) for n in running})
+        assert {r for r, _ in tasks} <= {0}
+        return [s.name for _, s in tasks]
+    assert names(set()) == ["baseline"]
+    assert names({"baseline"}) == ["train_attacks", "generate", "test_attacks"]
     done = {"baseline", "train_attacks", "generate"}
-    assert names(ready_stages(STAGES, done, {"test_attacks"})) == ["train_fru", "ranking", "peers", "fd"]
+    assert names(done, {"test_attacks"}) == ["train_fru", "ranking", "peers", "fd"]
     done |= {"train_fru", "test_attacks"}
     # the secondary defence (on the longest chain) comes before the rest
-    assert names(ready_stages(STAGES, done, {"ranking"})) == ["secondary", "adaptive", "masking", "peers", "fd"]
+    assert names(done, {"ranking"}) == ["secondary", "adaptive", "masking", "peers", "fd"]
     done |= {"ranking", "masking", "peers", "secondary", "fd"}
-    assert names(ready_stages(STAGES, done, set())) == ["adaptive"]
+    assert names(done) == ["adaptive"]
     done |= {"adaptive"}
-    assert names(ready_stages(STAGES, done, set())) == ["evaluate"]
-    assert names(ready_stages(STAGES, done, {"evaluate"})) == []
+    assert names(done) == ["evaluate"]
+    assert names(done, {"evaluate"}) == []
+
+
+def test_replicas_share_the_pool_stage_by_stage_each_waiting_for_its_own_upstream():
+    pairs = lambda tasks: [(r, s.name) for r, s in tasks]  # noqa: E731
+    assert pairs(ready_tasks(STAGES, 3, set(), set())) == [(0, "baseline"), (1, "baseline"), (2, "baseline")]
+    # seed 1's baseline done: only seed 1's next stages, never another replica's
+    assert pairs(ready_tasks(STAGES, 2, {(1, "baseline")}, {(0, "baseline")})) == [
+        (1, "train_attacks"), (1, "generate"), (1, "test_attacks")]
+    done = {(r, n) for r in (0, 1) for n in ("baseline", "train_attacks", "generate")}
+    assert pairs(ready_tasks(STAGES, 2, done, {(0, "test_attacks")}))[:3] == [
+        (0, "train_fru"), (1, "train_fru"), (0, "ranking")]
 
 
 def test_stages_wall_time_spans_overlapping_stages():
@@ -269,3 +294,79 @@ def test_timings_follow_the_order_the_stages_ended():
     records = {"b": {"ended_at": 20.0}, "a": {"ended_at": 10.0}, "c": {"ended_at": 30.0}}
     assert [name for name, _ in finish_order(records)] == ["a", "b", "c"]
     assert [name for name, _ in finish_order({"b": {}, "a": {"ended_at": 1.0}})] == ["b", "a"]  # older records
+
+
+@pytest.mark.slow
+def test_two_seed_run_writes_the_aggregate_the_error_bar_figure_and_the_claims(quick_seeds, tmp_path):
+    from PIL import Image
+    from scipy import stats
+
+    from defense.reproduce.claims import claims_markdown
+    from defense.reproduce.report import restoration_figure
+
+    out = quick_seeds
+    summary = json.loads((out / "summary.json").read_text())
+    replicas = [json.loads((out / f"seed-{s}" / "summary.json").read_text()) for s in (0, 1)]
+    assert summary["seeds"] == [0, 1] and [r["config"]["seed"] for r in replicas] == [0, 1]
+    assert summary["replicas"] == {"0": "seed-0/summary.json", "1": "seed-1/summary.json"}
+    assert replicas[0]["cases"] != replicas[1]["cases"]  # independent replicas, not copies
+    for name in ("results.md", "restoration.png", "feature_map.png"):  # per-seed tables and figures kept
+        assert (out / "seed-1" / name).stat().st_size > 100, name
+    assert list(summary["cases"]) == list(replicas[0]["cases"])
+    for key, case in summary["cases"].items():
+        assert set(case["models"]) == set(replicas[0]["cases"][key]["models"])
+        for model, cells in case["models"].items():
+            assert set(cells) == set(METRICS)
+            for metric, cell in cells.items():
+                values = np.array([r["cases"][key]["models"][model][metric] for r in replicas])
+                half = stats.t.ppf(0.975, 1) * values.std(ddof=1) / np.sqrt(2)
+                assert cell["values"] == list(values) and cell["n"] == 2
+                assert cell["mean"] == pytest.approx(values.mean(), abs=1e-12)
+                assert (cell["low"], cell["high"]) == (pytest.approx(values.mean() - half, abs=1e-12),
+                                                       pytest.approx(values.mean() + half, abs=1e-12))
+        best = case["best_competitor"]
+        assert best["model"] == max(COMPETITORS, key=lambda c: case["models"][c]["restoration"]["mean"])
+        rows = [r["cases"][key]["models"] for r in replicas]
+        margins = [m["fru"]["restoration"] - m[best["model"]]["restoration"] for m in rows]
+        assert best["fru_margin"]["mean"] == pytest.approx(np.mean(margins), abs=1e-12)
+    # claims: 1 competitor margin + same-norm, cross-norm, 1 stronger, 3 unseen + regeneration + 3 masking + 2 secondary
+    assert len(summary["claims"]) == 13
+    assert all(c["verdict"] in ("reproduced", "not reproduced", "inconclusive") for c in summary["claims"])
+    assert (out / "claims.md").read_text() == claims_markdown(summary["claims"])
+    results = (out / "results.md").read_text()
+    assert results.startswith("# Fashion-MNIST reproduction (FashionNet), 2 seeds")
+    assert claims_markdown(summary["claims"]) in results and "## Best competitor per case" in results
+    assert {t["verdict"] for t in summary["targets"]} <= {"met", "missed", "inconclusive"}
+    # the figure: error bars drawn over the bars of the means
+    figure = np.asarray(Image.open(out / "restoration.png").convert("L"))
+    means = {k: {m: c["restoration"]["mean"] for m, c in case["models"].items()} for k, case in summary["cases"].items()}
+    plain = np.asarray(Image.open(restoration_figure(means, tmp_path / "plain.png", subtitle=
+                                                     " (mean and 95% interval, 2 seeds)")).convert("L"))
+    assert figure.shape == plain.shape and figure.shape[1] > 1000
+    assert (figure != plain).mean() > 0.001
+
+
+@pytest.mark.slow
+def test_a_shipped_run_writes_seed_0s_demo_files_and_the_claims_table_into_the_docs(quick_seeds, tmp_path, root):
+    from defense.reproduce.claims import BEGIN, CLAIMS_DOCS, END, claims_markdown
+    from defense.reproduce.pipeline import ship_run
+
+    summary = json.loads((quick_seeds / "summary.json").read_text())
+    for doc in CLAIMS_DOCS:
+        (tmp_path / doc).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / doc).write_text(f"intro\n{BEGIN}\nplaceholder\n{END}\nrest\n")
+    shipped = ship_run(Context(QUICK, quick_seeds / "seed-0", progress=False), summary["claims"], tmp_path)
+    assert set(CLAIMS_DOCS) <= set(shipped) and demo_defaults(NET).fru[1] in shipped
+    assert all(not p.startswith("/") for p in shipped)
+    for doc in CLAIMS_DOCS:
+        assert (tmp_path / doc).read_text() == f"intro\n{BEGIN}\n{claims_markdown(summary['claims'])}{END}\nrest\n"
+    assert (tmp_path / demo_defaults(NET).fru[1]).read_bytes() == (
+        quick_seeds / "seed-0" / "train_fru" / "fashionnet_FRU.caffemodel").read_bytes()
+
+
+def test_pd_is_a_column_and_set_peers_keeps_its_options_together():
+    assert ReproConfig().peers[-1] == "pd"
+    cfg = ReproConfig().with_overrides(["peers=median:3,pd:deflections=3,window=1"])
+    assert cfg.peers == ("median:3", "pd:deflections=3,window=1")
+    with pytest.raises(ValueError, match="peers: peer defence 'pd:window=0': window must be a positive integer"):
+        ReproConfig().with_overrides(["peers=pd:window=0"])
