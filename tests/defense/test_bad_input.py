@@ -297,6 +297,17 @@ SILENT_CASES = [  # class 6: accepted without a word before
     Case("defense.reproduce", "--quick --seeds 0 --out {w}/o", "argument --seeds"),
     Case("defense.imagenet", "check {w}/label_index.jsonl --dnn FashionNet", "{w}/label_index.jsonl"),
     Case("defense.generate", "--prototxt {w}/bad_net.prototxt --layers conv1 --out {w}/o", "{w}/bad_net.prototxt: Caffe cannot build"),
+    Case("defense.generate", "--preset FashionNet --affinity dot --out {w}/o", "--affinity applies to --defense fd only"),
+    Case("defense.generate", "--defense pd --preset FashionNet --out {w}/o", "argument --defense"),
+    Case("defense.generate", "--defense fd --preset FashionNet --affinity cosine --out {w}/o", "argument --affinity"),
+    Case("defense.generate", "--defense fd --preset FashionNet --layers relu1 --out {w}/o",
+         "FashionNet: FD target 'relu1' is a ReLU layer, not a Convolution"),
+    Case("defense.generate", "--defense fd --prototxt {w}/net.prototxt --out {w}/o",
+         "--layers is needed with --prototxt and --defense fd"),
+    Case("defense.generate", "--defense fd --preset FashionNet --mode folded --out {w}/o",
+         "--mode places FRUs; --defense fd has no permutation layout"),
+    Case("defense.generate", "--defense fd --preset FashionNet --weights {w}/nan.caffemodel --out {w}/o",
+         "{w}/nan.caffemodel: layer '{layer}' blob 0 holds NaN"),
 ]
 
 COMPETITOR_CASES = [  # issue 19: the competitor defences' options
@@ -310,8 +321,8 @@ COMPETITOR_CASES = [  # issue 19: the competitor defences' options
                           "--out {w}/o.caffemodel --detector {w}/d.npz", "--detector needs --dir with the PRN's"),
     Case("defense.train", "--net FashionNet --dir {w} --perturbations {w}/pert.npy --out {w}/o.caffemodel "
                           "--detector-images 0", "argument --detector-images"),
-    Case("defense.evaluate", "--net FashionNet --perturbations {w}/pert.npy --no-defended --competitor fd "
-                             "{w}/net.prototxt {w}/net.caffemodel --out {w}/o", "--competitor: 'fd' is not a trained"),
+    Case("defense.evaluate", "--net FashionNet --perturbations {w}/pert.npy --no-defended --competitor median "
+                             "{w}/net.prototxt {w}/net.caffemodel --out {w}/o", "--competitor: 'median' is not a trained"),
     Case("defense.evaluate", "--net FashionNet --perturbations {w}/pert.npy --no-defended --detector {w}/pert.npy "
                              "--out {w}/o", "--detector gates the PRN"),
     Case("defense.evaluate", "--net FashionNet --perturbations {w}/pert.npy --no-defended --competitor prn "
@@ -319,8 +330,8 @@ COMPETITOR_CASES = [  # issue 19: the competitor defences' options
          "{w}/pert.npy: not a PRN detector file"),
     Case("defense_example", "--dnn FashionNet --input fashion:0 --competitor pd {w}/net.prototxt {w}/net.caffemodel "
                             "--out {w}/o.png", "--competitor: 'pd' is not a trained competitor"),
-    Case("defense.tables", "same-norm --net CaffeNet --index {w}/bomb_index.jsonl --load fd {w}/net.prototxt "
-                           "{w}/net.caffemodel", "--load: 'fd' is not a trained competitor"),
+    Case("defense.tables", "same-norm --net CaffeNet --index {w}/bomb_index.jsonl --load median {w}/net.prototxt "
+                           "{w}/net.caffemodel", "--load: 'median' is not a trained competitor"),
     Case("defense.evaluate", "--net FashionNet --perturbations {w}/pert.npy --no-defended --competitor hgd "
                              "{w}/net.prototxt {w}/nan.caffemodel --out {w}/o", "{w}/nan.caffemodel: layer '{layer}'",
          child=True),
