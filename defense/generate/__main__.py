@@ -63,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> List[Path]:
     if args.all:
         if args.defense != "fru":
-            raise ToolkitError(f"--all regenerates the committed prototxts; --defense {args.defense} "
-                               "needs --preset or --prototxt")
+            raise ToolkitError(f"--all regenerates the committed prototxts (baseline, FRU, FD); "
+                               f"--defense {args.defense} needs --preset or --prototxt")
         return write_all(args.out)
     if args.affinity is not None and args.defense != "fd":
         raise ToolkitError("--affinity applies to --defense fd only")

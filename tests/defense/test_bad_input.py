@@ -314,7 +314,7 @@ COMPETITOR_CASES = [  # issue 19: the competitor defences' options
     Case("defense.generate", "--defense pd --preset FashionNet --out {w}/o", "argument --defense"),
     Case("defense.generate", "--defense prn --preset FashionNet --layers conv1 --out {w}/o",
          "--layers and --mode place FRUs; --defense prn is prepended to the net"),
-    Case("defense.generate", "--all --defense hgd", "--all regenerates the committed FRU prototxts"),
+    Case("defense.generate", "--all --defense hgd", "--all regenerates the committed prototxts (baseline, FRU, FD); --defense hgd needs"),
     Case("defense.generate", "--defense hgd --prototxt {w}/bad_net.prototxt --out {w}/o",
          "{w}/bad_net.prototxt: Caffe cannot build"),
     Case("defense.train", "--net FashionNet --solver {w}/solver.prototxt --perturbations {w}/pert.npy "
