@@ -83,7 +83,9 @@ def test_quick_run_records_its_runtime_checks_and_schedule(quick_run):
     assert runtime["forward_passes"] == ("onnx" if onnxruntime_available() else "caffe")
     assert runtime["gradients"] == "caffe"
     if runtime["forward_passes"] == "onnx":
-        assert set(runtime["checks"]) == {"baseline", "fru", "fru_secondary", "fru_bottom", "adv_finetune"}
+        # every net evaluated in onnxruntime, the trained competitors too (PRN+detector runs in Caffe)
+        assert set(runtime["checks"]) == {"baseline", "fru", "fru_secondary", "fru_bottom", "adv_finetune",
+                                          "prn", "hgd", "fd"}
         for check in runtime["checks"].values():
             assert check["images"] == RUNTIME_CHECK_IMAGES == check["top1_equal"] + check["ties"]
             assert 0.0 <= check["max_rel_logit_diff"] < 1e-4
