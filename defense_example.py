@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--runtime", choices=RUNTIME_CHOICES, default="caffe",
                     help="caffe (default), or onnx: the nets exported to ONNX and run in onnxruntime (CPU)")
     ap.add_argument("--competitor", nargs=3, action="append", default=[], metavar=("NAME", "PROTOTXT", "WEIGHTS"),
-                    help="also show a trained competitor defence (prn, hgd: docs/competitors.md); repeatable")
+                    help="also show a trained competitor defence (prn, hgd, fd: docs/competitors.md); repeatable")
     ap.add_argument("--out", type=output_file, help="the figure's PNG (default: results/demo/<dnn>_<attack>.png)")
     return ap
 

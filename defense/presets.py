@@ -162,6 +162,11 @@ class NetPreset:
     def deploy_fru(self) -> Path:
         return PROTOTXT_DIR / self.name / f"deploy_{self.file_stem}_FRU.prototxt"
 
+    @property
+    def deploy_fd(self) -> Path:
+        """The FD competitor's deploy file (feature denoising blocks after ``targets``)."""
+        return PROTOTXT_DIR / self.name / f"deploy_{self.file_stem}_FD.prototxt"
+
     def weights(self, defended: bool = False, root: Optional[Path] = None, file: Optional[str] = None) -> Path:
         """The one rule for where a caffemodel of this network lies: ``<root>/<Net>/<file>``.
 

@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--own", type=Path, nargs="+", default=(),
                     help="the toolkit's own perturbation files (.h5 or .npy) instead of the published ones")
     ap.add_argument("--load", nargs=3, action="append", default=[], metavar=("NAME", "PROTOTXT", "WEIGHTS"),
-                    help="also evaluate a trained competitor defence (prn, hgd: docs/competitors.md); repeatable")
+                    help="also evaluate a trained competitor defence (prn, hgd, fd: docs/competitors.md); repeatable")
     ap.add_argument("--peers", type=peer_specs, default=[],
                     help="image-domain defences on the baseline, comma-separated (e.g. pd,median:3; "
                          "see python -m defense.evaluate --help)")

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--defended-weights", type=Path, help="default: weights/<Net>/<stem>_FRU.caffemodel")
     p.add_argument("--no-defended", action="store_true", help="evaluate the baseline (and peers) only")
     p.add_argument("--competitor", nargs=3, action="append", default=[], metavar=("NAME", "PROTOTXT", "WEIGHTS"),
-                   help="a trained competitor defence (prn, hgd: python -m defense.generate --defense NAME, then "
+                   help="a trained competitor defence (prn, hgd, fd: python -m defense.generate --defense NAME, then "
                         "defense.train); repeatable")
     p.add_argument("--detector", type=Path, metavar="NPZ",
                    help="PRN's detector (defense.train --detector): adds the row PRN+detector")

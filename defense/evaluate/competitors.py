@@ -1,7 +1,7 @@
 """The trained competitor defences (``generate.competitors``) as rows of an evaluation.
 
-A prepended competitor (PRN, HGD) is a deploy net like any other, loaded by ``classifier_for``;
-PRN with its detector (``defense.train.detector``) is the row ``PRN+detector``, whose detection
+A trained competitor (PRN and HGD prepended, FD inside the net) is a deploy net like any other,
+loaded by ``classifier_for``; PRN with its detector (``defense.train.detector``) is the row ``PRN+detector``, whose detection
 and false-alarm rates are reported beside its metrics.
 """
 from __future__ import annotations

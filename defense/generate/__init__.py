@@ -3,6 +3,7 @@ identity-initialised weights.
 
 - ``ranking``: filter norms and the channel ranking (which N channels an FRU regenerates);
 - ``graph``: NetParameter queries (readers, producers, outputs) and V1 upgrade;
+- ``fd``: the FD competitor's denoising blocks (Xie et al., CVPR 2019), its deploy net;
 - ``fru``: the FRU block (``insert_frus``), the train net and FRU training's solver schedule;
 - ``surgery``: pure weight surgery (permutations, BatchNorm folding, identity FRU weights);
 - ``build``: targets, the files of one generated network, the committed prototxts;

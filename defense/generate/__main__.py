@@ -10,6 +10,9 @@
   python -m defense.generate --defense prn|hgd --preset FashionNet [--weights base.caffemodel] --out DIR
       a competitor defence prepended to the baseline (generate.competitors): DIR gets
       deploy_PRN.prototxt (or _HGD), train.prototxt, solver.prototxt and init.caffemodel
+  python -m defense.generate --defense fd --preset FashionNet [--layers L] [--affinity dot] --weights W --out DIR
+      the FD competitor: feature denoising blocks after the FRUs' targets (or --layers), the whole
+      net trained; deploy_FD.prototxt, train.prototxt, solver.prototxt, init.caffemodel (FD = baseline at start)
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from ..outputs import check_output, output_dir
 from ..presets import PRESETS, get_preset
 from .build import OUTPUT_NAMES, load_base_blobs, targets_for, write_all, write_competitor, write_outputs
 from .competitors import DEFENCES, get_competitor
+from .fd import AFFINITIES
 from .fru import MODES, build_fru
 from .graph import normalize
 from .ranking import NORMS
@@ -38,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--preset", help=f"published network: {', '.join(PRESETS)}")
     src.add_argument("--prototxt", type=Path, help="baseline deploy prototxt of any other network")
     ap.add_argument("--defense", default="fru", type=str.lower, choices=DEFENCES,
-                    help="the defence generated: fru (default) or a competitor prepended to the net (prn, hgd)")
+                    help="the defence generated: fru (default), a competitor prepended to the net (prn, hgd) "
+                    "or inside it after the targets (fd)")
+    ap.add_argument("--affinity", choices=AFFINITIES,
+                    help="fd only: non-local means affinity (auto: gaussian up to 56x56 positions, else dot)")
     ap.add_argument("--layers", help="comma-separated target conv layers (default for a preset: the published ones)")
     ap.add_argument("--ratio", type=float, default=0.5, help="N = ratio x channels for non-preset targets (0.5)")
     depth = ap.add_mutually_exclusive_group()
@@ -56,9 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> List[Path]:
     if args.all:
         if args.defense != "fru":
-            raise ToolkitError(f"--all regenerates the committed FRU prototxts; --defense {args.defense} "
-                               "needs --preset or --prototxt")
+            raise ToolkitError(f"--all regenerates the committed prototxts (baseline, FRU, FD); "
+                               f"--defense {args.defense} needs --preset or --prototxt")
         return write_all(args.out)
+    if args.affinity is not None and args.defense != "fd":
+        raise ToolkitError("--affinity applies to --defense fd only")
     preset = get_preset(args.preset) if args.preset else None
     if preset is not None:
         source = preset.name
@@ -68,7 +77,7 @@ def run(args: argparse.Namespace) -> List[Path]:
         base = normalize(read_net_param(args.prototxt), source)
         check_net_builds(net_param_text(base), caffe.TEST, source)  # before reading channels off it
     if args.defense != "fru":
-        return _run_competitor(args, base, source)
+        return _run_competitor(args, base, source, preset)
     if args.layers:
         layers = [x.strip() for x in args.layers.split(",") if x.strip()]
         targets = targets_for(base, layers, preset, args.ratio, args.depth, args.depth_ratio, source)
@@ -88,13 +97,27 @@ def run(args: argparse.Namespace) -> List[Path]:
     return write_outputs(build, args.out, header, base, base_blobs, args.seed, args.norm, source)
 
 
-def _run_competitor(args: argparse.Namespace, base, source: str) -> List[Path]:
-    if args.layers or args.mode:
+def _run_competitor(args: argparse.Namespace, base, source: str, preset) -> List[Path]:
+    """A competitor of the registry; an ``internal`` one (FD) sits after ``--layers`` or the preset's targets."""
+    competitor = get_competitor(args.defense)
+    options = {}
+    if competitor.kind == "internal":
+        if args.mode:
+            raise ToolkitError(f"--mode places FRUs; --defense {args.defense} has no permutation layout")
+        if args.layers:
+            options["layers"] = [x.strip() for x in args.layers.split(",") if x.strip()]
+        elif preset is not None:
+            options["layers"] = [t.layer for t in preset.targets]
+        else:
+            raise ToolkitError(f"--layers is needed with --prototxt and --defense {args.defense} (e.g. --layers conv1)")
+        if args.affinity is not None:
+            options["affinity"] = args.affinity
+    elif args.layers or args.mode:
         raise ToolkitError(f"--layers and --mode place FRUs; --defense {args.defense} is prepended to the net")
     if args.out is None:
         raise ToolkitError("--out DIR is needed (where the deploy, train and solver prototxts go)")
     command = "python -m defense.generate " + " ".join(sys.argv[1:] if args.argv is None else args.argv)
-    build = get_competitor(args.defense).build(base, args.batch, source)
+    build = competitor.build(base, args.batch, source, **options)
     base_blobs = load_base_blobs(base, args.weights, source) if args.weights is not None else None
     return write_competitor(build, args.out, f"Generated by: {command.strip()}", base_blobs, args.seed)
 

@@ -139,8 +139,17 @@ def preset_fru_deploy(preset: NetPreset) -> "caffe_pb2.NetParameter":
     return build.deploy
 
 
+def preset_fd_deploy(preset: NetPreset) -> "caffe_pb2.NetParameter":
+    """The FD competitor's deploy net of a preset: denoising blocks after the FRUs' target convs."""
+    build = get_competitor("fd").build(build_baseline(preset.name), source=preset.name,
+                                       layers=[t.layer for t in preset.targets])
+    build.deploy.name = build.deploy.name or f"{preset.name}_FD"
+    return build.deploy
+
+
 def write_all(root: os.PathLike | str | None = None) -> List[Path]:
-    """Regenerate every committed prototxt under ``root`` (default: the repository's prototxt/)."""
+    """Regenerate every committed prototxt under ``root`` (default: the repository's prototxt/):
+    the baselines, the FRU nets and the FD nets (FD is the competitor placed by the FRUs' targets)."""
     root_path = PROTOTXT_DIR if root is None else Path(root)
     written = list(write_baselines(root_path))
     for preset in PRESETS.values():
@@ -148,4 +157,6 @@ def write_all(root: os.PathLike | str | None = None) -> List[Path]:
             continue
         path = root_path / preset.name / preset.deploy_fru.name
         written.append(write_net_param(path, preset_fru_deploy(preset), FRU_HEADER))
+        written.append(write_net_param(root_path / preset.name / preset.deploy_fd.name, preset_fd_deploy(preset),
+                                       FRU_HEADER))
     return written

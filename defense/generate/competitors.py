@@ -1,4 +1,5 @@
-"""The paper's competitor defences as generated nets (issue 19): PRN and HGD, and the registry
+"""The paper's competitor defences as generated nets (issue 19): PRN and HGD (here), FD (its
+blocks in ``fd.py``), and the registry
 through which every competitor (PRN, HGD, PD, FD) goes through the toolkit's life cycle.
 
 The interface (one entry of ``COMPETITORS`` per defence, keyed by its lower-case name):
@@ -9,7 +10,10 @@ The interface (one entry of ``COMPETITORS`` per defence, keyed by its lower-case
     source)`` returns a ``CompetitorBuild``: the deploy net (the defence's output feeds every
     layer that read the image), the train net (only ``roles`` learn) and the trainable layers;
   * ``internal``: layers inside the classifier, the whole net trains (FD: denoising blocks after
-    the FRU target layers). Same ``build`` contract; its ``roles`` name every parameter layer;
+    the FRU target layers). Same ``build`` contract plus ``layers`` (the target layers: the
+    generator's ``--layers`` or the preset's FRU targets); its ``roles`` name every layer with
+    learned parameters (the baseline's BatchNorm layers keep their stored statistics, as FD's
+    paper fine-tunes: a small batch would only add noise to them);
   * ``preprocess``: an image-domain transform, nothing trains (PD). ``build`` is None; the
     evaluation wraps the baseline in ``defense.evaluate.peers.make_peer(name)``.
 
@@ -28,11 +32,12 @@ downsamplings (HGD); every choice the papers leave open is listed in docs/compet
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..core import L, P, ToolkitError, caffe, caffe_pb2
+from .fd import fd_deploy, fd_names
 from .fru import _final_softmax, train_net_for_roles
 
 KINDS = ("prepend", "internal", "preprocess")
@@ -195,11 +200,15 @@ def _image_input(base: "caffe_pb2.NetParameter", source: str) -> "caffe_pb2.Laye
     return inputs[0]
 
 
+PARAMETER_ROLES = {"Convolution": "conv", "Deconvolution": "conv", "InnerProduct": "conv", "Scale": "scale",
+                   "BatchNorm": "bn"}
+"""The ``train_net_for_roles`` role of each layer type that holds parameters."""
+
+
 def defence_roles(param: "caffe_pb2.NetParameter", prefix: str) -> Dict[str, str]:
     """``{layer: role}`` of the layers named ``<prefix>...`` that hold parameters."""
-    roles = {"Convolution": "conv", "Deconvolution": "conv", "Scale": "scale", "BatchNorm": "bn"}
-    return {layer.name: roles[layer.type] for layer in param.layer
-            if layer.name.startswith(prefix) and layer.type in roles}
+    return {layer.name: PARAMETER_ROLES[layer.type] for layer in param.layer
+            if layer.name.startswith(prefix) and layer.type in PARAMETER_ROLES}
 
 
 def prepend(base: "caffe_pb2.NetParameter", prefix: str, layers: Callable, name: str,
@@ -301,14 +310,32 @@ def _prepended(name: str) -> Callable[..., CompetitorBuild]:
     return build
 
 
+def build_fd(base: "caffe_pb2.NetParameter", batch_size: int = 32, source: str = "<net>",
+             layers: Optional[Sequence[str]] = None, affinity: str = "auto") -> CompetitorBuild:
+    """FD's deploy and train nets: denoising blocks (``fd.py``) after ``layers``; every layer with
+    learned parameters trains, the BatchNorm layers keep the baseline's statistics."""
+    if not layers:
+        raise ToolkitError(f"{source}: FD needs its target layers (--layers, or a preset's FRU targets)")
+    deploy, plan = fd_deploy(base, layers, affinity, source)
+    roles = {layer: role for layer, role in defence_roles(deploy, "").items() if role != "bn"}
+    train = train_net_for_roles(deploy, roles, batch_size, source)
+    merges = {fd_names(target.layer).merge for target in plan}
+    last_block = [layer for layer in deploy.layer if layer.name in merges][-1]
+    return CompetitorBuild("fd", deploy, train, roles, last_block.top[0])
+
+
 COMPETITORS: Dict[str, Competitor] = {
     "prn": Competitor("prn", "PRN", "Akhtar, Liu, Mian, Defense against Universal Adversarial Perturbations, "
                       "CVPR 2018", "prepend", _prepended("prn")),
     "hgd": Competitor("hgd", "HGD", "Liao et al., Defense against Adversarial Attacks Using High-Level "
                       "Representation Guided Denoiser, CVPR 2018", "prepend", _prepended("hgd"),
                       solver=(("solver_type", "Adam"), ("base_lr", 0.001))),
+    "fd": Competitor("fd", "FD", "Xie, Wu, van der Maaten, Yuille, He, Feature Denoising for Improving Adversarial "
+                     "Robustness, CVPR 2019", "internal", build_fd,
+                     solver=(("solver_type", "Adam"), ("base_lr", 1e-4))),
 }
-"""Every competitor defence by name; PD and FD join with one entry each."""
+"""Every competitor defence by name; PD joins with one entry. FD fine-tunes the whole net as
+adversarial fine-tuning does (Adam, 1e-4)."""
 DEFENCES = ("fru",) + tuple(COMPETITORS)
 TITLES = frozenset(c.title for c in COMPETITORS.values())
 """The names under which reports show the competitors' rows."""

@@ -10,13 +10,14 @@ train net (frozen baseline, trainable FRUs) and the solver.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
 from ..core import L, P, ToolkitError, caffe, caffe_pb2, solver_param
 from ..presets import FruNames, FruTarget, fru_names
-from .graph import fold_plan, layer_index, num_param_blobs, output_blobs
+from .graph import fold_plan, insert_blocks, layer_index, num_param_blobs, output_blobs
 
 log = logging.getLogger(__name__)
 
@@ -126,34 +127,16 @@ def insert_frus(param: "caffe_pb2.NetParameter", targets: Sequence[FruTarget], m
     block's output gets a new name and the later layers are rewired to it).
     """
     resolved = resolve_targets(param, targets, mode, source)
-    out = caffe_pb2.NetParameter()
-    out.CopyFrom(param)
-    del out.layer[:]
-    rename: Dict[str, str] = {}
-    for layer in param.layer:
-        new = out.layer.add()
-        new.CopyFrom(layer)
-        for seq in (new.bottom, new.top):
-            for i, blob in enumerate(seq):
-                if blob in rename:
-                    seq[i] = rename[blob]
-        if layer.name not in resolved:
-            continue
-        target, channels = resolved[layer.name]
+    blocks = {}
+    for layer, (target, channels) in resolved.items():
         names = fru_names(target)
-        orig = new.top[0]
-        if orig != names.raw_blob:
-            raw, final = names.raw_blob, orig
-            new.top[0] = raw
-        else:
-            raw = orig
-            final = names.remap if mode == "explicit" else names.concat_blob
-            if target.n == channels and mode == "folded":
-                final = names.merged_blob
-            rename[orig] = final
-        out.layer.extend(_fru_layers(target, names, channels, raw, final, mode))
-        log.debug("FRU on %s: N=%d D=%d C=%d (%s)", layer.name, target.n, target.d, channels, mode)
-    return out
+        fallback = names.remap if mode == "explicit" else names.concat_blob
+        if target.n == channels and mode == "folded":
+            fallback = names.merged_blob
+        blocks[layer] = (names.raw_blob, fallback,
+                         functools.partial(_fru_layers, target, names, channels, mode=mode))
+        log.debug("FRU on %s: N=%d D=%d C=%d (%s)", layer, target.n, target.d, channels, mode)
+    return insert_blocks(param, blocks)
 
 
 # ---------------------------------------------------------------- train net and solver
@@ -187,7 +170,7 @@ def train_net_for_roles(deploy: "caffe_pb2.NetParameter", roles: Dict[str, str],
                         source: str = "<net>") -> "caffe_pb2.NetParameter":
     """A training net where only the layers in ``roles`` learn (``conv``: weights with decay,
     ``scale``: no decay, ``bn``: statistics from the batch); every other parameter layer is frozen.
-    Shared by the FRUs and the prepended competitor defences (``generate.competitors``)."""
+    Shared by the FRUs and the trained competitor defences (``generate.competitors``)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
     net = caffe_pb2.NetParameter()

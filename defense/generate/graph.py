@@ -9,7 +9,7 @@ them); they live here once. Older (V1, ``layers { type: CONVOLUTION }``) files a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from ..core import ToolkitError, caffe_pb2
 
@@ -137,6 +137,44 @@ def num_param_blobs(layer: "caffe_pb2.LayerParameter") -> int:
     if t == "Embed":
         return 1 + int(layer.embed_param.bias_term)
     return 0
+
+
+BlockMaker = Callable[[str, str], List["caffe_pb2.LayerParameter"]]
+"""``make(raw, final)``: the layers of a block reading blob ``raw`` and ending in blob ``final``."""
+
+
+def insert_blocks(param: "caffe_pb2.NetParameter",
+                  blocks: Dict[str, Tuple[str, str, BlockMaker]]) -> "caffe_pb2.NetParameter":
+    """A copy of ``param`` with a block after each layer named in ``blocks`` (``{layer: (raw,
+    fallback, make)}``); the one rewiring rule of every defence inserted after target layers.
+
+    The layer's top is renamed ``raw`` and the block ends in the blob the layer used to make, so
+    every consumer is untouched. When the layer already writes ``raw``, the block ends in
+    ``fallback`` instead and the later layers are rewired to it.
+    """
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(param)
+    del out.layer[:]
+    rename: Dict[str, str] = {}
+    for layer in param.layer:
+        new = out.layer.add()
+        new.CopyFrom(layer)
+        for seq in (new.bottom, new.top):
+            for i, blob in enumerate(seq):
+                if blob in rename:
+                    seq[i] = rename[blob]
+        if layer.name not in blocks:
+            continue
+        raw, fallback, make = blocks[layer.name]
+        orig = new.top[0]
+        if orig != raw:
+            final = orig
+            new.top[0] = raw
+        else:
+            final = fallback
+            rename[orig] = final
+        out.layer.extend(make(raw, final))
+    return out
 
 
 def output_blobs(param: "caffe_pb2.NetParameter") -> List[str]:

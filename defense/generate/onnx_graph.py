@@ -8,7 +8,9 @@ checked with ``onnx.checker``. Caffe's semantics are kept exactly where ONNX dif
   explicit end pads reproduce them, and average pooling counts the declared zero padding but not
   the overhang, as Caffe does (an explicit Pad node, then pads excluded from the count);
 - BatchNorm divides its stored statistics by the moving-average factor in blob 2;
-- InnerProduct flattens from its axis (Flatten + Gemm with the weights transposed).
+- InnerProduct flattens from its axis (Flatten + Gemm with the weights transposed);
+- Reshape takes Caffe's top shape with the batch dimension left dynamic; BatchMatMul (the
+  project's layer, FD's non-local means) is MatMul after Transposes for its transpose flags.
 
 The runtime that runs such a graph, ``attacks.runtime.OnnxClassifier``, lives beside the Caffe
 classifier; ``defense.evaluate.runtime.classifier_for`` picks between the two.
@@ -26,7 +28,8 @@ from ..core import ToolkitError, caffe, caffe_pb2, load_net, read_net_param, wri
 
 OPSET = 17
 SUPPORTED = ("Input", "Convolution", "Deconvolution", "Crop", "ReLU", "Pooling", "LRN", "InnerProduct", "BatchNorm",
-             "Scale", "Eltwise", "Concat", "Slice", "Split", "Flatten", "Dropout", "Softmax")
+             "Scale", "Eltwise", "Concat", "Slice", "Split", "Flatten", "Dropout", "Softmax", "Reshape", "Power",
+             "BatchMatMul")
 
 
 def _onnx():
@@ -216,6 +219,29 @@ def onnx_model(net: "caffe.Net", param: "caffe_pb2.NetParameter", extra_outputs:
             out = g.node("Flatten", bottoms, tops[0], axis=int(f.axis))
         elif kind == "Dropout":
             out = g.node("Identity", bottoms, tops[0])
+        elif kind == "Reshape":  # Caffe's own top shape, the batch dimension left dynamic (0: copied)
+            r = lp.reshape_param
+            if r.axis == 0 and (not r.shape.dim or r.shape.dim[0] != 0):
+                raise ToolkitError(f"layer '{lname}': a Reshape that does not keep the batch axis is not handled")
+            target = g.const(f"{lname}_shape", np.array([0] + list(shapes[tops[0]][1:]), np.int64))
+            out = g.node("Reshape", bottoms + [target], tops[0])
+        elif kind == "Power":  # (shift + scale x) ^ power
+            pw, x = lp.power_param, bottoms[0]
+            if pw.scale != 1:
+                x = g.node("Mul", [x, g.const(f"{lname}_scale", np.array(pw.scale, np.float32))], f"{lname}_scaled")[0]
+            if pw.shift != 0:
+                x = g.node("Add", [x, g.const(f"{lname}_shift", np.array(pw.shift, np.float32))], f"{lname}_shifted")[0]
+            if pw.power != 1:
+                x = g.node("Pow", [x, g.const(f"{lname}_power", np.array(pw.power, np.float32))], f"{lname}_pow")[0]
+            out = g.node("Identity", [x], tops[0])
+        elif kind == "BatchMatMul":  # op(A[n]) op(B[n]); ONNX MatMul batches over the leading axis
+            m = lp.batch_mat_mul_param
+            a, b = bottoms
+            if m.transpose_a:
+                a = g.node("Transpose", [a], f"{lname}_at", perm=[0, 2, 1])[0]
+            if m.transpose_b:
+                b = g.node("Transpose", [b], f"{lname}_bt", perm=[0, 2, 1])[0]
+            out = g.node("MatMul", [a, b], tops[0])
         else:  # Softmax
             out = g.node("Softmax", bottoms, tops[0], axis=int(lp.softmax_param.axis))
         for blob, value in zip(tops, out):

@@ -22,8 +22,8 @@ DEFAULT_OUT = Path("results/fashion")
 # xi_2 / xi_inf of the paper (2000 / 10 on 224x224x3), scaled by sqrt(input size) like
 # attacks.projection.default_xi: l_2 = xi * 200 * sqrt(784 / 150528) = 14.43 xi.
 L2_PER_LINF = 200.0 * float(np.sqrt(28 * 28 / (224 * 224 * 3)))
-COMPETITOR_MODELS = ("prn", "prn_detector", "hgd")
-"""The trained competitors of issue 19 as columns: PRN without and with its detector, HGD (one
+COMPETITOR_MODELS = ("prn", "prn_detector", "hgd", "fd")
+"""The trained competitors of issue 19 as columns: PRN without and with its detector, HGD, FD (one
 stage each in ``pipeline.STAGES``)."""
 MODEL_ORDER = ("baseline", "fru", "fru_secondary", "fru_bottom", "median", "jpeg", "bits", "pd",
                "adv_finetune") + COMPETITOR_MODELS

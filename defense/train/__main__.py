@@ -3,7 +3,8 @@
 Every mini-batch is half clean, half perturbed by a random perturbation of the given set; only
 FRU layers learn. Ctrl-C writes a snapshot; ``--resume`` continues from it; ``--gpus 0,1``
 trains on several GPUs with NCCL. The same command trains a competitor generated with
-``--defense prn|hgd`` (only its layers learn); ``--detector D.npz`` then fits PRN's detector.
+``--defense prn|hgd`` (only its layers learn) or ``--defense fd`` (every layer learns, as its
+train net says); ``--detector D.npz`` then fits PRN's detector.
 """
 from __future__ import annotations
 

@@ -301,21 +301,32 @@ SILENT_CASES = [  # class 6: accepted without a word before
     Case("defense.bench", "--compare conv-batching --batch 0 --out {w}/o.json", "--batch must list positive integers"),
     Case("defense.bench", "--compare conv-batching --gpu 0 --out {w}/o.json", "drop --gpu"),
     Case("defense.bench", "--compare conv-batching --kinds forward,infer --out {w}/o.json", "--kinds lists forward"),
+    Case("defense.generate", "--preset FashionNet --affinity dot --out {w}/o", "--affinity applies to --defense fd only"),
+    Case("defense.generate", "--defense pd --preset FashionNet --out {w}/o", "argument --defense"),
+    Case("defense.generate", "--defense fd --preset FashionNet --affinity cosine --out {w}/o", "argument --affinity"),
+    Case("defense.generate", "--defense fd --preset FashionNet --layers relu1 --out {w}/o",
+         "FashionNet: FD target 'relu1' is a ReLU layer, not a Convolution"),
+    Case("defense.generate", "--defense fd --prototxt {w}/net.prototxt --out {w}/o",
+         "--layers is needed with --prototxt and --defense fd"),
+    Case("defense.generate", "--defense fd --preset FashionNet --mode folded --out {w}/o",
+         "--mode places FRUs; --defense fd has no permutation layout"),
+    Case("defense.generate", "--defense fd --preset FashionNet --weights {w}/nan.caffemodel --out {w}/o",
+         "{w}/nan.caffemodel: layer '{layer}' blob 0 holds NaN"),
 ]
 
 COMPETITOR_CASES = [  # issue 19: the competitor defences' options
     Case("defense.generate", "--defense pd --preset FashionNet --out {w}/o", "argument --defense"),
     Case("defense.generate", "--defense prn --preset FashionNet --layers conv1 --out {w}/o",
          "--layers and --mode place FRUs; --defense prn is prepended to the net"),
-    Case("defense.generate", "--all --defense hgd", "--all regenerates the committed FRU prototxts"),
+    Case("defense.generate", "--all --defense hgd", "--all regenerates the committed prototxts (baseline, FRU, FD); --defense hgd needs"),
     Case("defense.generate", "--defense hgd --prototxt {w}/bad_net.prototxt --out {w}/o",
          "{w}/bad_net.prototxt: Caffe cannot build"),
     Case("defense.train", "--net FashionNet --solver {w}/solver.prototxt --perturbations {w}/pert.npy "
                           "--out {w}/o.caffemodel --detector {w}/d.npz", "--detector needs --dir with the PRN's"),
     Case("defense.train", "--net FashionNet --dir {w} --perturbations {w}/pert.npy --out {w}/o.caffemodel "
                           "--detector-images 0", "argument --detector-images"),
-    Case("defense.evaluate", "--net FashionNet --perturbations {w}/pert.npy --no-defended --competitor fd "
-                             "{w}/net.prototxt {w}/net.caffemodel --out {w}/o", "--competitor: 'fd' is not a trained"),
+    Case("defense.evaluate", "--net FashionNet --perturbations {w}/pert.npy --no-defended --competitor median "
+                             "{w}/net.prototxt {w}/net.caffemodel --out {w}/o", "--competitor: 'median' is not a trained"),
     Case("defense.evaluate", "--net FashionNet --perturbations {w}/pert.npy --no-defended --detector {w}/pert.npy "
                              "--out {w}/o", "--detector gates the PRN"),
     Case("defense.evaluate", "--net FashionNet --perturbations {w}/pert.npy --no-defended --competitor prn "
@@ -323,8 +334,8 @@ COMPETITOR_CASES = [  # issue 19: the competitor defences' options
          "{w}/pert.npy: not a PRN detector file"),
     Case("defense_example", "--dnn FashionNet --input fashion:0 --competitor pd {w}/net.prototxt {w}/net.caffemodel "
                             "--out {w}/o.png", "--competitor: 'pd' is not a trained competitor"),
-    Case("defense.tables", "same-norm --net CaffeNet --index {w}/bomb_index.jsonl --load fd {w}/net.prototxt "
-                           "{w}/net.caffemodel", "--load: 'fd' is not a trained competitor"),
+    Case("defense.tables", "same-norm --net CaffeNet --index {w}/bomb_index.jsonl --load median {w}/net.prototxt "
+                           "{w}/net.caffemodel", "--load: 'median' is not a trained competitor"),
     Case("defense.evaluate", "--net FashionNet --perturbations {w}/pert.npy --no-defended --competitor hgd "
                              "{w}/net.prototxt {w}/nan.caffemodel --out {w}/o", "{w}/nan.caffemodel: layer '{layer}'",
          child=True),

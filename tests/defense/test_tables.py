@@ -305,5 +305,5 @@ def test_a_trained_competitor_joins_the_table_with_load(fake, tmp_path):
     assert "| UAP l_inf (one of 5 per image) | HGD | 1.000 | 1.000 |" in (out / "same-norm_CaffeNet.md").read_text()
     with pytest.raises(SystemExit):
         main(["same-norm", "--load", "hgd", str(proto)])
-    assert run_cli(main, ["same-norm", "--index", str(fake["index"]), "--load", "fd", str(proto), str(weights),
+    assert run_cli(main, ["same-norm", "--index", str(fake["index"]), "--load", "median", str(proto), str(weights),
                           "--out", str(tmp_path / "o")]) == 2

@@ -32,9 +32,9 @@ def test_one_description_sizes_fashionnet_and_imagenet_nets():
 
 
 def test_registry_names_and_errors():
-    assert DEFENCES == ("fru", "prn", "hgd")
+    assert DEFENCES == ("fru", "prn", "hgd", "fd")
     assert get_competitor("PRN").file_name == "deploy_PRN.prototxt"
-    with pytest.raises(ToolkitError, match="unknown defence 'pd'; valid: fru, prn, hgd"):
+    with pytest.raises(ToolkitError, match="unknown defence 'pd'; valid: fru, prn, hgd, fd"):
         get_competitor("pd")
     with pytest.raises(ValueError, match="kind must be one of prepend, internal, preprocess, got 'filter'"):
         Competitor("pd", "PD", "Prakash et al.", "filter")
@@ -80,7 +80,8 @@ def test_imagenet_deploy_nets_build_in_caffe(net):
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory, root):
-    """``python -m defense.generate --defense prn|hgd`` for FashionNet, with the shipped weights."""
+    """``python -m defense.generate --defense NAME`` for FashionNet (every trained competitor: PRN, HGD,
+    FD after the preset's targets), with the shipped weights."""
     out = {}
     for name in COMPETITORS:
         folder = tmp_path_factory.mktemp(name)
@@ -102,7 +103,8 @@ def test_generated_files_and_identity_at_initialisation(generated, root):
         np.testing.assert_allclose(clf.logits(x + np.load(root / UAP)), base.logits(x + np.load(root / UAP)),
                                    atol=1e-4)
         solver = text_format.Parse((folder / "solver.prototxt").read_text(), caffe_pb2.SolverParameter())
-        assert (solver.max_iter, solver.type) == (30000, "Adam" if name == "hgd" else "SGD")  # the FRUs' iterations
+        expected_type = dict(get_competitor(name).solver).get("solver_type", "SGD")  # Adam: HGD, FD
+        assert (solver.max_iter, solver.type) == (30000, expected_type)  # the FRUs' iterations
 
 
 def _short_run(folder, out, iters, lr=None, solver_type=None):

@@ -83,7 +83,9 @@ def test_quick_run_records_its_runtime_checks_and_schedule(quick_run):
     assert runtime["forward_passes"] == ("onnx" if onnxruntime_available() else "caffe")
     assert runtime["gradients"] == "caffe"
     if runtime["forward_passes"] == "onnx":
-        assert set(runtime["checks"]) == {"baseline", "fru", "fru_secondary", "fru_bottom", "adv_finetune"}
+        # every net evaluated in onnxruntime, the trained competitors too (PRN+detector runs in Caffe)
+        assert set(runtime["checks"]) == {"baseline", "fru", "fru_secondary", "fru_bottom", "adv_finetune",
+                                          "prn", "hgd", "fd"}
         for check in runtime["checks"].values():
             assert check["images"] == RUNTIME_CHECK_IMAGES == check["top1_equal"] + check["ties"]
             assert 0.0 <= check["max_rel_logit_diff"] < 1e-4
@@ -182,8 +184,13 @@ def test_quick_run_writes_models_and_bounded_perturbations(quick_run):
     for path in (out / "baseline" / "fashionnet.caffemodel", out / "train_fru" / "fashionnet_FRU.caffemodel",
                  out / "ranking" / "fashionnet_FRU_bottom.caffemodel",
                  out / "secondary" / "fashionnet_FRU_secondary.caffemodel",
-                 out / "peers" / "fashionnet_adv_finetune.caffemodel"):
+                 out / "peers" / "fashionnet_adv_finetune.caffemodel", out / "train_fd" / "fashionnet_FD.caffemodel"):
         assert path.stat().st_size > 100_000, path
+    budget = summary["training_budget"]  # FD: the FRUs' budget, the whole net learning
+    assert budget["fd"]["iterations"] == budget["fru"]["iterations"] == QUICK.fru_iters
+    assert budget["fd"]["batch"] == budget["fru"]["batch"] == QUICK.fru_batch
+    assert (budget["fd"]["solver"], budget["fd"]["lr"]) == ("Adam", pytest.approx(1e-4))
+    assert budget["fd"]["trainable_parameters"] > budget["fru"]["trainable_parameters"] > 0
     for s in attack_sets(QUICK):
         files = sorted((out / stage_of(s.name) / s.name).glob("*.npy"))
         assert len(files) == s.count, s.name
@@ -351,13 +358,13 @@ def test_ready_stages_wait_for_upstream_and_keep_the_stage_order():
     assert names(set()) == ["baseline"]
     assert names({"baseline"}) == ["train_attacks", "generate", "test_attacks"]
     done = {"baseline", "train_attacks", "generate"}
-    assert names(done, {"test_attacks"}) == ["train_fru", "ranking", "peers", "train_prn", "train_hgd"]
+    assert names(done, {"test_attacks"}) == ["train_fru", "ranking", "peers", "train_prn", "train_hgd", "train_fd"]
     done |= {"train_fru", "test_attacks"}
     # the secondary defence (on the longest chain) comes before the rest
-    assert names(done, {"ranking"}) == ["secondary", "adaptive", "masking", "peers", "train_prn", "train_hgd"]
+    assert names(done, {"ranking"}) == ["secondary", "adaptive", "masking", "peers", "train_prn", "train_hgd", "train_fd"]
     done |= {"ranking", "masking", "peers", "secondary"}
-    assert names(done) == ["adaptive", "train_prn", "train_hgd"]
-    done |= {"train_prn", "train_hgd"}
+    assert names(done) == ["adaptive", "train_prn", "train_hgd", "train_fd"]
+    done |= {"train_prn", "train_hgd", "train_fd"}
     assert names(done) == ["adaptive"]
     done |= {"adaptive"}
     assert names(done) == ["evaluate"]
