@@ -16,8 +16,8 @@ from defense.reproduce.pipeline import STAGE_NAMES, STAGES
 from attacks.runtime import TIE_TOLERANCE, onnxruntime_available
 from defense.reproduce.report import check_targets, critical_path, finish_order, ship, stages_wall_seconds
 from defense.reproduce.runner import RUNTIME_CHECK_IMAGES, Context, ready_tasks
-from defense.reproduce.stages import (_bottom_ranked, evaluation_conditions, evaluation_images, evaluation_models,
-                                      fru_targets, masked_restoration, training_perturbations)
+from defense.reproduce.stages import (_bottom_ranked, evaluation_conditions, evaluation_images, evaluation_model_names,
+                                      evaluation_models, fru_targets, masked_restoration, training_perturbations)
 from defense.paper import demo_defaults
 from defense.presets import get_preset, fru_names
 from defense.generate.ranking import permutation_from_matrix, rank_channels
@@ -138,7 +138,9 @@ def test_caffe_runtime_uses_no_onnxruntime_and_gives_the_same_predictions(quick_
     for npy in sorted((out / "test_attacks").rglob("*.npy")):
         assert npy.read_bytes() == (copy / npy.relative_to(out)).read_bytes(), npy
     onnx_preds, caffe_preds = _predictions(out / "evaluate"), _predictions(copy / "evaluate")
-    assert set(onnx_preds) == set(caffe_preds) and len(onnx_preds) == 8 * 9
+    # every evaluated model (13: the FRUs, peers and competitors) under clean + every case (10)
+    assert set(onnx_preds) == set(caffe_preds)
+    assert len(onnx_preds) == len(evaluation_model_names(QUICK)) * (1 + len(eval_cases(QUICK))) == 13 * 11
     ctx = Context(QUICK, copy, progress=False)
     x, _ = evaluation_images(ctx)
     conditions = {c.name: c for c in evaluation_conditions(ctx, len(x))}
@@ -436,7 +438,9 @@ def test_two_seed_run_writes_the_aggregate_the_error_bar_figure_and_the_claims(q
     for key, case in summary["cases"].items():
         assert set(case["models"]) == set(replicas[0]["cases"][key]["models"])
         for model, cells in case["models"].items():
-            assert set(cells) == set(METRICS)
+            # PRN gated by its detector also reports the detector's rates, aggregated alike
+            extra = {"detection_rate", "false_alarm_rate"} if model == "prn_detector" else set()
+            assert set(cells) == set(METRICS) | extra
             for metric, cell in cells.items():
                 values = np.array([r["cases"][key]["models"][model][metric] for r in replicas])
                 half = stats.t.ppf(0.975, 1) * values.std(ddof=1) / np.sqrt(2)
