@@ -91,8 +91,13 @@ def test_quick_run_records_its_runtime_checks_and_schedule(quick_run):
             assert 0.0 <= check["max_rel_logit_diff"] < 1e-4
     for name in STAGE_NAMES:
         t = summary["timings"][name]
-        assert 0.0 <= t["start"] <= t["end"] <= summary["wall_seconds_all_stages"] + 0.1
+        assert 0.0 <= t["start"] <= t["end"]
         assert t["end"] - t["start"] == pytest.approx(t["seconds"], abs=0.2) and t["cpu_seconds"] > 0
+    # starts count from the shared pool's first stage (another replica's may come first), so the
+    # replica's own span is what its wall time measures
+    timings = [summary["timings"][name] for name in STAGE_NAMES]
+    assert (max(t["end"] for t in timings) - min(t["start"] for t in timings)
+            == pytest.approx(summary["wall_seconds_all_stages"], abs=0.2))
     path = summary["schedule"]["critical_path"]
     assert path[0] == "baseline" and path[-1] == "evaluate"
     assert summary["schedule"]["critical_path_seconds"] <= summary["wall_seconds_all_stages"] + 0.1
