@@ -100,7 +100,8 @@ def test_quick_run_records_its_runtime_checks_and_schedule(quick_run):
             == pytest.approx(summary["wall_seconds_all_stages"], abs=0.2))
     path = summary["schedule"]["critical_path"]
     assert path[0] == "baseline" and path[-1] == "evaluate"
-    assert summary["schedule"]["critical_path_seconds"] <= summary["wall_seconds_all_stages"] + 0.1
+    # consecutive stages of the path may overlap by critical_path's 1 s slack each
+    assert summary["schedule"]["critical_path_seconds"] <= summary["wall_seconds_all_stages"] + 1.0 * len(path) + 0.1
     assert 0.0 < summary["schedule"]["cpu_utilisation"] <= 1.0
     assert "Critical path" in (out / "results.md").read_text()
 
