@@ -102,19 +102,25 @@ def _mib_for_three_images(net: caffe.Net) -> str:
     return f"{3.5 * per_image / (1 << 20):.6f}"
 
 
-@pytest.mark.parametrize("chunked", [False, True], ids=["one chunk", "chunks of three"])
-@pytest.mark.parametrize("name", VARIANTS)
-def test_batched_equals_per_image(tmp_path, monkeypatch, name, chunked):
-    conv = VARIANTS[name]
-    net = _net(tmp_path, conv)
-    rng = np.random.default_rng(2)
+def _per_image(tmp_path, monkeypatch, name, chunked: bool, seed: int):
+    """Variant ``name``'s net, random input and top diff, and its CPU per-image result (batching
+    off); the chunk cap is left set for three images when ``chunked``, batching switched back on."""
+    net = _net(tmp_path, VARIANTS[name])
+    rng = np.random.default_rng(seed)
     x = rng.normal(size=net.blobs["data"].data.shape).astype(np.float32)
     top_diff = rng.normal(size=net.blobs["conv"].data.shape).astype(np.float32)
     if chunked:
         monkeypatch.setenv("CAFFE_CONV_BATCH_MB", _mib_for_three_images(net))
     monkeypatch.setenv("CAFFE_CONV_BATCH", "0")
-    per_image_result = _run(net, x, top_diff)
+    per_image = _run(net, x, top_diff)
     monkeypatch.delenv("CAFFE_CONV_BATCH")
+    return net, x, top_diff, per_image
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["one chunk", "chunks of three"])
+@pytest.mark.parametrize("name", VARIANTS)
+def test_batched_equals_per_image(tmp_path, monkeypatch, name, chunked):
+    net, x, top_diff, per_image_result = _per_image(tmp_path, monkeypatch, name, chunked, seed=2)
     batched = _run(net, x, top_diff)
     assert batched.keys() == per_image_result.keys()
     for what, want in per_image_result.items():
@@ -123,7 +129,7 @@ def test_batched_equals_per_image(tmp_path, monkeypatch, name, chunked):
         assert err <= 1e-5, f"{name}: batched {what} differs from per-image by {err:.2e}"
     w = net.params["conv"][0].data.astype(np.float64)
     b = net.params["conv"][1].data.astype(np.float64) if len(net.params["conv"]) > 1 else None
-    reference = _numpy_conv(x.astype(np.float64), w, None, conv)
+    reference = _numpy_conv(x.astype(np.float64), w, None, VARIANTS[name])
     with_bias = reference if b is None else reference + b[None, :, None, None]
     assert _relative_error(batched["output"], with_bias) <= 1e-5
     # The gradients through the adjoint identities of a linear map, in float64:
@@ -161,15 +167,7 @@ def test_chunked_gradients_accumulate_over_the_chunks(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", VARIANTS)
 def test_gpu_batched_equals_cpu_per_image(tmp_path, monkeypatch, name, chunked):
     """The CUDA path (forward_gpu_batched, backward_gpu_batched) against the CPU's per-image path."""
-    net = _net(tmp_path, VARIANTS[name])
-    rng = np.random.default_rng(4)
-    x = rng.normal(size=net.blobs["data"].data.shape).astype(np.float32)
-    top_diff = rng.normal(size=net.blobs["conv"].data.shape).astype(np.float32)
-    if chunked:
-        monkeypatch.setenv("CAFFE_CONV_BATCH_MB", _mib_for_three_images(net))
-    monkeypatch.setenv("CAFFE_CONV_BATCH", "0")
-    cpu = _run(net, x, top_diff)
-    monkeypatch.delenv("CAFFE_CONV_BATCH")
+    net, x, top_diff, cpu = _per_image(tmp_path, monkeypatch, name, chunked, seed=4)
     caffe.set_device(0)
     caffe.set_mode_gpu()
     try:
