@@ -64,9 +64,9 @@ class ReproConfig:
         fooling loss no say. ``nag_lr``: Adam's rate for the reproduction's short runs (60 iterations: at
         0.02 NAG fools 0.58 of 1000 held-out training images at xi 50, at 0.005 0.44).
     :param fru_iters: FRU training iterations (also adversarial fine-tuning's and every trained
-        competitor's, at the FRUs' batch size ``fru_batch``). 2,000 (64,000 images, about one epoch)
-        since the K = 5 run trains six models a seed: at the single-seed run's 5,000 those trainings
-        alone would keep a 2-core machine busy for about 2 hours.
+        competitor's, at the FRUs' batch size ``fru_batch``). 1,000 (32,000 images, about half an
+        epoch), cut from the single-seed run's 5,000 so that the K = 5 run, six trained models a
+        seed, fits in about 2 hours of a 2-core machine (docs/reproduction.md, "Time").
     :param detector_images: training images (half clean, half perturbed) for PRN's detector.
     :param test_images: test images evaluated (None: all 10,000), a seeded random subset.
     """
@@ -107,7 +107,7 @@ class ReproConfig:
     nag_diversity: float = 0.05
     nag_lr: float = 0.02
     fru_batch: int = 32
-    fru_iters: int = 2000
+    fru_iters: int = 1000
     fru_lr: float = 0.01
     fru_clean_fraction: float = 0.5
     adaptive_train_uaps: int = 3
