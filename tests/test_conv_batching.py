@@ -113,7 +113,7 @@ def _per_image(tmp_path, monkeypatch, name, chunked: bool, seed: int):
         monkeypatch.setenv("CAFFE_CONV_BATCH_MB", _mib_for_three_images(net))
     monkeypatch.setenv("CAFFE_CONV_BATCH", "0")
     per_image = _run(net, x, top_diff)
-    monkeypatch.delenv("CAFFE_CONV_BATCH")
+    monkeypatch.setenv("CAFFE_CONV_BATCH", "1")  # on: the CPU's default is off
     return net, x, top_diff, per_image
 
 
@@ -151,6 +151,7 @@ def test_chunked_gradients_accumulate_over_the_chunks(tmp_path, monkeypatch):
     x = rng.normal(size=net.blobs["data"].data.shape).astype(np.float32)
     top_diff = rng.normal(size=net.blobs["conv"].data.shape).astype(np.float32)
     monkeypatch.setenv("CAFFE_CONV_BATCH_MB", _mib_for_three_images(net))
+    monkeypatch.setenv("CAFFE_CONV_BATCH", "1")
     whole = _run(net, x, top_diff)["weight gradient"]
     single = np.zeros_like(whole, dtype=np.float64)
     for i in range(BATCH):
