@@ -65,8 +65,9 @@ class ReproConfig:
         0.02 NAG fools 0.58 of 1000 held-out training images at xi 50, at 0.005 0.44).
     :param fru_iters: FRU training iterations (also adversarial fine-tuning's and every trained
         competitor's, at the FRUs' batch size ``fru_batch``). 1,000 (32,000 images, about half an
-        epoch), cut from the single-seed run's 5,000 so that the K = 5 run, six trained models a
-        seed, fits in about 2 hours of a 2-core machine (docs/reproduction.md, "Time").
+        epoch), cut from the single-seed run's 5,000: the K = 5 run trains six models a seed and
+        still needs about 2 h 40 min of a 2-core machine (measured per stage in
+        docs/reproduction.md).
     :param detector_images: training images (half clean, half perturbed) for PRN's detector.
     :param test_images: test images evaluated (None: all 10,000), a seeded random subset.
     """
