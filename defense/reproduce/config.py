@@ -66,7 +66,7 @@ class ReproConfig:
     :param fru_iters: FRU training iterations (also adversarial fine-tuning's and every trained
         competitor's, at the FRUs' batch size ``fru_batch``). 1,000 (32,000 images, about half an
         epoch), cut from the single-seed run's 5,000: the K = 5 run trains six models a seed and
-        still needs about 2 h 40 min of a 2-core machine (measured per stage in
+        still needs about 2 h 30 min of a 2-core machine (measured per stage in
         docs/reproduction.md).
     :param detector_images: training images (half clean, half perturbed) for PRN's detector.
     :param test_images: test images evaluated (None: all 10,000), a seeded random subset.
