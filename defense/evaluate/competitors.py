@@ -14,7 +14,7 @@ import numpy as np
 from ..core import ToolkitError
 from ..data import DataSource
 from ..generate.competitors import COMPETITORS, get_competitor
-from ..train.detector import Detector, DetectorGated, detection_rates
+from ..train.detector import Detector, DetectorGated, detection_rates, detector_flags
 from .compare import Model
 
 DETECTOR_ROW = "PRN+detector"
@@ -57,4 +57,5 @@ def detector_report(models: Sequence[Model], source: DataSource, perturbations: 
         return {}
     x, _ = source.take(np.arange(len(source)))
     x = np.asarray(x, np.float32)
-    return detection_rates(gated.detector, gated.prn, x, [x + perturbations[choice]], batch_size)
+    flags = [detector_flags(gated.detector, gated.prn, images, batch_size) for images in (x, x + perturbations[choice])]
+    return detection_rates(flags[0], flags[1:])

@@ -32,7 +32,7 @@ from ..presets import FruTarget, fru_names
 from ..train import TrainOptions, train
 from ..train.baseline import BaselineOptions, train_fashionnet
 from ..train.batches import stack_perturbations
-from ..train.detector import Detector, DetectorGated, detection_rates, train_detector
+from ..train.detector import Detector, DetectorGated, detection_rates, detector_flags, train_detector
 from .attack_stages import compute_set, set_summary
 from .config import NET, Case, ReproConfig, attack_sets, eval_cases, train_extra_sets
 from .runner import Context, save_json
@@ -299,8 +299,9 @@ def evaluation_models(ctx: Context, names: Optional[Sequence[str]] = None) -> Di
 def detector_rates(ctx: Context) -> Dict[str, dict]:
     """PRN's detector per case: detection rate on the case's perturbed images, false alarms on the clean ones."""
     x, _ = evaluation_images(ctx)
-    detector, prn = Detector.load(ctx.detector_path()), ctx.classifier("prn")
-    return {cond.name: detection_rates(detector, prn, x, [x + cond.perturbations[cond.choice]], ctx.cfg.eval_batch)
+    detector, prn, batch = Detector.load(ctx.detector_path()), ctx.classifier("prn"), ctx.cfg.eval_batch
+    clean = detector_flags(detector, prn, x, batch)
+    return {cond.name: detection_rates(clean, [detector_flags(detector, prn, x + cond.perturbations[cond.choice], batch)])
             for cond in evaluation_conditions(ctx, len(x))[1:]}
 
 

@@ -129,12 +129,16 @@ def train_detector(prn, source: DataSource, perturbations: np.ndarray, images: i
                       "train_false_alarm_rate": float(fired[:half].mean())}
 
 
-def detection_rates(detector: Detector, prn, clean: np.ndarray, perturbed: Sequence[np.ndarray],
-                    batch_size: int) -> Dict[str, float]:
-    """Detection rate (perturbed images flagged) and false-alarm rate (clean images flagged)."""
-    flags = [detector.fires(prn_outputs(prn, x, batch_size)[1]) for x in [clean, *perturbed]]
-    return {"false_alarm_rate": float(flags[0].mean()),
-            "detection_rate": float(np.mean([f.mean() for f in flags[1:]])) if len(flags) > 1 else None}
+def detector_flags(detector: Detector, prn, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """Whether the detector fires on each image of ``x`` (PRN's DCT features, then the SVM)."""
+    return detector.fires(prn_outputs(prn, x, batch_size)[1])
+
+
+def detection_rates(clean_flags: np.ndarray, perturbed_flags: Sequence[np.ndarray]) -> Dict[str, float]:
+    """Detection rate (perturbed images flagged) and false-alarm rate (clean images flagged), from
+    ``detector_flags``; taking flags lets callers with many perturbed sets flag the clean ones once."""
+    return {"false_alarm_rate": float(np.mean(clean_flags)),
+            "detection_rate": float(np.mean([np.mean(f) for f in perturbed_flags])) if len(perturbed_flags) else None}
 
 
 class DetectorGated:

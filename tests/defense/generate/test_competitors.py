@@ -17,7 +17,7 @@ from defense.generate.competitors import (CLEAN_BLOB, COMPETITORS, DEFENCES, Com
                                           prepend_layout)
 from defense.networks import BUILDERS, build_baseline
 from defense.presets import get_preset
-from defense.train.detector import DCT_EPS, Detector, dct_features, fit_detector
+from defense.train.detector import DCT_EPS, Detector, dct_features, detection_rates, fit_detector
 
 FASHION_WEIGHTS = "weights/FashionNet/fashionnet.caffemodel"
 UAP = "attacks/samples/FashionNet/uap_linf.npy"
@@ -196,6 +196,13 @@ def test_detector_fits_saves_and_loads_without_pickle(tmp_path):
     with pytest.raises(ValueError, match="reads 6 features per image, got shape"):
         det.decision(np.zeros((2, 5)))
 
+
+
+def test_detection_rates_average_the_perturbed_sets_and_flag_clean_images_once():
+    clean = np.array([True, False, False, False])
+    perturbed = [np.array([True, True, False, False]), np.array([True, True, True, True])]
+    assert detection_rates(clean, perturbed) == {"false_alarm_rate": 0.25, "detection_rate": 0.75}
+    assert detection_rates(clean, []) == {"false_alarm_rate": 0.25, "detection_rate": None}
 
 # ---------------------------------------------------------------- ONNX export
 def _toy_net(side: int) -> "caffe_pb2.NetParameter":
