@@ -30,7 +30,7 @@ from google.protobuf import text_format
 from tqdm import tqdm
 
 from defense.core import (L, P, ToolkitError, caffe, caffe_pb2, check_weights_fit, param_shapes, read_binary_proto,
-                          read_caffemodel, solver_param, write_text)
+                          read_caffemodel, solver_param, step_solver, write_text)
 
 from .base import UapResult, UniversalAttack
 from .interrupt import sigint_flag
@@ -228,8 +228,7 @@ class GenerativeAttack(UniversalAttack):
                 net.forward()
                 v, factors = scale_to_norm(net.blobs[OUTPUT].data, self.xi, self.norm)
                 value, grad = self._loss_and_gradient(x[idx], targets[idx], v, step_rng)
-                net.blobs[GRAD].data[...] = grad * factors.reshape((-1,) + (1,) * (grad.ndim - 1))
-                solver.step(1)
+                step_solver(solver, {GRAD: grad * factors.reshape((-1,) + (1,) * (grad.ndim - 1))})
                 history.append(float(value))
                 if not np.isfinite(value):
                     raise ToolkitError(f"{self.name}: the loss is {value} at iteration {solver.iter}; lower lr")

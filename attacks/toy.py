@@ -12,7 +12,8 @@ from typing import Tuple
 
 import numpy as np
 
-from defense.core import L, P, caffe, caffe_pb2, read_idx, solver_param, write_net_param, write_text
+from defense.core import (L, P, caffe, caffe_pb2, read_idx, solver_param, step_solver, subtract_mean, write_net_param,
+                          write_text)
 from defense.presets import FASHION_MNIST_DIR, FASHION_MNIST_FILES, FASHION_MNIST_FIX
 
 MEAN = (128.0, 128.0, 128.0)
@@ -77,16 +78,13 @@ def train_tiny_net(out_dir: os.PathLike | str, iters: int = 300, n_train: int = 
     caffe.set_random_seed(seed)
     s = caffe.get_solver(str(out / "solver.prototxt"))
     x, y = fashion_subset("train", n_train)
-    mean = np.asarray(MEAN, np.float32).reshape(1, 3, 1, 1)
     rng = np.random.default_rng(seed)
     per_epoch = len(x) // batch
     for it in range(iters):
         if it % per_epoch == 0:
             order = rng.permutation(len(x))
         idx = order[(it % per_epoch) * batch:][:batch]
-        s.net.blobs["data"].data[...] = x[idx] - mean
-        s.net.blobs["label"].data[...] = y[idx]
-        s.step(1)
+        step_solver(s, {"data": subtract_mean(x[idx], MEAN), "label": y[idx]})
     weights = out / "tiny.caffemodel"
     s.net.save(str(weights))
     return out / "deploy.prototxt", weights

@@ -3,10 +3,10 @@
 The pipeline, and where each step lives:
 
 - ground floor: ``core`` (pycaffe I/O, the toolkit's error, the one net loader, the one
-  weights-fit check, the one checked way to an input file, entry-point plumbing), ``devices``
-  (the CUDA devices and BLAS threads this process computes with), ``outputs`` (the output options every command
-  declares, checked before it starts) and ``presets`` (every per-network constant, path and
-  weights location);
+  weights-fit check, the one checked way to an input file, the one solver step, entry-point
+  plumbing), ``devices`` (the CUDA devices and BLAS threads this process computes with),
+  ``outputs`` (the output options every command declares, checked before it starts) and
+  ``presets`` (every per-network constant, path and weights location);
 - ``networks/`` one NetSpec builder per network; ``data/`` the data sources; ``paper`` the
   published numbers, table protocols and demo defaults;
 - rank -> generate: ``generate/`` (ranking, FRU layout, weight surgery, fast export);

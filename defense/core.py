@@ -372,6 +372,22 @@ def solver_param(net: "str | caffe_pb2.NetParameter | None" = None, *, solver_ty
     return caffe_pb2.SolverParameter(**fields)
 
 
+def subtract_mean(x: np.ndarray, mean: Sequence[float]) -> np.ndarray:
+    """Pixel-unit images (N, C, H, W) -> network input (per-channel mean removed)."""
+    mean = np.asarray(mean, dtype=np.float32)
+    if mean.shape != (x.shape[1],):
+        raise ValueError(f"mean has {mean.size} values but the images have {x.shape[1]} channels")
+    return x - mean[None, :, None, None]
+
+
+def step_solver(solver: "caffe.Solver", inputs: Dict[str, np.ndarray]) -> None:
+    """The one way Python feeds and steps a Caffe solver (``SolverWrapper``, the toy net, the
+    generative attacks): each array into the train net's Input blob of its name, one iteration."""
+    for name, value in inputs.items():
+        solver.net.blobs[name].data[...] = value
+    solver.step(1)
+
+
 # ---------------------------------------------------------------- net loading
 def load_net(net: os.PathLike | str | "caffe_pb2.NetParameter", weights: os.PathLike | str | None = None,
              phase: int | None = None, force_backward: bool = False,
@@ -486,20 +502,6 @@ def set_mode(gpu: Optional[int] = None, seed: Optional[int] = None) -> None:
         caffe.set_mode_gpu()
     if seed is not None:
         caffe.set_random_seed(int(seed))
-
-
-def gpu_available() -> bool:
-    """True when this pycaffe was built with CUDA and a device answers (asked in a child process,
-    so that this one's CUDA state stays uninitialised for forked workers)."""
-    import subprocess
-    code = ("import os; os.environ['GLOG_minloglevel']='3'; from defense.devices import cuda_device_count; "
-            "print((cuda_device_count()[0] or 0) > 0)")
-    try:
-        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                             cwd=Path(__file__).resolve().parents[1])
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return res.returncode == 0 and res.stdout.strip() == "True"
 
 
 # ---------------------------------------------------------------- entry points

@@ -1,9 +1,12 @@
 """What this process computes with: the CUDA runtime and devices pycaffe sees, and the threads
-of the BLAS Caffe uses. Read from the loaded libraries, without initialising Caffe or CUDA
-(a forked worker must find CUDA untouched), so this module imports nothing of the toolkit.
+of the BLAS Caffe uses. Read from the loaded libraries (or asked of a child process), without
+initialising Caffe or CUDA (a forked worker must find CUDA untouched), so this module imports
+nothing of the toolkit.
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import List, Optional
 
 
@@ -62,3 +65,17 @@ def cuda_device_count() -> tuple:
         cudart.cudaGetLastError()
         return 0, cudart.cudaGetErrorString(status).decode(errors="replace")
     return count.value, "ok" if count.value else "no CUDA device"
+
+
+def gpu_available() -> bool:
+    """True when this pycaffe was built with CUDA and a device answers (asked in a child process,
+    so that this one's CUDA state stays uninitialised for forked workers)."""
+    import subprocess
+    code = ("import os; os.environ['GLOG_minloglevel']='3'; from defense.devices import cuda_device_count; "
+            "print((cuda_device_count()[0] or 0) > 0)")
+    try:
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                             cwd=Path(__file__).resolve().parents[1])
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return res.returncode == 0 and res.stdout.strip() == "True"

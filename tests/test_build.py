@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from defense.core import caffe, L, P, gpu_available, load_blobs, save_blobs, write_net_param
-from defense.devices import cuda_device_count, cuda_runtime_path
+from defense.core import caffe, L, P, load_blobs, save_blobs, write_net_param
+from defense.devices import cuda_device_count, cuda_runtime_path, gpu_available
 
 GPU = gpu_available()
 

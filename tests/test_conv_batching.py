@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from defense.core import caffe, gpu_available, L, write_net_param
+from defense.core import caffe, L, write_net_param
+from defense.devices import gpu_available
 
 GPU = gpu_available()
 BATCH = 7  # odd, so that a cap of three images leaves a lone image in the last chunk

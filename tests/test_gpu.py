@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from defense.core import caffe, gpu_available, load_blobs
-from defense.devices import cuda_device_count
+from defense.core import caffe, load_blobs
+from defense.devices import cuda_device_count, gpu_available
 from defense.data import ArraySource
 from defense.presets import get_preset
 from defense.train import SolverWrapper, TrainOptions, train

@@ -6,7 +6,7 @@
 - ``baseline``: training the FashionNet baseline (``python -m defense.train_baseline``);
 - ``__main__``: ``python -m defense.train``.
 """
-from .batches import EpochSampler, TrainOptions, batch_indices, caffe_seed, mixed_batch, stack_perturbations, subtract_mean  # noqa: F401
+from .batches import EpochSampler, TrainOptions, batch_indices, caffe_seed, mixed_batch, stack_perturbations  # noqa: F401
 from .launch import parse_gpus, train  # noqa: F401
 from .solver import (SolverWrapper, TrainResult, check_solverstate, frozen_layers,  # noqa: F401
                      read_solver_param)

@@ -51,14 +51,6 @@ class TrainOptions:
 
 
 # ---------------------------------------------------------------- data feeding
-def subtract_mean(x: np.ndarray, mean: Sequence[float]) -> np.ndarray:
-    """Pixel-unit images (N, C, H, W) -> network input (per-channel mean removed)."""
-    mean = np.asarray(mean, dtype=np.float32)
-    if mean.shape != (x.shape[1],):
-        raise ValueError(f"mean has {mean.size} values but the images have {x.shape[1]} channels")
-    return x - mean[None, :, None, None]
-
-
 def stack_perturbations(perturbations: Sequence[np.ndarray], image_shape: Tuple[int, ...]) -> np.ndarray:
     """Check every perturbation is a finite (C, H, W) array of the images' shape; stack them."""
     out = []

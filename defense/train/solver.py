@@ -1,7 +1,7 @@
 """The Python-driven Caffe solver: solver files checked in Python, the ``SolverWrapper`` loop.
 
-Follows py-faster-rcnn's ``SolverWrapper``: Python feeds every mini-batch into the train net's
-``Input`` blobs (``defense.train.batches``), calls ``solver.step(1)`` and owns the snapshots.
+Follows py-faster-rcnn's ``SolverWrapper``: Python makes every mini-batch (``defense.train.batches``),
+feeds it to the train net's ``Input`` blobs and steps (``core.step_solver``), and owns the snapshots.
 Frozen layers (``lr_mult: 0`` in the train prototxt) are checked bit-identical at the end of
 training.
 """
@@ -23,12 +23,11 @@ from google.protobuf import text_format
 from attacks.interrupt import sigint_flag
 
 from ..core import (ToolkitError, caffe, caffe_pb2, check_finite_params, check_weights_fit, copy_weights,
-                    input_file, param_shapes, read_binary_proto, read_caffemodel, read_net_param, validate_net_param,
-                    write_text)
+                    input_file, param_shapes, read_binary_proto, read_caffemodel, read_net_param, step_solver,
+                    subtract_mean, validate_net_param, write_text)
 from ..data import DataSource
 from ..devices import blas_threads
-from .batches import (EpochSampler, TrainOptions, batch_indices, caffe_seed, mixed_batch, stack_perturbations,
-                      subtract_mean)
+from .batches import EpochSampler, TrainOptions, batch_indices, caffe_seed, mixed_batch, stack_perturbations
 
 log = logging.getLogger(__name__)
 
@@ -270,15 +269,15 @@ class SolverWrapper:
             # an out-of-range label makes Caffe's SoftmaxWithLoss read past its scores
             raise ToolkitError(f"labels must lie in [0, {self.num_classes}) for this net, got "
                                f"{int(y.min())}..{int(y.max())}; the data source does not match the network")
-        net = self.solver.net
-        net.blobs[self.options.data_blob].data[...] = subtract_mean(x, self.mean)
-        net.blobs[self.options.label_blob].data[...] = y.reshape(net.blobs[self.options.label_blob].data.shape)
+        net, opt = self.solver.net, self.options
+        inputs = {opt.data_blob: subtract_mean(x, self.mean),
+                  opt.label_blob: y.reshape(net.blobs[opt.label_blob].data.shape)}
         if self.needs_clean:
             if clean is None:
-                raise ValueError(f"this train net reads the unperturbed batch ('{self.options.clean_blob}'); pass clean")
-            net.blobs[self.options.clean_blob].data[...] = subtract_mean(clean, self.mean)
-        self.solver.step(1)
-        return float(net.blobs[self.options.loss_blob].data)
+                raise ValueError(f"this train net reads the unperturbed batch ('{opt.clean_blob}'); pass clean")
+            inputs[opt.clean_blob] = subtract_mean(clean, self.mean)
+        step_solver(self.solver, inputs)
+        return float(net.blobs[opt.loss_blob].data)
 
     def snapshot(self, record: Dict[str, object]) -> Tuple[Path, Path]:
         """Write ``<prefix>_iter_<N>.caffemodel``, ``.solverstate`` and the training ``record``."""
