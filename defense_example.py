@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="defense_example.py", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--input", help="image file, or fashion:<i> (Fashion-MNIST test image i); "
-                                    "default: the network's demo image (FashionNet: fashion:0)")
+                                    "default: the network's demo image (FashionNet: fashion:8)")
     ap.add_argument("--dnn", default="ResNet152", choices=list(DEMO), help="network (default: ResNet152)")
     ap.add_argument("--load", type=Path, help="caffemodel of the selected net (FRU with --defense True); "
                                               "default: the weights manifest's file")

@@ -141,13 +141,30 @@ def test_a_competitor_joins_the_demo(tmp_path, root, capsys):
 def test_fashionnet_demo_with_pixel_deflection(tmp_path, capsys):
     """--peers: the baseline behind pixel deflection, printed and drawn beside the FRU net."""
     out = tmp_path / "demo.png"
-    assert run_cli(defense_example.main, ["--dnn", "FashionNet", "--attack", "UAP", "--input", "fashion:0",
+    assert run_cli(defense_example.main, ["--dnn", "FashionNet", "--attack", "UAP", "--input", "fashion:8",
                                           "--peers", "pd:seed=1", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "baseline+pd: top 1 prediction on the perturbed image: " in printed
     assert [line.split(":")[0] for line in printed.splitlines() if "top 1" in line] == ["baseline", "FRU", "baseline+pd"]
-    result = run_demo(DemoOptions(net="FashionNet", input="fashion:0", peers=("pd:seed=1",)))
+    result = run_demo(DemoOptions(net="FashionNet", input="fashion:8", peers=("pd:seed=1",)))
     assert list(result.predictions) == ["baseline", "FRU", "baseline+pd"]
-    # measured: fashion:0 (an ankle boot) stays a shirt behind PD, as for the baseline (the FRUs restore it)
+    # measured: fashion:8 (a sandal) stays a shirt behind PD, as for the baseline (the FRUs restore it)
     assert [(m, p.clean[0][1], p.perturbed[0][1]) for m, p in result.predictions.items()] == [
-        ("baseline", "Ankle boot", "Shirt"), ("FRU", "Ankle boot", "Ankle boot"), ("baseline+pd", "Ankle boot", "Shirt")]
+        ("baseline", "Sandal", "Shirt"), ("FRU", "Sandal", "Sandal"), ("baseline+pd", "Sandal", "Shirt")]
+
+
+@pytest.mark.skipif(not all(p.is_file() for p in FASHION_FILES), reason="FashionNet demo files not shipped yet")
+def test_fashionnet_demo_image_is_the_first_the_shipped_uap_fools():
+    """``paper.DEMO``'s rule: the first test image whose clipped perturbed version the baseline
+    gets wrong (it gets the clean one right); fails when a new shipped run moves it."""
+    from attacks.classifier import CaffeClassifier
+    from defense.data import FashionMnist
+
+    index = int(FASHION_DEMO.input.split(":")[1])
+    x, y = FashionMnist("test").take(np.arange(index + 1))
+    uap = np.load(ROOT / FASHION_DEMO.attacks["UAP"][0], allow_pickle=False)
+    clf = CaffeClassifier.from_files(ROOT / FASHION_DEMO.baseline[0], ROOT / FASHION_DEMO.baseline[1],
+                                     get_preset("FashionNet").mean_bgr)
+    clean, perturbed = clf.labels(x), clf.labels(np.clip(x + uap, 0.0, 255.0))
+    fooled = (clean == y) & (perturbed != y)
+    assert np.flatnonzero(fooled).tolist() == [index]

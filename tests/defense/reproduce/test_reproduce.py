@@ -15,6 +15,7 @@ from defense.reproduce.config import (COMPETITORS, L2_PER_LINF, METRICS, NET, RE
 from defense.reproduce.pipeline import STAGE_NAMES, STAGES
 from attacks.runtime import TIE_TOLERANCE, onnxruntime_available
 from defense.reproduce.report import check_targets, critical_path, finish_order, ship, stages_wall_seconds
+from defense.reproduce.claims import CLAIMS_DOCS, claims_markdown, claims_span
 from defense.reproduce.runner import RUNTIME_CHECK_IMAGES, Context, ready_tasks
 from defense.reproduce.stages import (_bottom_ranked, evaluation_conditions, evaluation_images, evaluation_model_names,
                                       evaluation_models, fru_targets, masked_restoration, training_perturbations)
@@ -406,6 +407,33 @@ def test_committed_results_carry_no_machine_paths(root):
         strings = re.findall(r'"((?:[^"\\]|\\.)*)"', path.read_text())
         absolute = [s for s in strings if s.startswith("/") or re.match(r"^[A-Za-z]:\\", s)]
         assert not absolute, (path, absolute[:3])
+
+
+def test_committed_claims_tables_are_the_committed_runs(root):
+    """README, docs/reproduction.md and results/fashion/claims.md show the claims of the committed
+    aggregate (results/fashion/summary.json), as the run wrote them: K >= 5 seeds, every claim
+    judged, no table left by hand."""
+    summary = json.loads((root / "results" / "fashion" / "summary.json").read_text())
+    assert len(summary["seeds"]) >= 5
+    table = claims_markdown(summary["claims"])
+    assert (root / "results" / "fashion" / "claims.md").read_text() == table
+    for doc in CLAIMS_DOCS:
+        text, start, stop = claims_span(root / doc)
+        assert text[start:stop] == "\n" + table, doc
+    assert {c["verdict"] for c in summary["claims"]} <= {"reproduced", "not reproduced", "inconclusive"}
+
+
+def test_docs_result_tables_are_copied_from_the_committed_run(root):
+    """Every table of docs/reproduction.md's Results section stands verbatim in the committed
+    results/fashion/results.md, so no number there is typed by hand or left from an older run."""
+    doc = (root / "docs" / "reproduction.md").read_text()
+    section = doc[doc.index("\n## Results\n"):]
+    section = section[:section.index("\n## ", 1)]
+    tables = [m.group(0) for m in re.finditer(r"(?m)(^\|.*\|\n)+", section)]
+    assert tables
+    results = (root / "results" / "fashion" / "results.md").read_text()
+    for table in tables:
+        assert table in results, table.splitlines()[0]
 
 
 def test_critical_path_follows_what_each_stage_waited_for():
