@@ -40,11 +40,16 @@ def bar_chart(path: Path, groups: Sequence[str], series: Mapping[str, Sequence[f
     import matplotlib.pyplot as plt
 
     width = 0.8 / len(series)
+    # tab20's dark shades (tab10's colours) first, then its light ones: 20 distinct colours, where
+    # matplotlib's default cycle repeats after 10 (13 reproduction columns drew FRU and FD alike)
+    tab20 = plt.get_cmap("tab20").colors
+    colours = tab20[0::2] + tab20[1::2]
     fig, ax = plt.subplots(figsize=figsize)
     for i, (name, values) in enumerate(series.items()):
         yerr = None if errors is None else errors[name]
         bars = ax.bar(np.arange(len(groups)) + (i - (len(series) - 1) / 2) * width, values, width, label=name,
-                      yerr=yerr, capsize=2 if yerr is not None else 0, error_kw=dict(lw=0.8))
+                      color=colours[i % len(colours)], yerr=yerr, capsize=2 if yerr is not None else 0,
+                      error_kw=dict(lw=0.8))
         if value_labels:
             ax.bar_label(bars, fmt="%.2f", fontsize=7)
     ax.set_xticks(np.arange(len(groups)), list(groups), **(tick_style or {}))

@@ -134,3 +134,17 @@ def test_cli_missing_weights_is_one_line(tmp_path, capsys):
                           "--baseline-prototxt", str(proto), "--baseline-weights", str(tmp_path / "no.caffemodel")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "no.caffemodel: caffemodel not found" in err
+
+
+def test_bar_chart_gives_each_of_thirteen_series_its_own_colour(tmp_path):
+    """The reproduction draws 13 columns; matplotlib's default cycle repeats after 10."""
+    from PIL import Image
+
+    from defense.evaluate.report import bar_chart
+
+    path = bar_chart(tmp_path / "bars.png", ["case"], {f"model{i}": [1.0] for i in range(13)}, "t", (8, 3),
+                     (0.0, 2.0), legend=dict(loc="upper left", fontsize=5))
+    rgb = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3)
+    colours, counts = np.unique(rgb, axis=0, return_counts=True)
+    bars = colours[(counts > 5000) & (colours.min(axis=1) < 255)]  # a bar is ~8,000 pixels; white excluded
+    assert len(bars) == 13
