@@ -138,15 +138,16 @@ def test_training_changes_only_the_defence(name, generated, tmp_path, root, monk
 def test_short_training_restores_uaps_better_than_the_baseline(generated, tmp_path, root, monkeypatch):
     """40 iterations at batch 16 on the shipped l_inf UAP (xi 50), HGD at Adam lr 0.002 (its default
     0.001 is set for the FRUs' thousands of iterations); evaluated on 300 test images, which the
-    training never saw, under the same UAP. Measured: perturbed top-1 baseline 0.243, PRN 0.68,
-    HGD 0.37 (the assertions keep a margin for thread-count rounding)."""
+    training never saw, under the same UAP. Measured on the shipped files of the K = 5 run's seed 0:
+    perturbed top-1 baseline 0.297, PRN 0.717, HGD 0.38 (asserted to 0.03, 9 images, for
+    thread-count rounding; HGD's 40 iterations gain 25 images over the baseline, PRN's 126)."""
     monkeypatch.chdir(root)
     preset = get_preset("FashionNet")
     x, y = FashionMnist("test").take(np.arange(300))
     uap = np.load(root / UAP)
     base = CaffeClassifier.from_files(root / preset.deploy, root / FASHION_WEIGHTS, preset.mean_bgr)
     base_hits = float((base.labels(x + uap) == y).mean())
-    assert base_hits == pytest.approx(0.2433, abs=1e-4)
+    assert base_hits == pytest.approx(0.2967, abs=1e-4)
     measured = {}
     for name, lr in (("prn", None), ("hgd", 0.002)):
         folder = tmp_path / name
@@ -155,8 +156,8 @@ def test_short_training_restores_uaps_better_than_the_baseline(generated, tmp_pa
         clf = CaffeClassifier.from_files(folder / get_competitor(name).file_name, folder / "trained.caffemodel",
                                          preset.mean_bgr)
         measured[name] = float((clf.labels(x + uap) == y).mean())
-    assert measured["prn"] >= base_hits + 0.30, measured
-    assert measured["hgd"] >= base_hits + 0.08, measured
+    assert measured == pytest.approx({"prn": 0.7167, "hgd": 0.38}, abs=0.03), measured
+    assert measured["prn"] >= base_hits + 0.30 and measured["hgd"] >= base_hits + 0.05, measured
 
 
 # ---------------------------------------------------------------- PRN's detector
