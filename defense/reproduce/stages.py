@@ -316,10 +316,11 @@ def case_result(case: Case, models: Sequence[str], labels: np.ndarray, preds: di
             "baseline": "baseline", "restoration_denominator": denominator, "models": rows}
 
 
-def evaluation_conditions(ctx: Context, n: int) -> list:
-    """Clean, then one condition per case: its perturbations and the file drawn for each image."""
+def evaluation_conditions(ctx: Context, n: int, cases: Optional[Sequence[Case]] = None) -> list:
+    """Clean, then one condition per case (default: every evaluated case): its perturbations and
+    the file drawn for each image."""
     conditions = [Condition("clean")]
-    for case in eval_cases(ctx.cfg):
+    for case in eval_cases(ctx.cfg) if cases is None else cases:
         perts = np.stack([p for s in case.sets for p in ctx.perturbations(s)])
         conditions.append(Condition(case.key, perts, draw_choices(n, len(perts), ctx.cfg.eval_seed)))
     return conditions
