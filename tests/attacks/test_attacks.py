@@ -40,6 +40,32 @@ def _relative_error(a, b):
 # ---------------------------------------------------------------- classifier
 
 
+def test_gradient_net_skips_frozen_weight_gradients(net_files, data):
+    """The attacks' nets (frozen weights, force_backward) give the input gradient without
+    computing any weight gradient (caffe_build/patches/force-backward-keeps-frozen-params.patch);
+    the input gradient is the one of the same net with trainable weights, byte for byte."""
+    from attacks.classifier import load_gradient_net
+    from defense.core import load_net
+    prototxt, weights = net_files
+    frozen = load_gradient_net(prototxt, weights)
+    trainable = load_net(prototxt, weights, force_backward=True)
+    x = data[0][:8] - np.float32(MEAN[0])
+    gradients = []
+    for net in (frozen, trainable):
+        net.blobs["data"].reshape(*x.shape)
+        net.reshape()
+        net.blobs["data"].data[...] = x
+        out = net.forward()
+        top = list(out)[0]
+        net.blobs[top].diff[...] = np.random.default_rng(3).normal(size=net.blobs[top].diff.shape)
+        net.backward()
+        gradients.append(net.blobs["data"].diff.copy())
+    assert np.abs(gradients[0]).sum() > 0
+    np.testing.assert_array_equal(gradients[0], gradients[1])
+    assert all(not blob.diff.any() for blobs in frozen.params.values() for blob in blobs)
+    assert any(blob.diff.any() for blobs in trainable.params.values() for blob in blobs)
+
+
 def test_classifier_is_trained_and_batch_independent(clf, data):
     _, held, y = data
     assert np.mean(clf.labels(held) == y) > 0.75
