@@ -19,7 +19,7 @@ from attacks.metrics import restoration_accuracy, topk_accuracy
 from ..core import load_blobs, set_mode, write_bytes, write_net_param, write_text
 from ..data import ArraySource
 from ..evaluate.compare import Model, add_restoration, metric_rows
-from ..evaluate.conditions import Condition, draw_choices, predict_conditions
+from ..evaluate.conditions import Condition, Predictions, draw_choices, predict_conditions
 from ..evaluate.peers import make_peer
 from ..generate import build_fru, fru_solver_param, load_base_blobs, save_net_weights, write_outputs
 from ..generate.build import write_competitor
@@ -32,7 +32,7 @@ from ..presets import FruTarget, fru_names
 from ..train import TrainOptions, train
 from ..train.baseline import BaselineOptions, train_fashionnet
 from ..train.batches import stack_perturbations
-from ..train.detector import Detector, DetectorGated, detection_rates, detector_flags, train_detector
+from ..train.detector import Detector, DetectorGated, detection_rates, detector_flags, gate, train_detector
 from .attack_stages import compute_set, set_summary
 from .config import NET, Case, ReproConfig, attack_sets, eval_cases, train_extra_sets
 from .runner import Context, save_json
@@ -273,36 +273,49 @@ def evaluation_images(ctx: Context) -> Tuple[np.ndarray, np.ndarray]:
     return test.arrays()
 
 
+GATED = "prn_detector"
+"""PRN gated by its detector: a column of the results whose predictions the evaluation derives
+from the ``prn`` and ``baseline`` columns and the detector's flags (``gated_predictions``)."""
+
+
 def evaluation_model_names(cfg: ReproConfig) -> List[str]:
     """The evaluated models: the trained nets, an image-domain peer in front of the baseline, the
     trained competitors, and PRN gated by its detector."""
     return (["baseline", "fru", "fru_secondary", "fru_bottom"] + [make_peer(s).key for s in cfg.peers]
-            + ["adv_finetune"] + list(DEFENCE_REGISTRY) + ["prn_detector"])
+            + ["adv_finetune"] + list(DEFENCE_REGISTRY) + [GATED])
 
 
 def evaluation_models(ctx: Context, names: Optional[Sequence[str]] = None) -> Dict[str, Model]:
     """name -> ``evaluate.Model`` for ``names`` (default: all), forward passes in ``ctx.runtime``;
     only the nets these models need are loaded (and, in onnxruntime, checked). PRN's detector
-    reads the PRN's output blob, so the gated PRN runs in Caffe."""
+    reads the PRN's output blob, so the gated PRN (``DetectorGated``) runs the PRN in Caffe;
+    ``stage_evaluate`` does not classify with it but derives its predictions (``gated_predictions``)."""
     peers = {peer.key: peer for peer in map(make_peer, ctx.cfg.peers)}
 
     def model(name: str) -> Model:
         if name in peers:
             return Model(name, ctx.forward_classifier("baseline"), peers[name])
-        if name == "prn_detector":
+        if name == GATED:
             return Model(name, DetectorGated(ctx.classifier("prn"), ctx.forward_classifier("baseline"),
                                              Detector.load(ctx.detector_path())))
         return Model(name, ctx.forward_classifier(name))
     return {name: model(name) for name in names or evaluation_model_names(ctx.cfg)}
 
 
-def detector_rates(ctx: Context) -> Dict[str, dict]:
-    """PRN's detector per case: detection rate on the case's perturbed images, false alarms on the clean ones."""
-    x, _ = evaluation_images(ctx)
-    detector, prn, batch = Detector.load(ctx.detector_path()), ctx.classifier("prn"), ctx.cfg.eval_batch
-    clean = detector_flags(detector, prn, x, batch)
-    return {cond.name: detection_rates(clean, [detector_flags(detector, prn, x + cond.perturbations[cond.choice], batch)])
-            for cond in evaluation_conditions(ctx, len(x))[1:]}
+def condition_flags(detector: Detector, prn, x: np.ndarray, conditions: Sequence[Condition],
+                    batch_size: int) -> Dict[str, np.ndarray]:
+    """condition -> whether PRN's detector fires on each image of ``x`` under it: clean, or with
+    ``perturbations[choice[i]]`` on image i, unclipped, as ``predict_conditions`` feeds them."""
+    return {c.name: detector_flags(detector, prn, x if c.perturbations is None else x + c.perturbations[c.choice],
+                                   batch_size) for c in conditions}
+
+
+def gated_predictions(flags: Dict[str, np.ndarray], prn: Dict[str, Predictions],
+                      baseline: Dict[str, Predictions]) -> Dict[str, Predictions]:
+    """PRN gated by its detector, per condition, from the PRN's and the baseline's predictions
+    (top-1 label and top-5 hit per image): ``gate``, the rule ``DetectorGated`` applies to logits."""
+    return {name: Predictions(gate(f, prn[name].top1, baseline[name].top1), gate(f, prn[name].top5, baseline[name].top5))
+            for name, f in flags.items()}
 
 
 def case_result(case: Case, models: Sequence[str], labels: np.ndarray, preds: dict, n_perts: int,
@@ -347,11 +360,16 @@ def _predict_worker(cfg: ReproConfig, out: Path, gpu: Optional[int], jobs: int, 
 def stage_evaluate(ctx: Context) -> dict:
     """Every case on the test split for every model, in one pass over the images
     (``defense.conditions``: clean images classified once per model; resumable). With
-    ``jobs`` > 1 the models are split between worker processes."""
+    ``jobs`` > 1 the models are split between worker processes.
+
+    PRN gated by its detector is not run as a model: the detector's flags, computed once per
+    condition (the PRN in Caffe, up to its output), give both its detection and false-alarm rates
+    and its predictions, taken from the ``prn`` and ``baseline`` columns (``gated_predictions``)."""
     folder = ctx.folder("evaluate")
     names = evaluation_model_names(ctx.cfg)
+    predicted = [name for name in names if name != GATED]
     if ctx.jobs > 1:
-        groups = [names[i::ctx.jobs] for i in range(ctx.jobs)]
+        groups = [predicted[i::ctx.jobs] for i in range(ctx.jobs)]
         with ProcessPoolExecutor(len(groups), mp_context=multiprocessing.get_context("spawn")) as pool:
             parts = list(pool.map(_predict_worker, *zip(*[
                 (ctx.cfg, ctx.out, ctx.gpu, ctx.jobs, ctx.runtime, dict(ctx.keys), g, folder / f"predictions_{i}.npz")
@@ -360,12 +378,15 @@ def stage_evaluate(ctx: Context) -> dict:
         for _, _, checks in parts:
             ctx.runtime_checks.update(checks)
     else:
-        labels, preds = predict_models(ctx, names, folder / "predictions.npz")
+        labels, preds = predict_models(ctx, predicted, folder / "predictions.npz")
+    x, _ = evaluation_images(ctx)
+    flags = condition_flags(Detector.load(ctx.detector_path()), ctx.classifier("prn"), x,
+                            evaluation_conditions(ctx, len(x)), ctx.cfg.eval_batch)
+    preds[GATED] = gated_predictions(flags, preds["prn"], preds["baseline"])
     out = {}
-    rates = detector_rates(ctx)
     for case in eval_cases(ctx.cfg):
         n_perts = sum(len(ctx.perturbations(s)) for s in case.sets)
         result = case_result(case, names, labels, preds, n_perts, ctx.cfg.eval_seed)
-        result["models"]["prn_detector"].update(rates[case.key])
+        result["models"][GATED].update(detection_rates(flags["clean"], [flags[case.key]]))
         out[case.key] = str(save_json(folder / f"{case.key}.json", result))
     return out

@@ -102,13 +102,26 @@ def fit_detector(clean: np.ndarray, perturbed: np.ndarray, c: float = 1.0, seed:
     return Detector(mean, scale, svm.coef_.ravel().astype(np.float64), float(svm.intercept_[0]))
 
 
+def prn_features(prn, x: np.ndarray, batch_size: int, out_blob: str = "prn/out", blobs: Sequence[str] = ()
+                 ) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+    """DCT features of ``input - PRN(input)`` and the values of ``blobs``, in one pass.
+
+    Each batch's forward pass stops at the last of these blobs (``CaffeClassifier.forward_batch``
+    runs the layers up to their producers), so without ``blobs`` only the PRN runs, not the
+    classifier behind it.
+
+    :param prn: a ``CaffeClassifier`` of ``deploy_PRN.prototxt``.
+    """
+    values = prn.blob_values(x, [prn.input_blob, out_blob, *blobs], batch_size)
+    return dct_features(values[prn.input_blob] - values[out_blob]), {b: values[b] for b in blobs}
+
+
 def prn_outputs(prn, x: np.ndarray, batch_size: int, out_blob: str = "prn/out") -> Tuple[np.ndarray, np.ndarray]:
     """Logits of the PRN-defended classifier and DCT features of ``input - PRN(input)``, in one pass.
 
     :param prn: a ``CaffeClassifier`` of ``deploy_PRN.prototxt``.
     """
-    values = prn.blob_values(x, [prn.input_blob, out_blob, prn.logits_blob], batch_size)
-    feats = dct_features(values[prn.input_blob] - values[out_blob])
+    feats, values = prn_features(prn, x, batch_size, out_blob, [prn.logits_blob])
     return values[prn.logits_blob].reshape(len(x), -1), feats
 
 
@@ -122,7 +135,7 @@ def train_detector(prn, source: DataSource, perturbations: np.ndarray, images: i
     x = np.array(x, dtype=np.float32)
     half = n // 2
     x[half:] += perturbations[rng.integers(len(perturbations), size=n - half)]
-    _, feats = prn_outputs(prn, x, batch_size)
+    feats, _ = prn_features(prn, x, batch_size)
     detector = fit_detector(feats[:half], feats[half:], c, seed)
     fired = detector.fires(feats)
     return detector, {"images": n, "train_detection_rate": float(fired[half:].mean()),
@@ -130,8 +143,9 @@ def train_detector(prn, source: DataSource, perturbations: np.ndarray, images: i
 
 
 def detector_flags(detector: Detector, prn, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """Whether the detector fires on each image of ``x`` (PRN's DCT features, then the SVM)."""
-    return detector.fires(prn_outputs(prn, x, batch_size)[1])
+    """Whether the detector fires on each image of ``x`` (PRN's DCT features, then the SVM; the
+    forward pass stops at the PRN's output)."""
+    return detector.fires(prn_features(prn, x, batch_size)[0])
 
 
 def detection_rates(clean_flags: np.ndarray, perturbed_flags: Sequence[np.ndarray]) -> Dict[str, float]:
@@ -141,14 +155,27 @@ def detection_rates(clean_flags: np.ndarray, perturbed_flags: Sequence[np.ndarra
             "detection_rate": float(np.mean([np.mean(f) for f in perturbed_flags])) if len(perturbed_flags) else None}
 
 
+def gate(fires: np.ndarray, rectified: np.ndarray, plain: np.ndarray) -> np.ndarray:
+    """Akhtar et al.'s test-time rule, per image: the PRN's output where the detector ``fires``,
+    the undefended baseline's elsewhere.
+
+    :param rectified: the PRN's outputs, ``plain`` the baseline's, image axis first: logits
+        (N, classes), or per-image results such as top-1 labels and top-5 hits (N,).
+    """
+    fires = np.asarray(fires, dtype=bool)
+    rectified = np.asarray(rectified)
+    if fires.shape != rectified.shape[:1] or np.shape(plain) != rectified.shape:
+        raise ValueError(f"gate: {fires.shape} flags, PRN outputs {rectified.shape}, baseline outputs {np.shape(plain)}")
+    return np.where(fires.reshape(fires.shape + (1,) * (rectified.ndim - 1)), rectified, plain)
+
+
 class DetectorGated:
     """PRN with its detector, as a classifier: the PRN's logits where the detector fires, the
-    undefended baseline's elsewhere (Akhtar et al.'s test-time rule)."""
+    undefended baseline's elsewhere (``gate``)."""
 
     def __init__(self, prn, baseline, detector: Detector):
         self.prn, self.baseline, self.detector = prn, baseline, detector
 
     def logits(self, x: np.ndarray, batch_size=None) -> np.ndarray:
         rectified, feats = prn_outputs(self.prn, x, batch_size)
-        plain = self.baseline.logits(x, batch_size)
-        return np.where(self.detector.fires(feats)[:, None], rectified, plain)
+        return gate(self.detector.fires(feats), rectified, self.baseline.logits(x, batch_size))

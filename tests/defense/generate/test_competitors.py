@@ -11,13 +11,15 @@ from google.protobuf import text_format
 
 from attacks.classifier import CaffeClassifier
 from defense.core import ToolkitError, caffe, caffe_pb2, check_net_builds, load_blobs, net_param_text
-from defense.data import FashionMnist
+from defense.evaluate.conditions import Condition, draw_choices, predict_conditions
+from defense.data import ArraySource, FashionMnist
 from defense.generate.__main__ import main as generate_main
 from defense.generate.competitors import (CLEAN_BLOB, COMPETITORS, DEFENCES, Competitor, build_prepended, get_competitor,
                                           prepend_layout)
 from defense.networks import BUILDERS, build_baseline
 from defense.presets import get_preset
-from defense.train.detector import DCT_EPS, Detector, dct_features, detection_rates, fit_detector
+from defense.train.detector import (DCT_EPS, Detector, DetectorGated, dct_features, detection_rates, fit_detector, gate,
+                                    prn_features, prn_outputs)
 
 FASHION_WEIGHTS = "weights/FashionNet/fashionnet.caffemodel"
 UAP = "attacks/samples/FashionNet/uap_linf.npy"
@@ -204,6 +206,58 @@ def test_detection_rates_average_the_perturbed_sets_and_flag_clean_images_once()
     perturbed = [np.array([True, True, False, False]), np.array([True, True, True, True])]
     assert detection_rates(clean, perturbed) == {"false_alarm_rate": 0.25, "detection_rate": 0.75}
     assert detection_rates(clean, []) == {"false_alarm_rate": 0.25, "detection_rate": None}
+
+
+def test_gate_takes_the_prns_output_where_the_detector_fires():
+    fires = np.array([True, False, True])
+    assert gate(fires, np.array([1, 2, 3]), np.array([7, 8, 9])).tolist() == [1, 8, 3]
+    logits = gate(fires, np.ones((3, 2)), np.zeros((3, 2)))
+    assert logits.tolist() == [[1, 1], [0, 0], [1, 1]]
+    with pytest.raises(ValueError, match=r"gate: \(2,\) flags, PRN outputs \(3,\)"):
+        gate(fires[:2], np.zeros(3), np.zeros(3))
+
+
+def test_gated_predictions_from_the_prn_and_baseline_columns_equal_detector_gated(generated, root):
+    """The evaluation stage's prn_detector column (detector flags per condition, then the ``prn`` and
+    ``baseline`` columns' predictions gated) equals classifying with ``DetectorGated``, both in Caffe.
+    The PRN: the generated one with random ``prn/conv_out`` weights (scale 0.1), so that it changes
+    the images and disagrees with the baseline on 75 clean and 111 perturbed of the 200 test images;
+    its detector fitted on them (100 clean, 100 under the shipped UAP)."""
+    from defense.reproduce.stages import condition_flags, gated_predictions
+
+    preset = get_preset("FashionNet")
+    x, y = FashionMnist("test").take(np.arange(200))
+    x = np.asarray(x, np.float32)
+    uap = np.load(root / UAP)
+    prn = CaffeClassifier.from_files(generated["prn"] / "deploy_PRN.prototxt", generated["prn"] / "init.caffemodel",
+                                     preset.mean_bgr)
+    weights = prn.net.params["prn/conv_out"][0].data
+    weights[...] = np.random.default_rng(3).normal(scale=0.1, size=weights.shape)
+    base = CaffeClassifier.from_files(root / preset.deploy, root / FASHION_WEIGHTS, preset.mean_bgr)
+    detector = fit_detector(prn_features(prn, x[:100], 50)[0], prn_features(prn, x[100:] + uap, 50)[0])
+    # the flags' pass stops at the PRN's output: the classifier's logits blob is not written
+    prn.net.blobs[prn.logits_blob].data[...] = 7.0
+    feats, _ = prn_features(prn, x[:50], 50)
+    assert (prn.net.blobs[prn.logits_blob].data == 7.0).all()
+    np.testing.assert_array_equal(feats, prn_outputs(prn, x[:50], 50)[1])
+
+    conditions = [Condition("clean"), Condition("uap", np.stack([uap, -uap]), draw_choices(len(x), 2, 0))]
+    labels, preds = predict_conditions({"prn": prn, "baseline": base, "gated": DetectorGated(prn, base, detector)},
+                                       ArraySource(x, y), conditions, 50, progress=False)
+    flags = condition_flags(detector, prn, x, conditions, 50)
+    derived = gated_predictions(flags, preds["prn"], preds["baseline"])
+    assert list(derived) == ["clean", "uap"]
+    for c in conditions:
+        np.testing.assert_array_equal(derived[c.name].top1, preds["gated"][c.name].top1)
+        np.testing.assert_array_equal(derived[c.name].top5, preds["gated"][c.name].top5)
+        disagree = preds["prn"][c.name].top1 != preds["baseline"][c.name].top1
+        assert (disagree & flags[c.name]).any() and (disagree & ~flags[c.name]).any(), c.name  # both branches taken
+    top1 = {(m, c.name): float(np.mean(p[c.name].top1 == labels)) for m, p in preds.items() for c in conditions}
+    assert top1 == pytest.approx({("prn", "clean"): 0.575, ("prn", "uap"): 0.3, ("baseline", "clean"): 0.915,
+                                  ("baseline", "uap"): 0.505, ("gated", "clean"): 0.895, ("gated", "uap"): 0.315},
+                                 abs=0.01)
+    assert detection_rates(flags["clean"], [flags["uap"]]) == pytest.approx(
+        {"false_alarm_rate": 0.04, "detection_rate": 0.93}, abs=0.01)
 
 # ---------------------------------------------------------------- ONNX export
 def _toy_net(side: int) -> "caffe_pb2.NetParameter":
