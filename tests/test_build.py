@@ -117,21 +117,23 @@ class DoubleLayer(caffe.Layer):
         bottom[0].diff[...] = 2 * top[0].diff
 
 
-def _pool_relu_net(tmp_path, slope: float):
-    """Input -> max pooling (3x3, stride 2, pad 1: windows cut by the border) -> ReLU, with
-    gradients to the input: the two layers our branch-free CPU patch rewrites."""
+def _pool_relu_net(tmp_path, slope: float, pad: int = 1):
+    """Input -> max pooling (3x3, stride 2; pad 1 cuts windows at the border, pad 0 keeps every
+    window whole, the patch's unrolled path) -> ReLU, with gradients to the input: the two layers
+    our branch-free CPU patch rewrites."""
     n = caffe.NetSpec()
     n.data = L.Input(shape=dict(dim=[2, 3, 7, 8]))
-    n.pool = L.Pooling(n.data, pool=P.Pooling.MAX, kernel_size=3, stride=2, pad=1)
+    n.pool = L.Pooling(n.data, pool=P.Pooling.MAX, kernel_size=3, stride=2, pad=pad)
     n.relu = L.ReLU(n.pool, negative_slope=slope)
     net = n.to_proto()
     net.force_backward = True
-    return caffe.Net(str(write_net_param(tmp_path / f"pool_relu_{slope}.prototxt", net)), caffe.TEST)
+    return caffe.Net(str(write_net_param(tmp_path / f"pool_relu_{slope}_{pad}.prototxt", net)), caffe.TEST)
 
 
 def _max_pool_reference(x, k=3, stride=2, pad=1):
     """Caffe's max pooling: windows clipped to the image, the first maximum (in row-major order)
-    wins ties, NaN never wins; returns the output and each output's flat input index."""
+    wins ties, NaN never wins, a window with nothing above -FLT_MAX gives -FLT_MAX at its first
+    element; returns the output and each output's flat input index."""
     n, c, h, w = x.shape
     ph = int(np.ceil((h + 2 * pad - k) / stride)) + 1
     pw = int(np.ceil((w + 2 * pad - k) / stride)) + 1
@@ -141,6 +143,7 @@ def _max_pool_reference(x, k=3, stride=2, pad=1):
             h0, w0 = i * stride - pad, j * stride - pad
             rows = range(max(h0, 0), min(h0 + k, h))
             cols = range(max(w0, 0), min(w0 + k, w))
+            arg[:, :, i, j] = rows[0] * w + cols[0]  # kept where nothing beats -FLT_MAX
             for r in rows:
                 for q in cols:
                     better = x[:, :, r, q] > out[:, :, i, j]  # NaN compares False
@@ -149,16 +152,22 @@ def _max_pool_reference(x, k=3, stride=2, pad=1):
     return out, arg
 
 
+@pytest.mark.parametrize("pad", [1, 0])
 @pytest.mark.parametrize("slope", [0.0, 0.1])
-def test_max_pooling_and_relu_are_exact_with_ties_and_nan(tmp_path, slope):
-    """Bit-exact against numpy: ties (ReLU-like zeros, repeated values), a NaN, negative values;
-    the backward pass routes each gradient to the first maximum and scales it by 1 or the slope."""
-    net = _pool_relu_net(tmp_path, slope)
-    x = RNG.choice(np.array([-2.0, -0.5, 0.0, 0.0, 0.25, 1.5], np.float32), size=(2, 3, 7, 8))
+def test_max_pooling_and_relu_are_exact_with_ties_and_nan(tmp_path, slope, pad):
+    """Bit-exact against numpy: ties (ReLU-like zeros, repeated values), NaN, -inf and -FLT_MAX
+    (never the maximum), negative values; the backward pass routes each gradient to the first
+    maximum and scales it by 1 or the slope."""
+    net = _pool_relu_net(tmp_path, slope, pad)
+    lowest = -np.finfo(np.float32).max
+    x = RNG.choice(np.array([-2.0, -0.5, 0.0, 0.0, 0.25, 1.5, np.nan, -np.inf, lowest], np.float32),
+                   size=(2, 3, 7, 8), p=[0.14, 0.14, 0.14, 0.14, 0.14, 0.14, 0.06, 0.06, 0.04])
     x[0, 0, 0, 1] = np.nan
+    x[1, 1, :3, :3] = [[np.nan, -np.inf, lowest], [-np.inf, np.nan, np.nan], [lowest, -np.inf, np.nan]]
+    x[1, 2, :3, :3] = [[-np.inf, -np.inf, -0.5], [np.nan, 1.5, 1.5], [1.5, -0.5, np.nan]]
     net.blobs["data"].data[...] = x
     net.forward()
-    pooled, arg = _max_pool_reference(x)
+    pooled, arg = _max_pool_reference(x, pad=pad)
     np.testing.assert_array_equal(net.blobs["pool"].data, pooled)
     relu = np.where(pooled > 0, pooled, pooled * np.float32(slope))
     np.testing.assert_array_equal(net.blobs["relu"].data, relu)
