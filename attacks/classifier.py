@@ -55,8 +55,9 @@ WEIGHTED_LAYERS = ("Convolution", "Deconvolution", "InnerProduct")
 def freeze_weights(param: "caffe_pb2.NetParameter") -> "caffe_pb2.NetParameter":
     """A copy with ``lr_mult: 0`` on every conv / fully connected weight and bias.
 
-    Caffe then skips the weight gradients in the backward pass (about half of its cost);
-    the attacks need only the gradient w.r.t. the input.
+    Caffe then skips the weight gradients in the backward pass, even with ``force_backward``
+    (caffe_build/patches/force-backward-keeps-frozen-params.patch; stock Caffe computes them
+    all); the attacks need only the gradient w.r.t. the input.
     """
     out = caffe_pb2.NetParameter()
     out.CopyFrom(param)

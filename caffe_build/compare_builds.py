@@ -1,0 +1,85 @@
+"""Time two Caffe builds side by side: what a patch in patches/ buys.
+
+    python caffe_build/compare_builds.py OLD_PYCAFFE NEW_PYCAFFE NET [NET ...] [--rounds 5]
+
+OLD_PYCAFFE and NEW_PYCAFFE are the ``src/python`` folders of two builds in the cache
+(``~/.cache/fru-toolkit/caffe/<variant>-<key>/src/python``). A NET is a train prototxt (one
+training step: forward and backward, seeded random inputs, Caffe TRAIN phase) or
+``DEPLOY:WEIGHTS`` (the attacks' gradient net, ``attacks.classifier.load_gradient_net``, at
+batch 50: forward and input gradient). Each round times 8 repetitions in one subprocess per
+build, one OpenBLAS thread each, the builds' order alternating; it prints the median times and
+the median of the per-round ratios new/old.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CHILD = r'''
+import sys, time, numpy as np
+sys.path.insert(0, sys.argv[3])
+import caffe
+caffe.set_mode_cpu()
+if ":" in sys.argv[1]:
+    from attacks.classifier import load_gradient_net
+    net = load_gradient_net(*sys.argv[1].split(":"))
+    net.blobs["data"].reshape(50, *net.blobs["data"].data.shape[1:])
+    net.reshape()
+else:
+    net = caffe.Net(sys.argv[1], caffe.TRAIN)
+rng = np.random.default_rng(0)
+for name in net.inputs:
+    blob = net.blobs[name]
+    blob.data[...] = rng.integers(0, 10, blob.data.shape) if name == "label" else rng.normal(0, 40, blob.data.shape)
+for blobs in net.params.values():
+    for p in blobs:
+        if p.data.ndim > 1 and not p.data.any():  # zero-initialised layers (FD's 1x1 convs) get weights
+            p.data[...] = rng.normal(0, 0.01, p.data.shape)
+last = list(net.blobs)[-1]
+def step():
+    net.forward()
+    net.blobs[last].diff[...] = 1.0
+    net.backward()
+step()
+times = []
+for _ in range(int(sys.argv[2])):
+    t = time.perf_counter(); step(); times.append(time.perf_counter() - t)
+print(sorted(times)[len(times) // 2])
+'''
+
+
+def time_net(pycaffe: str, net: str, reps: int) -> float:
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", GLOG_minloglevel="2", PYTHONPATH=pycaffe)
+    out = subprocess.run([sys.executable, "-c", CHILD, net, str(reps), str(ROOT)], env=env,
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.split()[-1])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("old")
+    parser.add_argument("new")
+    parser.add_argument("nets", nargs="+")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args(argv)
+    for net in args.nets:
+        times = {"old": [], "new": []}
+        for r in range(args.rounds):
+            for which in (("old", "new") if r % 2 == 0 else ("new", "old")):
+                times[which].append(time_net(getattr(args, which), net, 8))
+        ratios = [n / o for n, o in zip(times["new"], times["old"])]
+        print(json.dumps({"net": net, "old_ms": round(1000 * statistics.median(times["old"]), 1),
+                          "new_ms": round(1000 * statistics.median(times["new"]), 1),
+                          "new_over_old": round(statistics.median(ratios), 3),
+                          "ratios": [round(x, 3) for x in ratios]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
