@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from defense.bench import paired_ratio
+
 ROOT = Path(__file__).resolve().parent.parent
 CHILD = r'''
 import sys, time, numpy as np
@@ -73,11 +75,10 @@ def main(argv=None) -> int:
         for r in range(args.rounds):
             for which in (("old", "new") if r % 2 == 0 else ("new", "old")):
                 times[which].append(time_net(getattr(args, which), net, 8))
-        ratios = [n / o for n, o in zip(times["new"], times["old"])]
         print(json.dumps({"net": net, "old_ms": round(1000 * statistics.median(times["old"]), 1),
                           "new_ms": round(1000 * statistics.median(times["new"]), 1),
-                          "new_over_old": round(statistics.median(ratios), 3),
-                          "ratios": [round(x, 3) for x in ratios]}))
+                          "new_over_old": round(paired_ratio(times["new"], times["old"]), 3),
+                          "ratios": [round(n / o, 3) for n, o in zip(times["new"], times["old"])]}))
     return 0
 
 

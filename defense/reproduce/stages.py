@@ -32,7 +32,7 @@ from ..presets import FruTarget, fru_names
 from ..train import TrainOptions, train
 from ..train.baseline import BaselineOptions, train_fashionnet
 from ..train.batches import stack_perturbations
-from ..train.detector import Detector, DetectorGated, detection_rates, detector_flags, gate, train_detector
+from ..train.detector import Detector, detection_rates, detector_flags, gate, train_detector
 from .attack_stages import compute_set, set_summary
 from .config import NET, Case, ReproConfig, attack_sets, eval_cases, train_extra_sets
 from .runner import Context, save_json
@@ -285,21 +285,21 @@ def evaluation_model_names(cfg: ReproConfig) -> List[str]:
             + ["adv_finetune"] + list(DEFENCE_REGISTRY) + [GATED])
 
 
+def classified_model_names(cfg: ReproConfig) -> List[str]:
+    """The evaluated models that classify the images themselves: every column but ``GATED``."""
+    return [name for name in evaluation_model_names(cfg) if name != GATED]
+
+
 def evaluation_models(ctx: Context, names: Optional[Sequence[str]] = None) -> Dict[str, Model]:
-    """name -> ``evaluate.Model`` for ``names`` (default: all), forward passes in ``ctx.runtime``;
-    only the nets these models need are loaded (and, in onnxruntime, checked). PRN's detector
-    reads the PRN's output blob, so the gated PRN (``DetectorGated``) runs the PRN in Caffe;
-    ``stage_evaluate`` does not classify with it but derives its predictions (``gated_predictions``)."""
+    """name -> ``evaluate.Model`` for ``names`` (default: every classified model), forward passes
+    in ``ctx.runtime``; only the nets these models need are loaded (and, in onnxruntime, checked)."""
     peers = {peer.key: peer for peer in map(make_peer, ctx.cfg.peers)}
 
     def model(name: str) -> Model:
         if name in peers:
             return Model(name, ctx.forward_classifier("baseline"), peers[name])
-        if name == GATED:
-            return Model(name, DetectorGated(ctx.classifier("prn"), ctx.forward_classifier("baseline"),
-                                             Detector.load(ctx.detector_path())))
         return Model(name, ctx.forward_classifier(name))
-    return {name: model(name) for name in names or evaluation_model_names(ctx.cfg)}
+    return {name: model(name) for name in names or classified_model_names(ctx.cfg)}
 
 
 def condition_flags(detector: Detector, prn, x: np.ndarray, conditions: Sequence[Condition],
@@ -367,7 +367,7 @@ def stage_evaluate(ctx: Context) -> dict:
     and its predictions, taken from the ``prn`` and ``baseline`` columns (``gated_predictions``)."""
     folder = ctx.folder("evaluate")
     names = evaluation_model_names(ctx.cfg)
-    predicted = [name for name in names if name != GATED]
+    predicted = classified_model_names(ctx.cfg)
     if ctx.jobs > 1:
         groups = [predicted[i::ctx.jobs] for i in range(ctx.jobs)]
         with ProcessPoolExecutor(len(groups), mp_context=multiprocessing.get_context("spawn")) as pool:
