@@ -1,14 +1,15 @@
 """Time two Caffe builds side by side: what a patch in patches/ buys.
 
-    python caffe_build/compare_builds.py OLD_PYCAFFE NEW_PYCAFFE NET [NET ...] [--rounds 5]
+    python caffe_build/compare_builds.py OLD_PYCAFFE NEW_PYCAFFE NET [NET ...] [--rounds 5] [--reps 8]
 
 OLD_PYCAFFE and NEW_PYCAFFE are the ``src/python`` folders of two builds in the cache
 (``~/.cache/fru-toolkit/caffe/<variant>-<key>/src/python``). A NET is a train prototxt (one
 training step: forward and backward, seeded random inputs, Caffe TRAIN phase) or
 ``DEPLOY:WEIGHTS`` (the attacks' gradient net, ``attacks.classifier.load_gradient_net``, at
-batch 50: forward and input gradient). Each round times 8 repetitions in one subprocess per
-build, one OpenBLAS thread each, the builds' order alternating; it prints the median times and
-the median of the per-round ratios new/old.
+batch 50: forward and input gradient). Each round times ``--reps`` steps in one subprocess per
+build, one OpenBLAS thread each, the builds' order alternating; it prints the median times, the
+median of the per-round ratios new/old, and ``same_bytes``: whether every blob's data and diff
+after the first step hashed the same in every run of both builds.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import sys, time, numpy as np
 sys.path.insert(0, sys.argv[3])
 import caffe
 caffe.set_mode_cpu()
+caffe.set_random_seed(0)  # Dropout's masks: the same in every run, so the bytes compare
 if ":" in sys.argv[1]:
     from attacks.classifier import load_gradient_net
     net = load_gradient_net(*sys.argv[1].split(":"))
@@ -49,18 +51,24 @@ def step():
     net.blobs[last].diff[...] = 1.0
     net.backward()
 step()
+import hashlib
+digest = hashlib.sha256()
+for blob in list(net.blobs.values()) + [p for blobs in net.params.values() for p in blobs]:
+    digest.update(blob.data.tobytes()); digest.update(blob.diff.tobytes())
 times = []
 for _ in range(int(sys.argv[2])):
     t = time.perf_counter(); step(); times.append(time.perf_counter() - t)
-print(sorted(times)[len(times) // 2])
+print(digest.hexdigest(), sorted(times)[len(times) // 2])
 '''
 
 
-def time_net(pycaffe: str, net: str, reps: int) -> float:
+def time_net(pycaffe: str, net: str, reps: int) -> tuple:
+    """(SHA-256 of every blob's data and diff after the first step, median seconds of a step)."""
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", GLOG_minloglevel="2", PYTHONPATH=pycaffe)
     out = subprocess.run([sys.executable, "-c", CHILD, net, str(reps), str(ROOT)], env=env,
                          capture_output=True, text=True, check=True)
-    return float(out.stdout.split()[-1])
+    digest, seconds = out.stdout.split()[-2:]
+    return digest, float(seconds)
 
 
 def main(argv=None) -> int:
@@ -69,16 +77,20 @@ def main(argv=None) -> int:
     parser.add_argument("new")
     parser.add_argument("nets", nargs="+")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=8, help="timed steps per subprocess (default 8)")
     args = parser.parse_args(argv)
     for net in args.nets:
-        times = {"old": [], "new": []}
+        times, digests = {"old": [], "new": []}, {"old": set(), "new": set()}
         for r in range(args.rounds):
             for which in (("old", "new") if r % 2 == 0 else ("new", "old")):
-                times[which].append(time_net(getattr(args, which), net, 8))
+                digest, seconds = time_net(getattr(args, which), net, args.reps)
+                times[which].append(seconds)
+                digests[which].add(digest)
         print(json.dumps({"net": net, "old_ms": round(1000 * statistics.median(times["old"]), 1),
                           "new_ms": round(1000 * statistics.median(times["new"]), 1),
                           "new_over_old": round(paired_ratio(times["new"], times["old"]), 3),
-                          "ratios": [round(n / o, 3) for n, o in zip(times["new"], times["old"])]}))
+                          "ratios": [round(n / o, 3) for n, o in zip(times["new"], times["old"])],
+                          "same_bytes": len(digests["old"] | digests["new"]) == 1}))
     return 0
 
 
