@@ -159,8 +159,10 @@ def bench_evaluation(images: int = 1000, workers: int = 0) -> dict:
 
 
 def run_tests(report_xml: Path) -> dict:
-    """The GPU tests (tests/test_gpu.py and the GPU test of test_build.py) in a child process."""
+    """The GPU tests (tests/test_gpu.py, and the GPU tests of test_build.py and of test_conv_batching.py:
+    the CUDA path of batched convolution) in a child process."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/test_gpu.py", "tests/test_build.py",
+           "tests/test_conv_batching.py",
            f"--junitxml={report_xml}", "-p", "no:cacheprovider"]
     start = time.perf_counter()
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
