@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 import numpy as np
 
@@ -34,19 +34,6 @@ def random_net(prototxt: Path, batch: int, seed: int = 0, backward: bool = False
 def random_input(net: "caffe.Net", seed: int = 1) -> np.ndarray:
     shape = net.blobs["data"].data.shape
     return (np.random.default_rng(seed).standard_normal(shape) * 50).astype(np.float32)
-
-
-def forward_backward(net: "caffe.Net", x: np.ndarray) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
-    """Every blob after a forward pass, and every blob's gradient after a backward pass from a fixed
-    output gradient: covers each layer type of the net in both directions."""
-    net.blobs["data"].data[...] = x
-    net.forward()
-    data = {name: blob.data.copy() for name, blob in net.blobs.items()}
-    out = net.outputs[0]
-    net.blobs[out].diff[...] = np.random.default_rng(2).standard_normal(net.blobs[out].diff.shape)
-    net.backward()
-    diff = {name: blob.diff.copy() for name, blob in net.blobs.items()}
-    return data, diff
 
 
 def generated_fru_dir(name: str, out: Path, batch: int, seed: int = 0) -> Path:
