@@ -2,6 +2,7 @@
 # Pack into .gpu-bundle/ what `make gpu-check` needs on a GPU machine that has neither this
 # project's Debian libraries nor network (the lent H200: its own Python 3.12 with numpy 2, CUDA 13
 # libraries in its PyTorch wheels, dpkg). Run after `CAFFE_CUDA_ARCH=90 make setup-cuda`:
+#   BUILD      the build's cache name (gpu-check reports it)
 #   lib/       libcaffe.so of .venv-cuda's build (only the architectures it was built for)
 #   python/    pycaffe (caffe/ with _caffe.so)
 #   debs/      Debian 12 .deb files of the runtime libraries libcaffe and pycaffe load, and of
@@ -18,6 +19,7 @@ say() { printf '[gpu-bundle] %s\n' "$*"; }
 [ -f "$VENV/.caffe_build" ] || { say "no CUDA build: run 'make setup-cuda' first"; exit 2; }
 BUILD="$(cat "$VENV/.caffe_build")"
 rm -rf "$OUT" && mkdir -p "$OUT"/{lib,python,debs,wheels}
+basename "$BUILD" >"$OUT/BUILD"  # the build's cache name, which gpu-check reports
 
 # Caffe itself, symlinks resolved
 cp -L "$BUILD/build/lib/libcaffe.so.1.0.0" "$OUT/lib/"

@@ -225,6 +225,15 @@ def problems(report: dict) -> List[str]:
     return found
 
 
+def caffe_build_name() -> str:
+    """The Caffe build's cache name (its key), never a path: reports are committed."""
+    venv_record = Path(sys.prefix) / ".caffe_build"
+    if venv_record.exists():
+        return Path(venv_record.read_text().strip()).name
+    bundle_record = Path(os.environ.get("FRU_BUNDLE", "/nonexistent")) / "BUILD"
+    return bundle_record.read_text().strip() if bundle_record.exists() else "?"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="caffe_build/gpu_check.py", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -240,8 +249,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = time.perf_counter()
     report: dict = {"gpu": gpu_name(), "devices": count, "machine": platform.machine(), "cpus": os.cpu_count(),
                     "python": platform.python_version(), "numpy": np.__version__,
-                    "caffe_build": (Path(sys.prefix) / ".caffe_build").read_text().strip()
-                    if (Path(sys.prefix) / ".caffe_build").exists() else os.environ.get("FRU_BUNDLE", "?"),
+                    "caffe_build": caffe_build_name(),
                     "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     if not args.skip_tests:
         with tempfile.TemporaryDirectory() as tmp:

@@ -60,3 +60,18 @@ def test_a_broken_check_exits_1_naming_why(gpu_check, monkeypatch, tmp_path, cap
     code, _ = _run(gpu_check, monkeypatch, tmp_path, tests, sections)
     err = [line for line in capsys.readouterr().err.splitlines() if line]
     assert code == 1 and len(err) == 1 and err[0].startswith(reason)
+
+
+@pytest.mark.parametrize("where", ["venv", "bundle"])
+def test_the_report_names_the_build_by_its_cache_name_not_its_path(gpu_check, monkeypatch, tmp_path, where):
+    """Reports are committed (results/bench): a machine's folders must not appear in them."""
+    build = "cuda13.0-py3.11-np1-0123456789abcdef"
+    prefix, bundle = tmp_path / "venv", tmp_path / "bundle"
+    prefix.mkdir(), bundle.mkdir()
+    if where == "venv":
+        (prefix / ".caffe_build").write_text(f"/root/.cache/fru-toolkit/caffe/{build}\n")
+    else:
+        (bundle / "BUILD").write_text(build + "\n")
+    monkeypatch.setattr(gpu_check.sys, "prefix", str(prefix))
+    monkeypatch.setenv("FRU_BUNDLE", str(bundle))
+    assert _run(gpu_check, monkeypatch, tmp_path, _tests(), {})[1]["caffe_build"] == build
