@@ -25,7 +25,7 @@ from defense.bench import paired_ratio
 
 ROOT = Path(__file__).resolve().parent.parent
 CHILD = r'''
-import sys, time, numpy as np
+import hashlib, sys, time, numpy as np
 sys.path.insert(0, sys.argv[3])
 import caffe
 caffe.set_mode_cpu()
@@ -51,7 +51,6 @@ def step():
     net.blobs[last].diff[...] = 1.0
     net.backward()
 step()
-import hashlib
 digest = hashlib.sha256()
 for blob in list(net.blobs.values()) + [p for blobs in net.params.values() for p in blobs]:
     digest.update(blob.data.tobytes()); digest.update(blob.diff.tobytes())
