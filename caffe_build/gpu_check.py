@@ -230,8 +230,10 @@ def caffe_build_name() -> str:
     venv_record = Path(sys.prefix) / ".caffe_build"
     if venv_record.exists():
         return Path(venv_record.read_text().strip()).name
-    bundle_record = Path(os.environ.get("FRU_BUNDLE", "/nonexistent")) / "BUILD"
-    return bundle_record.read_text().strip() if bundle_record.exists() else "?"
+    bundle = os.environ.get("FRU_BUNDLE")  # set by gpu-env.sh; gpu-bundle.sh wrote BUILD there
+    if bundle and (Path(bundle) / "BUILD").exists():
+        return (Path(bundle) / "BUILD").read_text().strip()
+    return "?"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
