@@ -9,8 +9,8 @@ def negated_logits(export: Callable) -> Callable:
     negated: the logits change sign, so onnxruntime's top-1 is Caffe's bottom-1."""
     from onnx import numpy_helper
 
-    def wrong(net, param, extra_outputs=()):
-        model = export(net, param, extra_outputs)
+    def wrong(net, param, extra_outputs=(), **options):
+        model = export(net, param, extra_outputs, **options)
         gemm = [node for node in model.graph.node if node.op_type == "Gemm"][-1]
         for init in model.graph.initializer:
             if init.name in gemm.input[1:]:

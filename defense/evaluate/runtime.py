@@ -7,7 +7,7 @@ may run in onnxruntime; whatever needs a gradient (training, attacks) runs in Ca
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -18,13 +18,21 @@ from ..core import read_net_param
 from ..generate.onnx_graph import onnx_model
 
 
-def onnx_classifier(reference: CaffeClassifier, prototxt: os.PathLike | str, threads: int = 0) -> OnnxClassifier:
-    """``reference``'s net exported to ONNX (its logits as an output) and run in onnxruntime."""
+def onnx_classifier(reference: CaffeClassifier, prototxt: os.PathLike | str, threads: int = 0,
+                    blobs: Sequence[str] = ()) -> OnnxClassifier:
+    """``reference``'s net exported to ONNX and run in onnxruntime, with LRN as plain ops
+    (``onnx_graph._lrn_as_ops``: twice as fast there). Its output: the logits, or ``blobs`` alone
+    from a graph cut after them, so that only the layers they need run (PRN's rectifier without
+    the classifier behind it)."""
     net = reference.net
-    extra = [] if reference.logits_blob in net.outputs else [reference.logits_blob]
-    model = onnx_model(net, read_net_param(prototxt), extra)
-    logits_output = model.graph.output[(list(net.outputs) + extra).index(reference.logits_blob)].name
-    return OnnxClassifier(reference, model, logits_output, threads=threads, source=prototxt)
+    wanted = list(blobs) or [reference.logits_blob]
+    exposed = list(net.outputs) + [b for b in wanted if b not in net.outputs]
+    model = onnx_model(net, read_net_param(prototxt), exposed[len(net.outputs):], lrn_as_ops=True)
+    outputs = {b: model.graph.output[exposed.index(b)].name for b in wanted}
+    if blobs:
+        from onnx.utils import Extractor
+        model = Extractor(model).extract_model([i.name for i in model.graph.input], list(outputs.values()))
+    return OnnxClassifier(reference, model, outputs, threads=threads, source=prototxt)
 
 
 def classifier_for(prototxt: os.PathLike | str, weights: os.PathLike | str, mean, runtime: str = "caffe",

@@ -151,6 +151,9 @@ def _upsample(n, name: str, bottom, num_output: int, like):
     return _bn_relu(n, f"{name}_deconv", n[f"{name}_crop"])
 
 
+PRN_OUTPUT = "prn/out"  # the PRN's rectified image, the classifier's input and the detector's
+
+
 def _prn_layers(n, data, layout: PrependLayout):
     """PRN: stem conv, five residual blocks, (upsampling), a zero-initialised conv to the image's
     channels; the output is the input plus that correction (the identity before training)."""
@@ -165,8 +168,8 @@ def _prn_layers(n, data, layout: PrependLayout):
     if layout.prn_stride != 1:
         x = _upsample(n, "prn/up", x, w, data)
     residual = _conv(n, "prn/conv_out", x, layout.channels, 3, zero=True)
-    n["prn/out"] = L.Eltwise(data, residual, name="prn/out", eltwise_param=dict(operation=P.Eltwise.SUM))
-    return "prn/out"
+    n[PRN_OUTPUT] = L.Eltwise(data, residual, name=PRN_OUTPUT, eltwise_param=dict(operation=P.Eltwise.SUM))
+    return PRN_OUTPUT
 
 
 def _hgd_layers(n, data, layout: PrependLayout):

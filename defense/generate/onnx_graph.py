@@ -90,10 +90,34 @@ def _pool_attrs(p, in_shape, out_shape):
     return k, s, pad, end
 
 
-def onnx_model(net: "caffe.Net", param: "caffe_pb2.NetParameter", extra_outputs: Sequence[str] = ()):
+def _lrn_as_ops(g: _Graph, lname: str, x: str, top: str, channels: int, r) -> List[str]:
+    """Caffe's cross-channel LRN, ``x / (k + alpha / n * sum of x^2 over n channels)^beta``, as
+    plain ops: the window sums as a 1x1 Conv with a banded weight matrix (zero beyond the first
+    and last channel, as Caffe pads), the power as Exp(-beta Log(.)). The same function as ONNX's
+    LRN op to float rounding, but onnxruntime's CPU LRN kernel takes a power per element and
+    runs FashionNet at half the speed (57% of its forward pass)."""
+    size, half = int(r.local_size), (int(r.local_size) - 1) // 2
+    band = np.zeros((channels, channels, 1, 1), np.float32)
+    for c in range(channels):
+        band[c, max(0, c - half):c + half + 1] = r.alpha / size
+    squares = g.node("Mul", [x, x], f"{lname}_squares")[0]
+    k = g.const(f"{lname}_k", np.full(channels, r.k, np.float32))
+    base = g.node("Conv", [squares, g.const(f"{lname}_band", band), k], f"{lname}_base", kernel_shape=[1, 1])[0]
+    log = g.node("Log", [base], f"{lname}_log")[0]
+    minus_beta = g.const(f"{lname}_minus_beta", np.array(-r.beta, np.float32))
+    exponent = g.node("Mul", [log, minus_beta], f"{lname}_exponent")[0]
+    return g.node("Mul", [x, g.node("Exp", [exponent], f"{lname}_factor")[0]], top)
+
+
+def onnx_model(net: "caffe.Net", param: "caffe_pb2.NetParameter", extra_outputs: Sequence[str] = (),
+               lrn_as_ops: bool = False):
     """The ONNX model of a loaded net (batch dimension dynamic). ``param`` is the net's
     definition (its layer parameters); ``extra_outputs``: more blobs to expose as graph outputs
-    after the net's own (their final values), e.g. the logits before a Softmax."""
+    after the net's own (their final values), e.g. the logits before a Softmax.
+
+    :param lrn_as_ops: LRN as plain ops (``_lrn_as_ops``; faster in onnxruntime) instead of
+        ONNX's LRN op (the export's default: the op other runtimes know).
+    """
     params = {layer.name: layer for layer in param.layer}
     g = _Graph()
     helper = g.helper
@@ -160,8 +184,11 @@ def onnx_model(net: "caffe.Net", param: "caffe_pb2.NetParameter", extra_outputs:
             r = lp.lrn_param
             if r.norm_region != caffe_pb2.LRNParameter.ACROSS_CHANNELS:
                 raise ToolkitError(f"layer '{lname}': LRN WITHIN_CHANNEL has no ONNX equivalent")
-            out = g.node("LRN", bottoms, tops[0], size=int(r.local_size), alpha=float(r.alpha), beta=float(r.beta),
-                         bias=float(r.k))
+            if lrn_as_ops:
+                out = _lrn_as_ops(g, lname, bottoms[0], tops[0], shapes[net.bottom_names[lname][0]][1], r)
+            else:
+                out = g.node("LRN", bottoms, tops[0], size=int(r.local_size), alpha=float(r.alpha),
+                             beta=float(r.beta), bias=float(r.k))
         elif kind == "InnerProduct":
             ip = lp.inner_product_param
             flat = g.node("Flatten", bottoms, f"{lname}_flat", axis=int(ip.axis))[0]

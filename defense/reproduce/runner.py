@@ -121,18 +121,21 @@ class Context:
                                                                   batch_size=self.cfg.eval_batch)
         return self._classifiers[model]
 
-    def forward_classifier(self, model: str) -> CaffeClassifier:
+    def forward_classifier(self, model: str, blobs: Sequence[str] = ()) -> CaffeClassifier:
         """A classifier for forward passes only, in ``runtime``: with ``onnx``, the Caffe net exported
-        to onnxruntime (one thread per worker when stages run side by side), its top-1 checked
-        against Caffe's on ``RUNTIME_CHECK_IMAGES`` training images first."""
+        to onnxruntime (one thread per worker when stages run side by side), checked against Caffe
+        on ``RUNTIME_CHECK_IMAGES`` training images first (``OnnxClassifier.verify``). Its outputs:
+        the logits, or ``blobs`` alone (``defense.evaluate.runtime.onnx_classifier``)."""
         if self.runtime == "caffe":
             return self.classifier(model)
-        if model not in self._forward:
-            clf = onnx_classifier(self.classifier(model), self.deploy(model), threads=1 if self.jobs > 1 else 0)
+        name = "+".join([model, *blobs])  # the record's name: "prn+prn/out" for PRN's rectifier alone
+        if name not in self._forward:
+            clf = onnx_classifier(self.classifier(model), self.deploy(model), threads=1 if self.jobs > 1 else 0,
+                                  blobs=blobs)
             sample = self.train_data().take(np.arange(RUNTIME_CHECK_IMAGES))[0]
-            self.runtime_checks[model] = clf.verify(sample)
-            self._forward[model] = clf
-        return self._forward[model]
+            self.runtime_checks[name] = clf.verify(sample)
+            self._forward[name] = clf
+        return self._forward[name]
 
     def perturbations(self, set_name: str) -> List[np.ndarray]:
         stage = stage_of(set_name)

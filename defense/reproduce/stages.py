@@ -23,7 +23,7 @@ from ..evaluate.conditions import Condition, Predictions, draw_choices, predict_
 from ..evaluate.peers import make_peer
 from ..generate import build_fru, fru_solver_param, load_base_blobs, save_net_weights, write_outputs
 from ..generate.build import write_competitor
-from ..generate.competitors import COMPETITORS as DEFENCE_REGISTRY, get_competitor, trainable_parameters
+from ..generate.competitors import COMPETITORS as DEFENCE_REGISTRY, PRN_OUTPUT, get_competitor, trainable_parameters
 from ..generate.fru import fru_layer_roles
 from ..generate.ranking import inverse_permutation, permutation_matrix, rank_channels
 from ..generate.surgery import init_fru_blobs
@@ -361,15 +361,17 @@ def _predict_worker(worker: tuple, names: Sequence[str], state: Path):
     return predict_models(ctx, names, state) + (ctx.runtime_checks,)
 
 
-def _flags_worker(worker: tuple) -> Dict[str, np.ndarray]:
-    """``detection_flags`` in a worker process."""
-    return detection_flags(_worker_context(*worker))
+def _flags_worker(worker: tuple):
+    """``detection_flags`` in a worker process; also returns the worker's runtime checks."""
+    ctx = _worker_context(*worker)
+    return detection_flags(ctx), ctx.runtime_checks
 
 
 def detection_flags(ctx: Context) -> Dict[str, np.ndarray]:
-    """Whether PRN's detector fires, per condition and test image (the PRN in Caffe)."""
+    """Whether PRN's detector fires, per condition and test image (the PRN's rectifier alone, in
+    ``ctx.runtime``)."""
     x, _ = evaluation_images(ctx)
-    return condition_flags(Detector.load(ctx.detector_path()), ctx.classifier("prn"), x,
+    return condition_flags(Detector.load(ctx.detector_path()), ctx.forward_classifier("prn", [PRN_OUTPUT]), x,
                            evaluation_conditions(ctx, len(x)), ctx.cfg.eval_batch)
 
 
@@ -393,9 +395,9 @@ def stage_evaluate(ctx: Context) -> dict:
             tasks = [pool.submit(_predict_worker, worker, [name], folder / f"predictions_{name}.npz")
                      for name in reversed(predicted)]
             parts = [task.result() for task in tasks]
-            flags = flags_task.result()
+            flags, flags_checks = flags_task.result()
         labels, preds = parts[0][0], {m: p for _, part, _ in parts for m, p in part.items()}
-        for _, _, checks in parts:
+        for checks in [c for _, _, c in parts] + [flags_checks]:
             ctx.runtime_checks.update(checks)
     else:
         labels, preds = predict_models(ctx, predicted, folder / "predictions.npz")

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..core import ToolkitError, atomic_path
 from ..data import DataSource
+from ..generate.competitors import PRN_OUTPUT
 
 DCT_EPS = 1e-6
 """Added to |DCT| before the logarithm (a PRN that changed nothing gives log(eps), not -inf)."""
@@ -102,7 +103,7 @@ def fit_detector(clean: np.ndarray, perturbed: np.ndarray, c: float = 1.0, seed:
     return Detector(mean, scale, svm.coef_.ravel().astype(np.float64), float(svm.intercept_[0]))
 
 
-def prn_features(prn, x: np.ndarray, batch_size: int, out_blob: str = "prn/out", blobs: Sequence[str] = ()
+def prn_features(prn, x: np.ndarray, batch_size: int, out_blob: str = PRN_OUTPUT, blobs: Sequence[str] = ()
                  ) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
     """DCT features of ``input - PRN(input)`` and the values of ``blobs``, in one pass.
 
@@ -116,7 +117,7 @@ def prn_features(prn, x: np.ndarray, batch_size: int, out_blob: str = "prn/out",
     return dct_features(values[prn.input_blob] - values[out_blob]), {b: values[b] for b in blobs}
 
 
-def prn_outputs(prn, x: np.ndarray, batch_size: int, out_blob: str = "prn/out") -> Tuple[np.ndarray, np.ndarray]:
+def prn_outputs(prn, x: np.ndarray, batch_size: int, out_blob: str = PRN_OUTPUT) -> Tuple[np.ndarray, np.ndarray]:
     """Logits of the PRN-defended classifier and DCT features of ``input - PRN(input)``, in one pass.
 
     :param prn: a ``CaffeClassifier`` of ``deploy_PRN.prototxt``.

@@ -49,8 +49,34 @@ def test_onnx_classifier_gives_caffes_logits_and_passes_the_check(files):
     assert 0.0 <= check["max_rel_logit_diff"] < 1e-4
     with pytest.raises(ToolkitError, match="gradients need the Caffe runtime"):
         fast.loss_gradient(x[:2], np.array([0, 1]))
-    with pytest.raises(ToolkitError, match="the ONNX runtime computes the logits only"):
+    with pytest.raises(ToolkitError, match="the ONNX runtime computes only fc, not 'conv1'; use the Caffe runtime"):
         fast.blob_values(x[:2], ["conv1"])
+
+
+def test_a_graph_cut_after_a_blob_gives_caffes_values_and_checks_them(files):
+    """``blobs``: the graph ends at them (no classifier behind), their values are Caffe's, the input
+    blob is the preprocessed images, and ``verify`` compares the values instead of a top-1."""
+    prototxt, weights, _ = files
+    x = _images(30)
+    caffe_clf = CaffeClassifier.from_files(prototxt, weights, MEAN, batch_size=16)
+    cut = onnx_classifier(caffe_clf, prototxt, blobs=["pool1"])
+    assert [o.name for o in cut.session.get_outputs()] == ["pool1"]
+    expected, got = caffe_clf.blob_values(x, ["data", "pool1"]), cut.blob_values(x, ["data", "pool1"])
+    assert got["pool1"].shape == expected["pool1"].shape == (30, 8, 6, 6)
+    np.testing.assert_array_equal(got["data"], expected["data"])
+    np.testing.assert_allclose(got["pool1"], expected["pool1"], rtol=0, atol=1e-5 * np.abs(expected["pool1"]).max())
+    check = cut.verify(x[:10])
+    assert check["images"] == 10 and set(check) == {"images", "max_rel_blob_diff"}
+    assert 0.0 <= check["max_rel_blob_diff"]["pool1"] < 1e-5
+    with pytest.raises(ToolkitError, match="the ONNX runtime computes only pool1, not 'fc'"):
+        cut.logits(x[:2])
+    wrong = CaffeClassifier.from_files(prototxt, weights, MEAN)
+    wrong.net.params["conv1"][0].data[...] *= 1.01
+    cut.reference = wrong
+    with pytest.raises(ToolkitError) as err:
+        cut.verify(x[:10])
+    assert str(err.value).startswith(f"{prototxt}: onnxruntime's 'pool1' differs from Caffe's by 0.0")
+    assert str(err.value).endswith("relative (more than 0.0001); run with --runtime caffe")
 
 
 def test_a_wrong_onnx_model_fails_the_check_in_one_line(files, monkeypatch):

@@ -87,6 +87,27 @@ def test_every_layer_type_matches_caffe(tmp_path):
     _outputs_match(net, param, blobs, tmp_path, batch=3)  # another batch than the prototxt's
 
 
+@pytest.mark.parametrize("channels,size,alpha,beta,k", [(32, 5, 1e-4, 0.75, 1.0), (3, 5, 1e-2, 0.75, 2.0),
+                                                       (7, 3, 0.5, 1.3, 1.5), (4, 1, 1.0, 0.5, 1.0)])
+def test_lrn_as_ops_is_caffes_lrn(tmp_path, channels, size, alpha, beta, k):
+    """LRN as plain ops (the runtime's graph) equals Caffe's LRN, windows cut at the first and
+    last channel (fewer channels than the window included), and leaves no LRN node."""
+    n = caffe.NetSpec()
+    n.data = L.Input(shape=dict(dim=[2, channels, 5, 6]))
+    n.norm = L.LRN(n.data, local_size=size, alpha=alpha, beta=beta, k=k)
+    param = n.to_proto()
+    net = caffe.Net(str(write_net_param(tmp_path / "lrn.prototxt", param)), caffe.TEST)
+    model = onnx_model(net, param, lrn_as_ops=True)
+    assert "LRN" not in {node.op_type for node in model.graph.node}
+    session = onnx_session(model)
+    x = RNG.normal(0, 20, (3, channels, 5, 6)).astype(np.float32)
+    net.blobs["data"].reshape(*x.shape)
+    net.forward(data=x)
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    ref = net.blobs["norm"].data
+    assert float(np.abs(got - ref).max() / np.abs(ref).max()) < 1e-5
+
+
 def test_unsupported_layer_is_one_clear_error(tmp_path):
     n = caffe.NetSpec()
     n.data = L.Input(shape=dict(dim=[1, 2, 4, 4]))
