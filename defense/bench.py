@@ -33,6 +33,7 @@ from attacks.uap import UAP
 
 from .core import (caffe, caffe_pb2, load_net, number_list, param_shapes, parse_args, positive_int, run_cli, seed_int,
                    set_mode, set_net_blobs, write_text)
+from .devices import blas_thread_count, blas_threads
 from .generate.export import blob_channels, fast_layout, find_fru_blocks, fold_batchnorm
 from .generate.fru import insert_frus, train_net
 from .generate.onnx_graph import onnx_model, onnx_session
@@ -257,7 +258,12 @@ def _batching_runs(name: str, batch: int, kind: str, seed: int, onnx: bool) -> D
             set_conv_batching(on)
             return step()
         return run
-    runs = {f"{kind} caffe batching on": (caffe_run(True), macs), f"{kind} caffe batching off": (caffe_run(False), macs)}
+
+    def one_thread():
+        with blas_thread_count(1):
+            return caffe_run(False)()
+    runs = {f"{kind} caffe batching on": (caffe_run(True), macs), f"{kind} caffe batching off": (caffe_run(False), macs),
+            f"{kind} caffe batching off, 1 thread": (one_thread, macs)}
     if kind == "forward" and onnx:
         model = onnx_model(net, param)
         for label, threads in (("1 thread", 1), ("default threads", 0)):
@@ -336,18 +342,21 @@ def bench_batching(name: str, batch: int, reps: int, seed: int = 0, kinds: Seque
                            "cpu_ms": 1e3 * statistics.median(cpu[label]),
                            "gmac_per_s": None if macs is None else macs / med / 1e9}
         on, off = f"{kind} caffe batching on", f"{kind} caffe batching off"
+        single = f"{off}, 1 thread"
         ratios[f"{kind}: speed-up of batching (off / on)"] = paired_ratio(times[off], times[on])
         ratios[f"{kind}: CPU time of batching off / on"] = paired_ratio(cpu[off], cpu[on])
+        ratios[f"{kind}: speed-up of the threads (1 thread / default, batching off)"] = \
+            paired_ratio(times[single], times[off])
         for label in (k for k in times if "onnxruntime" in k):
-            for mode in (on, off):
-                ratios[f"caffe {mode.split()[-1]} speed / onnxruntime {label.split('onnxruntime ')[1]} speed"] = \
+            for mode, short in ((on, "on"), (off, "off"), (single, "off 1 thread")):
+                ratios[f"caffe {short} speed / onnxruntime {label.split('onnxruntime ')[1]} speed"] = \
                     paired_ratio(times[label], times[mode])
         del runs
         if rss:
             for mode, flag in ((on, True), (off, False)):
                 rows[mode]["peak_rss_mib"] = peak_rss(name, batch, kind, flag, seed) / 2**20
             ratios[f"{kind}: peak RSS on / off"] = rows[on]["peak_rss_mib"] / rows[off]["peak_rss_mib"]
-    return {"net": name, "batch": batch, "reps": reps, "runs": rows, "ratios": ratios}
+    return {"net": name, "batch": batch, "reps": reps, "threads": blas_threads(), "runs": rows, "ratios": ratios}
 
 
 def run_batching(args) -> Dict[str, object]:
@@ -418,6 +427,20 @@ def batching_tables(results: Sequence[Dict[str, object]]) -> str:
         lines.append(f"| {r['net']}, {r['batch']} | {rss(r, on)} | {rss(r, off)} "
                      f"| {ratio(r, 'forward: peak RSS on / off')} | {rss(r, 'train caffe batching on')} "
                      f"| {rss(r, 'train caffe batching off')} | {ratio(r, 'train: peak RSS on / off')} |")
+    threaded = [r for r in results if "threads" in r]  # results written since cpu-conv-image-threads.patch
+    if threaded:
+        lines += ["", "| net, batch | Caffe threads | forward, 1 thread (ms) | default threads (ms) | speed-up "
+                  "| training step, 1 thread (ms) | default threads (ms) | speed-up | UAP pass, 1 thread (ms) "
+                  "| default threads (ms) | speed-up | Caffe / onnxruntime speed, 1 thread each "
+                  "| default threads each |", "|" + "---|" * 13]
+        for r in threaded:
+            cells = [f"{r['net']}, {r['batch']}", str(r["threads"])]
+            for kind in ("forward", "train", "uap"):
+                cells += [ms(r, f"{kind} caffe batching off, 1 thread"), ms(r, f"{kind} caffe batching off"),
+                          ratio(r, f"{kind}: speed-up of the threads (1 thread / default, batching off)")]
+            cells += [ratio(r, "caffe off 1 thread speed / onnxruntime 1 thread speed"),
+                      ratio(r, "caffe off speed / onnxruntime default threads speed")]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

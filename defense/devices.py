@@ -6,8 +6,9 @@ nothing of the toolkit.
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 
 def cuda_runtime_path() -> Optional[str]:
@@ -26,21 +27,46 @@ def _loaded_libraries(fragment: str) -> List[str]:
     return sorted(paths)
 
 
-def blas_threads() -> Optional[int]:
-    """Threads of the OpenBLAS that Caffe computes with, or None when it links another BLAS.
-
-    Caffe's CPU results depend on it (each thread sums its own block of a GEMM), so a resumed run
-    is byte-identical only with the same count; numpy's and scipy's own OpenBLAS copies (their
-    wheels' ``.libs`` folders) are not the one Caffe uses."""
+def _caffe_openblas():
+    """The OpenBLAS Caffe links, through ctypes, or None (another BLAS, or Caffe not loaded):
+    numpy's and scipy's own OpenBLAS copies (their wheels' ``.libs`` folders) are not it."""
     import ctypes
 
     for path in _loaded_libraries("libopenblas"):
         if ".libs/" not in path:
             try:
-                return int(ctypes.CDLL(path).openblas_get_num_threads())
-            except (OSError, AttributeError):
+                lib = ctypes.CDLL(path)
+            except OSError:
                 return None
+            wanted = ("openblas_get_num_threads", "openblas_set_num_threads")
+            return lib if all(hasattr(lib, name) for name in wanted) else None
     return None
+
+
+def blas_threads() -> Optional[int]:
+    """Threads of the OpenBLAS that Caffe computes with, or None when it links another BLAS.
+
+    Caffe's CPU results depend on it (each thread sums its own block of a GEMM, and with more than
+    one thread the convolutions split a batch's images between the cores, each part summing its
+    own weight gradient), so a resumed run is byte-identical only with the same count."""
+    lib = _caffe_openblas()
+    return None if lib is None else int(lib.openblas_get_num_threads())
+
+
+@contextmanager
+def blas_thread_count(threads: int) -> Iterator[None]:
+    """Caffe's CPU threads (OpenBLAS's, and with them the convolutions' image split) set to
+    ``threads`` inside the block, restored after: what ``OPENBLAS_NUM_THREADS`` sets at start-up,
+    changed within one process so that a benchmark can time both side by side."""
+    lib = _caffe_openblas()
+    if lib is None:
+        raise RuntimeError("Caffe does not link OpenBLAS (or is not loaded): its threads cannot be set")
+    saved = int(lib.openblas_get_num_threads())
+    lib.openblas_set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        lib.openblas_set_num_threads(saved)
 
 
 def cuda_device_count() -> tuple:

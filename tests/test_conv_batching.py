@@ -1,7 +1,11 @@
 """Batched convolution (caffe_build/patches/conv-batched-gemm.patch): Caffe's CPU convolution runs
 one GEMM over several images. Forward and backward must equal the per-image path
 (``CAFFE_CONV_BATCH=0``) within 1e-5 of each blob's largest value, for every kind of convolution,
-with the images split into chunks by ``CAFFE_CONV_BATCH_MB`` or not."""
+with the images split into chunks by ``CAFFE_CONV_BATCH_MB`` or not.
+
+Image threads (caffe_build/patches/cpu-conv-image-threads.patch): with two OpenBLAS threads the
+chunks are split between the cores; the output and the input gradient must be the one-thread bytes,
+the weight gradient equal within 1e-5."""
 from __future__ import annotations
 
 import re
@@ -11,7 +15,7 @@ import numpy as np
 import pytest
 
 from defense.core import caffe, L, write_net_param
-from defense.devices import gpu_available
+from defense.devices import blas_thread_count, gpu_available
 
 GPU = gpu_available()
 BATCH = 7  # odd, so that a cap of three images leaves a lone image in the last chunk
@@ -161,6 +165,45 @@ def test_chunked_gradients_accumulate_over_the_chunks(tmp_path, monkeypatch):
         single += _run(net, xi, di)["weight gradient"]
     assert _relative_error(whole, single) <= 1e-5
     assert float(np.abs(whole).max()) > 1.0  # a real gradient, not zeros on both sides
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["batching off", "chunks of three"])
+@pytest.mark.parametrize("name", VARIANTS)
+def test_two_threads_give_the_one_thread_bytes(tmp_path, monkeypatch, name, chunked):
+    """Batch 7 on two threads: parts of 3 and 4 images (batching off) or of 1 and 2 chunks."""
+    net = _net(tmp_path, VARIANTS[name])
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=net.blobs["data"].data.shape).astype(np.float32)
+    top_diff = rng.normal(size=net.blobs["conv"].data.shape).astype(np.float32)
+    if chunked:
+        monkeypatch.setenv("CAFFE_CONV_BATCH_MB", _mib_for_three_images(net))
+    monkeypatch.setenv("CAFFE_CONV_BATCH", "1" if chunked else "0")
+    with blas_thread_count(1):
+        one = _run(net, x, top_diff)
+    with blas_thread_count(2):
+        two = _run(net, x, top_diff)
+    assert two.keys() == one.keys()
+    for what, want in one.items():
+        if what == "weight gradient":  # each core sums its own images
+            assert _relative_error(two[what], want) <= 1e-5, f"{name}: {what}"
+        else:
+            assert two[what].tobytes() == want.tobytes(), f"{name}: {what} differs from one thread's"
+
+
+def test_two_threads_split_the_images(tmp_path, monkeypatch):
+    """The split happens: the two cores' weight-gradient sums, added afterwards, round otherwise than
+    one running sum (these seeds; the bytes of every other result agree, see above)."""
+    net = _net(tmp_path, VARIANTS["3x3 pad 1"])
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=net.blobs["data"].data.shape).astype(np.float32)
+    top_diff = rng.normal(size=net.blobs["conv"].data.shape).astype(np.float32)
+    monkeypatch.setenv("CAFFE_CONV_BATCH", "0")
+    with blas_thread_count(1):
+        one = _run(net, x, top_diff)["weight gradient"]
+    with blas_thread_count(2):
+        two = _run(net, x, top_diff)["weight gradient"]
+    assert one.tobytes() != two.tobytes()
+    assert _relative_error(two, one) <= 1e-5
 
 
 @pytest.mark.gpu

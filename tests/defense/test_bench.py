@@ -3,6 +3,7 @@ import pytest
 
 from defense import bench
 from defense.core import load_net
+from defense.devices import blas_threads
 from defense.networks import fashionnet
 from defense.presets import get_preset
 
@@ -69,13 +70,16 @@ def test_conv_batching_times_every_run_and_reports_ratios_and_peak_rss(monkeypat
     res = bench.bench_batching("FashionNet", batch=2, reps=2, kinds=("forward", "train"), onnx=False, rss=False)
     runs = res["runs"]
     assert list(runs) == ["forward caffe batching on", "forward caffe batching off",
-                          "train caffe batching on", "train caffe batching off"]
+                          "forward caffe batching off, 1 thread", "train caffe batching on",
+                          "train caffe batching off", "train caffe batching off, 1 thread"]
     assert all(len(r["ms_all"]) == 2 and r["ms"] > 0 for r in runs.values())
     forward_macs = bench.net_macs(load_net(bench.with_batch(bench.layouts("FashionNet")["fru_explicit"][0], 2)))
     row = runs["forward caffe batching on"]
     assert row["gmac_per_s"] == pytest.approx(forward_macs / (row["ms"] / 1e3) / 1e9, rel=1e-9)
     assert set(res["ratios"]) == {f"{kind}: {what}" for kind in ("forward", "train")
-                                  for what in ("speed-up of batching (off / on)", "CPU time of batching off / on")}
+                                  for what in ("speed-up of batching (off / on)", "CPU time of batching off / on",
+                                               "speed-up of the threads (1 thread / default, batching off)")}
+    assert res["threads"] == blas_threads() >= 1
     assert all(r["cpu_ms"] > 0 for r in runs.values())
     assert all(v > 0 for v in res["ratios"].values())
     import os
@@ -92,6 +96,10 @@ def test_conv_batching_uap_pass_and_onnxruntime_rows():
             "uap caffe batching off"} <= set(runs)
     assert runs["uap caffe batching on"]["gmac_per_s"] is None  # a UAP pass has no fixed MAC count
     assert res["ratios"]["caffe on speed / onnxruntime 1 thread speed"] > 0
+    assert res["ratios"]["caffe off 1 thread speed / onnxruntime 1 thread speed"] > 0
+    table = bench.batching_tables([res]).splitlines()
+    assert table[-1].startswith(f"| FashionNet, 2 | {res['threads']} | {runs['forward caffe batching off, 1 thread']['ms']:.1f} |")
+    assert table[-1].count("|") == 14
 
 
 
