@@ -52,7 +52,12 @@ def resolve_runtime(requested: str, gpu: Optional[int] = None) -> str:
 
 def onnx_session(model, threads: int = 0):
     """An onnxruntime CPU session for a model (ModelProto, serialized bytes or a path);
-    ``threads`` 0: onnxruntime's default."""
+    ``threads`` 0: onnxruntime's default.
+
+    Its thread pool does not spin between calls: the toolkit interleaves onnxruntime with Caffe
+    in one process, and a spinning pool kept a core from Caffe's threads (FashionNet forward at
+    batch 32 on 2 cores: 31 instead of 21 ms, docs/benchmarks.md), for about 7% of
+    onnxruntime's own speed."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -61,6 +66,7 @@ def onnx_session(model, threads: int = 0):
     if threads:
         options.intra_op_num_threads = int(threads)
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = model.SerializeToString() if hasattr(model, "SerializeToString") else (
         model if isinstance(model, bytes) else str(model))
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])

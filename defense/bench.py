@@ -531,7 +531,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         meta.update(load_average=os.getloadavg(), uap_deepfool=UAP_DEEPFOOL,
                     statistic="median (and min) of interleaved repetitions in a rotating order; ratios: median "
                               "of per-repetition ratios; peak RSS: each Caffe run alone in a fresh process",
-                    train_step_macs="3x the training net's forward MACs")
+                    train_step_macs="3x the training net's forward MACs",
+                    caffe_build=Path(caffe.__file__).parents[3].name)  # the build cache's key (caffe_build/setup)
         out = args.out or DEFAULT_BATCHING_OUT
         write_text(out, json.dumps({"meta": meta, "results": res["results"]}, indent=2) + "\n")
         print(batching_tables(res["results"]))
@@ -544,7 +545,7 @@ def _meta(args, runtimes: Sequence[str]) -> Dict[str, object]:
     return {"device": "cpu" if args.gpu is None else f"gpu{args.gpu}", "machine": platform.machine(),
             "processor": platform.processor(), "cpu_count": os.cpu_count(), "seed": args.seed,
             "reps": args.reps, "runtimes": list(runtimes), "statistic": "median (and min) of interleaved repetitions",
-            "threads_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+            "threads_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_THREAD_TIMEOUT",
                                                        "MKL_NUM_THREADS") if k in os.environ}}
 
 

@@ -20,6 +20,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 # Caffe's glog prints every layer it builds at INFO level; keep it quiet unless asked.
 os.environ.setdefault("GLOG_minloglevel", "2")
+# OpenBLAS's idle threads park at once, not spin ~0.1 s on a core Caffe's conv threads need (docs/benchmarks.md)
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 import numpy as np  # noqa: E402
 

@@ -222,6 +222,18 @@ def test_glog_quiet_on_import(root):
     assert "Initializing" not in res.stderr and res.stderr.strip() == ""
 
 
+@pytest.mark.parametrize("preset, expected", [(None, "4"), ("12", "12")])
+def test_openblas_threads_park_unless_the_user_says_otherwise(root, preset, expected):
+    """Set before Caffe's OpenBLAS loads (defense.core): spinning idle threads held the core the
+    convolutions' image threads need."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    if preset:
+        env["OPENBLAS_THREAD_TIMEOUT"] = preset
+    code = "import os, defense; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root)
+    assert (res.returncode, res.stdout.strip()) == (0, expected), res.stderr
+
+
 def test_pycaffe_comes_from_the_venv_without_pythonpath(root):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LD_LIBRARY_PATH")}
     res = subprocess.run([str(Path(sys.prefix) / "bin" / "python"), "-c", "import caffe, numpy; print(numpy.__version__)"],

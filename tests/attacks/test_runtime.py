@@ -47,6 +47,8 @@ def test_onnx_classifier_gives_caffes_logits_and_passes_the_check(files):
     check = fast.runtime_check
     assert (check["images"], check["top1_equal"], check["ties"]) == (20, 20, 0)
     assert 0.0 <= check["max_rel_logit_diff"] < 1e-4
+    options = fast.session.get_session_options()  # no pool spinning beside Caffe's threads
+    assert (options.intra_op_num_threads, options.get_session_config_entry("session.intra_op.allow_spinning")) == (0, "0")
     with pytest.raises(ToolkitError, match="gradients need the Caffe runtime"):
         fast.loss_gradient(x[:2], np.array([0, 1]))
     with pytest.raises(ToolkitError, match="the ONNX runtime computes only fc, not 'conv1'; use the Caffe runtime"):
