@@ -107,13 +107,27 @@ def _mib_for_three_images(net: caffe.Net) -> str:
     return f"{3.5 * per_image / (1 << 20):.6f}"
 
 
+def _inputs(net: caffe.Net, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A random input and top diff of the net's shapes."""
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=net.blobs["data"].data.shape).astype(np.float32),
+            rng.normal(size=net.blobs["conv"].data.shape).astype(np.float32))
+
+
+def _on_one_and_two_threads(net: caffe.Net, x: np.ndarray, top_diff: np.ndarray) -> tuple[dict, dict]:
+    """``_run`` with one OpenBLAS thread, then with two."""
+    with blas_thread_count(1):
+        one = _run(net, x, top_diff)
+    with blas_thread_count(2):
+        two = _run(net, x, top_diff)
+    return one, two
+
+
 def _per_image(tmp_path, monkeypatch, name, chunked: bool, seed: int):
     """Variant ``name``'s net, random input and top diff, and its CPU per-image result (batching
     off); the chunk cap is left set for three images when ``chunked``, batching switched back on."""
     net = _net(tmp_path, VARIANTS[name])
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=net.blobs["data"].data.shape).astype(np.float32)
-    top_diff = rng.normal(size=net.blobs["conv"].data.shape).astype(np.float32)
+    x, top_diff = _inputs(net, seed)
     if chunked:
         monkeypatch.setenv("CAFFE_CONV_BATCH_MB", _mib_for_three_images(net))
     monkeypatch.setenv("CAFFE_CONV_BATCH", "0")
@@ -152,9 +166,7 @@ def test_chunked_gradients_accumulate_over_the_chunks(tmp_path, monkeypatch):
     per-image gradients computed one image at a time."""
     conv = VARIANTS["groups 2"]
     net = _net(tmp_path, conv)
-    rng = np.random.default_rng(3)
-    x = rng.normal(size=net.blobs["data"].data.shape).astype(np.float32)
-    top_diff = rng.normal(size=net.blobs["conv"].data.shape).astype(np.float32)
+    x, top_diff = _inputs(net, 3)
     monkeypatch.setenv("CAFFE_CONV_BATCH_MB", _mib_for_three_images(net))
     monkeypatch.setenv("CAFFE_CONV_BATCH", "1")
     whole = _run(net, x, top_diff)["weight gradient"]
@@ -172,16 +184,11 @@ def test_chunked_gradients_accumulate_over_the_chunks(tmp_path, monkeypatch):
 def test_two_threads_give_the_one_thread_bytes(tmp_path, monkeypatch, name, chunked):
     """Batch 7 on two threads: parts of 3 and 4 images (batching off) or of 1 and 2 chunks."""
     net = _net(tmp_path, VARIANTS[name])
-    rng = np.random.default_rng(5)
-    x = rng.normal(size=net.blobs["data"].data.shape).astype(np.float32)
-    top_diff = rng.normal(size=net.blobs["conv"].data.shape).astype(np.float32)
+    x, top_diff = _inputs(net, 5)
     if chunked:
         monkeypatch.setenv("CAFFE_CONV_BATCH_MB", _mib_for_three_images(net))
     monkeypatch.setenv("CAFFE_CONV_BATCH", "1" if chunked else "0")
-    with blas_thread_count(1):
-        one = _run(net, x, top_diff)
-    with blas_thread_count(2):
-        two = _run(net, x, top_diff)
+    one, two = _on_one_and_two_threads(net, x, top_diff)
     assert two.keys() == one.keys()
     for what, want in one.items():
         if what == "weight gradient":  # each core sums its own images
@@ -194,14 +201,9 @@ def test_two_threads_split_the_images(tmp_path, monkeypatch):
     """The split happens: the two cores' weight-gradient sums, added afterwards, round otherwise than
     one running sum (these seeds; the bytes of every other result agree, see above)."""
     net = _net(tmp_path, VARIANTS["3x3 pad 1"])
-    rng = np.random.default_rng(5)
-    x = rng.normal(size=net.blobs["data"].data.shape).astype(np.float32)
-    top_diff = rng.normal(size=net.blobs["conv"].data.shape).astype(np.float32)
+    x, top_diff = _inputs(net, 5)
     monkeypatch.setenv("CAFFE_CONV_BATCH", "0")
-    with blas_thread_count(1):
-        one = _run(net, x, top_diff)["weight gradient"]
-    with blas_thread_count(2):
-        two = _run(net, x, top_diff)["weight gradient"]
+    one, two = (result["weight gradient"] for result in _on_one_and_two_threads(net, x, top_diff))
     assert one.tobytes() != two.tobytes()
     assert _relative_error(two, one) <= 1e-5
 
