@@ -23,7 +23,9 @@ Stages (``STAGES``, each naming its upstream stages): baseline -> train_attacks 
 UAPs + synthetic) and generate -> train_fru, ranking (bottom-ranked FRUs), peers (adversarial
 fine-tuning); baseline -> test_attacks -> masking; train_fru -> adaptive, secondary; all ->
 evaluate -> report (-> ship: copies the demo files to the paths of ``paper.DEMO``). With
-``--jobs 2`` (the default on a CPU) independent stages, of every seed, run side by side.
+``--jobs 2`` (the default on a CPU) independent stages, of every seed, run side by side, the one
+with the longest chain of stages behind it first. ``python -m defense.reproduce.spread`` tells
+where a cell's spread over the seeds comes from, and how many seeds a narrower interval needs.
 
 Forward-only passes (the evaluation's predictions, the unseen attacks' xi calibration) run in
 onnxruntime where it is installed (``--runtime auto``, the default on a CPU), each model's top-1

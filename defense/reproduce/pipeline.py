@@ -29,8 +29,14 @@ _SUBSET_FIELDS = ("seed", "uap_images", "train_uaps", "test_uaps", "l2_uaps", "s
 _UAP_FIELDS = ("xi", "uap_passes", "uap_delta", "uap_classes", "uap_batch")
 _ATTACK_FIELDS = ("spgd_epochs", "gduap_iters", "svuap_layer", "svuap_q", "svuap_images", "svuap_iters", "gap_iters",
                   "nag_iters", "nag_diversity", "nag_lr")
-# In priority order: on two workers the FRU training -> secondary chain, the longest, goes first.
-STAGES: Tuple[Stage, ...] = (
+# Wall seconds of each stage of one seed (every column, two workers, the evaluation on both),
+# measured on an idle 2-core Zen 4 VM on 2026-12-06 (results/bench/reproduce_one_seed_zen4.json):
+# the scheduler starts the stage with the longest chain of stages behind it first.
+STAGE_SECONDS = {"baseline": 187.3, "train_attacks": 43.6, "generate": 1.1, "train_fru": 66.2, "secondary": 182.0,
+                 "adaptive": 45.6, "ranking": 66.8, "test_attacks": 120.4, "masking": 6.8, "peers": 26.4,
+                 "train_prn": 110.8, "train_hgd": 124.6, "train_fd": 248.1, "evaluate": 102.2}
+# Every stage after its upstream stages; ties of the scheduler go to the earlier one.
+_STAGES: Tuple[Stage, ...] = (
     Stage("baseline", stage_baseline, ("seed", "baseline_epochs", "baseline_train_images", "baseline_test_images")),
     Stage("train_attacks", stage_train_attacks, _SUBSET_FIELDS + _UAP_FIELDS + _ATTACK_FIELDS + (
         "synthetic", "synthetic_rule", "train_extra", "train_extra_per_attack"), ("baseline",)),
@@ -58,6 +64,7 @@ STAGES: Tuple[Stage, ...] = (
           ("test_attacks", "train_fru", "ranking", "adaptive", "secondary", "peers")
           + tuple(f"train_{name}" for name in DEFENCE_REGISTRY), forward=True),
 )
+STAGES = tuple(dataclasses.replace(s, seconds=STAGE_SECONDS[s.name]) for s in _STAGES)
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
 

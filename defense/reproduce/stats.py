@@ -19,6 +19,12 @@ LEVEL = 0.95
 OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 
 
+def half_width(sd: float, n: int, level: float = LEVEL) -> float:
+    """The Student-t half-width of the mean of ``n`` values with sample sd ``sd``:
+    t_{(1+level)/2, n-1} sd / sqrt(n)."""
+    return float(stats.t.ppf((1.0 + level) / 2.0, n - 1) * sd / math.sqrt(n))
+
+
 def mean_interval(values: Sequence[float], level: float = LEVEL) -> Dict[str, object]:
     """Mean and two-sided Student-t interval of the mean: mean +- t_{(1+level)/2, n-1} s / sqrt(n).
 
@@ -34,7 +40,7 @@ def mean_interval(values: Sequence[float], level: float = LEVEL) -> Dict[str, ob
     mean = float(x.mean())
     half: Optional[float] = None
     if x.size > 1:
-        half = float(stats.t.ppf((1.0 + level) / 2.0, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+        half = half_width(x.std(ddof=1), x.size, level)
     return {"mean": mean, "low": None if half is None else mean - half, "high": None if half is None else mean + half,
             "half_width": half, "n": int(x.size), "values": [float(v) for v in x]}
 

@@ -169,6 +169,7 @@ def workspace(tmp_path_factory, root) -> Dict[str, str]:
     (w / "afile").write_text("a file where a folder goes\n")
     (w / "model_snapshots").write_text("a file where train's snapshot folder goes\n")
     (w / "dir").mkdir()
+    (w / "dir.md").mkdir()  # where defense.reproduce.spread would write the table beside --out dir.json
     (w / "base.json").mkdir()
     return {"w": str(w), "layer": name, "ro": str(_read_only_folder(w))}
 
@@ -201,6 +202,7 @@ WRITERS = [
     ("defense.networks", "--net FashionNet", "--out", "folder"),
     ("defense.train_baseline", "--epochs 0.01", "--out", "file"),
     ("defense.reproduce", "--quick", "--out", "folder"),
+    ("defense.reproduce.spread", "{w}/replica {w}/manifest.json", "--out", "file"),
     ("defense.bench", "--nets FashionNet", "--out", "file"),
     ("defense.bench", "--compare conv-batching --nets FashionNet", "--out", "file"),
     ("defense.export", "--format onnx --prototxt {w}/net.prototxt --weights {w}/net.caffemodel", "--out", "file"),
@@ -296,6 +298,11 @@ SILENT_CASES = [  # class 6: accepted without a word before
     Case("defense.imagenet", "check {w}/bomb_index.jsonl --batch 0", "argument --batch"),
     Case("attacks.bench", "--n-images 0", "argument --n-images"),
     Case("defense.reproduce", "--quick --seeds 0 --out {w}/o", "argument --seeds"),
+    *[Case("defense.reproduce.spread", "{w}/none {w}/manifest.json --out " + args, culprit) for args, culprit in (
+        ("{w}/o.json", "{w}/none: not an evaluated replica of case 'same-norm'"),
+        ("{w}/o.txt", "--out {w}/o.txt: name a .json file"),
+        ("{w}/dir.json", "--out {w}/dir.md: is a folder"),
+        ("{w}/o.json --target 2", "--target must be in (0, 1), got 2.0"))],
     Case("defense.imagenet", "check {w}/label_index.jsonl --dnn FashionNet", "{w}/label_index.jsonl"),
     Case("defense.generate", "--prototxt {w}/bad_net.prototxt --layers conv1 --out {w}/o", "{w}/bad_net.prototxt: Caffe cannot build"),
     Case("defense.bench", "--compare conv-batching --batch 0 --out {w}/o.json", "--batch must list positive integers"),
@@ -474,7 +481,7 @@ def test_the_table_covers_every_command_line(root):
                list((root / "attacks").rglob("*.py")) + list((root / "weights").rglob("*.py"))
                if "run_cli(" in p.read_text() and p.name != "core.py"]
     commands = {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__main__") for p in sources}
-    assert len(commands) == 14 and commands == {c.command for c in CASES}
+    assert len(commands) == 15 and commands == {c.command for c in CASES}
     assert all((OUTPUT_CASES, BOMB_CASES, SILENT_CASES, FORMAT_CASES, ABORT_CASES, ISSUE22_CASES))
 
 

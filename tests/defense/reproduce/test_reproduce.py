@@ -12,11 +12,11 @@ import pytest
 
 from defense.reproduce.config import (COMPETITORS, L2_PER_LINF, METRICS, NET, REQUIRED_MODELS, ReproConfig,
                                       attack_sets, eval_cases, stage_of, train_subsets)
-from defense.reproduce.pipeline import STAGE_NAMES, STAGES
+from defense.reproduce.pipeline import STAGE_NAMES, STAGE_SECONDS, STAGES
 from attacks.runtime import TIE_TOLERANCE, onnxruntime_available
 from defense.reproduce.report import check_targets, critical_path, finish_order, ship, stages_wall_seconds
 from defense.reproduce.claims import CLAIMS_DOCS, claims_markdown, claims_span
-from defense.reproduce.runner import RUNTIME_CHECK_IMAGES, Context, ready_tasks
+from defense.reproduce.runner import RUNTIME_CHECK_IMAGES, Context, Stage, chain_seconds, ready_tasks
 from defense.reproduce.stages import (_bottom_ranked, evaluation_conditions, evaluation_images, evaluation_model_names,
                                       evaluation_models, fru_targets, masked_restoration, training_perturbations)
 from defense.paper import demo_defaults
@@ -369,7 +369,26 @@ def test_ship_copies_models_with_records_naming_where_they_lie(quick_run, tmp_pa
     assert tmp_path / demo.baseline[1] in written and len(written) == len(set(written))
 
 
-def test_ready_stages_wait_for_upstream_and_keep_the_stage_order():
+def test_chain_seconds_add_the_longest_chain_behind_each_stage():
+    chain = chain_seconds(STAGES)
+    sec = STAGE_SECONDS
+    assert chain["evaluate"] == sec["evaluate"] and chain["masking"] == sec["masking"]
+    assert chain["train_fru"] == pytest.approx(sec["train_fru"] + sec["secondary"] + sec["evaluate"])
+    assert chain["baseline"] == pytest.approx(sec["baseline"] + sec["train_attacks"] + chain["train_fru"])
+    toy = [Stage("a", None, (), seconds=1), Stage("b", None, (), ("a",), seconds=5), Stage("c", None, (), ("a",), seconds=2),
+           Stage("d", None, (), ("b", "c"), seconds=3)]
+    assert chain_seconds(toy) == {"a": 9, "b": 8, "c": 5, "d": 3}
+
+
+def test_stages_come_after_their_upstream_and_each_has_a_measured_time():
+    seen = set()
+    for stage in STAGES:
+        assert set(stage.upstream) <= seen, stage.name
+        seen.add(stage.name)
+    assert set(STAGE_SECONDS) == seen and all(s.seconds == STAGE_SECONDS[s.name] > 0 for s in STAGES)
+
+
+def test_ready_stages_wait_for_upstream_the_longest_chain_first():
     def names(done, running=()):
         tasks = ready_tasks(STAGES, 1, {(0, n) for n in done}, {(0, n) for n in running})
         assert {r for r, _ in tasks} <= {0}
@@ -377,12 +396,12 @@ def test_ready_stages_wait_for_upstream_and_keep_the_stage_order():
     assert names(set()) == ["baseline"]
     assert names({"baseline"}) == ["train_attacks", "generate", "test_attacks"]
     done = {"baseline", "train_attacks", "generate"}
-    assert names(done, {"test_attacks"}) == ["train_fru", "ranking", "peers", "train_prn", "train_hgd", "train_fd"]
+    # FD's training, the longest stage, right after the FRUs' (the chain to the secondary defence)
+    assert names(done, {"test_attacks"}) == ["train_fru", "train_fd", "train_hgd", "train_prn", "ranking", "peers"]
     done |= {"train_fru", "test_attacks"}
-    # the secondary defence (on the longest chain) comes before the rest
-    assert names(done, {"ranking"}) == ["secondary", "adaptive", "masking", "peers", "train_prn", "train_hgd", "train_fd"]
+    assert names(done, {"ranking"}) == ["train_fd", "secondary", "train_hgd", "train_prn", "adaptive", "peers", "masking"]
     done |= {"ranking", "masking", "peers", "secondary"}
-    assert names(done) == ["adaptive", "train_prn", "train_hgd", "train_fd"]
+    assert names(done) == ["train_fd", "train_hgd", "train_prn", "adaptive"]
     done |= {"train_prn", "train_hgd", "train_fd"}
     assert names(done) == ["adaptive"]
     done |= {"adaptive"}
@@ -398,7 +417,7 @@ def test_replicas_share_the_pool_stage_by_stage_each_waiting_for_its_own_upstrea
         (1, "train_attacks"), (1, "generate"), (1, "test_attacks")]
     done = {(r, n) for r in (0, 1) for n in ("baseline", "train_attacks", "generate")}
     assert pairs(ready_tasks(STAGES, 2, done, {(0, "test_attacks")}))[:3] == [
-        (0, "train_fru"), (1, "train_fru"), (0, "ranking")]
+        (0, "train_fru"), (1, "train_fru"), (0, "train_fd")]
 
 
 def test_stages_wall_time_spans_overlapping_stages():
