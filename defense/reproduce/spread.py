@@ -19,6 +19,7 @@ cell under a target.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -29,6 +30,7 @@ import numpy as np
 from ..core import ToolkitError, parse_args, run_cli, write_text
 from ..evaluate.conditions import draw_choices
 from ..outputs import check_output, output_file
+from .config import ReproConfig, attack_sets, eval_cases
 from .runner import save_json
 from .stats import LEVEL, half_width
 
@@ -98,12 +100,12 @@ def components(rows: Dict[str, List[float]], metric: str) -> Dict[str, float]:
 
 
 def decompose(parts: Dict[str, float], seed_values: Sequence[Sequence[float]], k: int, images: int,
-              seeds_grid: Sequence[int] = (5, 7, 10), k_grid: Sequence[int] = (4, 8, 16),
-              target: float = 0.03) -> Dict[str, object]:
+              seeds_grid: Sequence[int] = (5, 7, 10), target: float = 0.03) -> Dict[str, object]:
     """``sigma_b^2`` from the per-seed values of runs made with ``k`` perturbations on ``images``
     images (each list one run; their sample variances pooled), and the predicted half-width for
-    each number of seeds in ``seeds_grid`` and perturbations in ``k_grid``; ``seeds_for_target``:
-    the fewest seeds (up to 50) whose predicted half-width is under ``target``, per k."""
+    each number of seeds in ``seeds_grid`` with k, 2k and 4k perturbations; ``seeds_for_target``:
+    the fewest seeds (up to 50) whose predicted half-width is under ``target``, per count."""
+    k_grid = (k, 2 * k, 4 * k)
     dof = sum(len(v) - 1 for v in seed_values)
     if dof < 1:
         raise ValueError("the per-seed values need at least two seeds in one run")
@@ -122,6 +124,16 @@ def decompose(parts: Dict[str, float], seed_values: Sequence[Sequence[float]], k
                                  for kk in k_grid}}
 
 
+def case_perturbations(config: dict, case: str) -> int:
+    """How many perturbations a seed of a run with ``config`` (a summary's) draws for ``case``."""
+    cfg = ReproConfig(**{f.name: config[f.name] for f in dataclasses.fields(ReproConfig) if f.name in config})
+    counts = {s.name: s.count for s in attack_sets(cfg)}
+    sets = next((c.sets for c in eval_cases(cfg) if c.key == case), None)
+    if sets is None:
+        raise KeyError(f"no case '{case}'")
+    return sum(counts[s] for s in sets)
+
+
 def spread_report(replica: Path, aggregates: Sequence[Path], case: str = "same-norm", target: float = 0.03) -> dict:
     """Every model's and metric's decomposition for ``case`` (see the module's docstring)."""
     rows = per_perturbation(replica, case)
@@ -132,15 +144,15 @@ def spread_report(replica: Path, aggregates: Sequence[Path], case: str = "same-n
             cell = summary["cases"][case]
             values = {m: {metric: [float(v) for v in cell["models"][m][metric]["values"]] for metric in METRICS}
                       for m in rows if m in cell["models"]}
-            runs.append({"path": str(path), "k": int(summary["config"]["test_uaps"]) if case == "same-norm" else None,
+            runs.append({"path": str(path), "k": case_perturbations(summary["config"], case),
                          "images": int(summary["evaluation_images"]), "values": values})
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ToolkitError(f"{path}: not an aggregate summary.json with case '{case}' ({exc!r})") from None
         if any(len(v) < 2 for m in values.values() for v in m.values()):
             raise ToolkitError(f"{path}: '{case}' has fewer than 2 seeds; the spread over seeds needs a K-seed run")
     ks = {(r["k"], r["images"]) for r in runs}
-    if len(ks) != 1 or None in {k for k, _ in ks}:
-        raise ToolkitError(f"the aggregates must share one count of perturbations and images for '{case}', got {sorted(ks, key=str)}")
+    if len(ks) != 1:
+        raise ToolkitError(f"the aggregates must share one count of perturbations and images for '{case}', got {sorted(ks)}")
     (k, images), = ks
     models = {}
     for model, per in rows.items():
@@ -162,16 +174,18 @@ def spread_report(replica: Path, aggregates: Sequence[Path], case: str = "same-n
 def markdown(report: dict) -> str:
     """One row per model and metric: observed sd, its parts, and the predicted half-widths."""
     k = report["protocol_k"]
+    ks = (k, 2 * k, 4 * k)
     lines = [f"| model | metric | sd over seeds (k={k}) | share from the perturbation draw | sigma_b (the seed's nets) | sigma_u (one perturbation) "
-             f"| ±, K=5, k={k} | ±, K=5, k=8 | ±, K=5, k=16 | seeds for ±{report['target_half_width']:g}, k={k} / 8 / 16 |",
+             + "".join(f"| ±, K=5, k={kk} " for kk in ks)
+             + f"| seeds for ±{report['target_half_width']:g}, k={' / '.join(map(str, ks))} |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for model, metrics in report["models"].items():
         for metric, d in metrics.items():
             hw, need = d["half_width"], d["seeds_for_target"]
             share = "n/a" if d["share_of_perturbations"] is None else f"{100 * d['share_of_perturbations']:.0f}%"
             lines.append(f"| {model} | {metric} | {d['observed_sd']:.4f} | {share} | {d['sigma_b']:.4f} | {d['sigma_u']:.4f} "
-                         f"| {hw[f'K=5,k={k}']:.3f} | {hw['K=5,k=8']:.3f} | {hw['K=5,k=16']:.3f} "
-                         f"| {' / '.join(str(need[f'k={kk}'] or '>50') for kk in (k, 8, 16))} |")
+                         + "".join(f"| {hw[f'K=5,k={kk}']:.3f} " for kk in ks)
+                         + f"| {' / '.join(str(need[f'k={kk}'] or '>50') for kk in ks)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -182,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                                               "perturbations, e.g. --set test_uaps=16")
     p.add_argument("aggregates", type=Path, nargs="+", help="aggregate summary.json files of K-seed runs made with the "
                                                             "protocol's perturbation count")
-    p.add_argument("--case", default="same-norm", help="the evaluated case (default same-norm)")
+    p.add_argument("--case", default="same-norm", help="the evaluated case, e.g. cross-norm or unseen-gap (default same-norm)")
     p.add_argument("--target", type=float, default=0.03, help="half-width to reach (default 0.03)")
     p.add_argument("--out", type=output_file, required=True, help="JSON report; a .md table is written beside it")
     return p

@@ -8,7 +8,8 @@ import pytest
 
 from defense.core import run_cli
 from defense.evaluate.conditions import draw_choices
-from defense.reproduce.spread import components, decompose, main, per_perturbation, spread_report
+from defense.reproduce.spread import (case_perturbations, components, decompose, main, per_perturbation,
+                                      spread_report)
 from defense.reproduce.stats import half_width, mean_interval
 
 
@@ -84,6 +85,16 @@ def test_decompose_predicts_the_half_width_for_more_seeds_and_perturbations():
     assert d["half_width"]["K=5,k=16"] == pytest.approx(half_width(np.sqrt(sigma_b2 + 0.0001 + 0.0001), 5), rel=1e-9)
     need = d["seeds_for_target"]["k=4"]
     assert half_width(np.sqrt(pooled), need) < 0.03 <= half_width(np.sqrt(pooled), need - 1)
+
+
+def test_each_case_counts_the_perturbations_of_its_sets(root):
+    config = json.loads((root / "results/fashion/summary.json").read_text())["config"]
+    counts = {case: case_perturbations(config, case) for case in ("same-norm", "cross-norm", "stronger-x2", "unseen-gap",
+                                                                   "adaptive-secondary")}
+    assert counts == {"same-norm": 4, "cross-norm": 3, "stronger-x2": 2, "unseen-gap": 2, "adaptive-secondary": 2}
+    assert case_perturbations({**config, "test_uaps": 16}, "same-norm") == 16
+    with pytest.raises(KeyError, match="no case 'stronger-x9'"):
+        case_perturbations(config, "stronger-x9")
 
 
 def test_report_and_command(tmp_path, capsys):
