@@ -124,6 +124,21 @@ def decompose(parts: Dict[str, float], seed_values: Sequence[Sequence[float]], k
                                  for kk in k_grid}}
 
 
+def seeds_to_decide(claims: Sequence[dict], most: int = 200) -> List[dict]:
+    """Per claim of an aggregate: its verdict, and the fewest seeds whose 95% interval would lie
+    wholly on one side of the threshold if the mean and sd over the seeds stayed as measured
+    (None: the mean sits on the threshold or more than ``most`` seeds would be needed)."""
+    out = []
+    for claim in claims:
+        d = claim["difference"]
+        mean, sd, n = float(d["mean"]), float(np.std(d["values"], ddof=1)), int(d["n"])
+        gap = abs(mean - float(claim["threshold"]))
+        need = next((K for K in range(2, most + 1) if half_width(sd, K) < gap), None) if gap > 0 else None
+        out.append({"claim": claim["claim"], "verdict": claim["verdict"], "mean": mean, "sd": sd, "seeds": n,
+                    "op": claim["op"], "threshold": claim["threshold"], "seeds_to_decide": need})
+    return out
+
+
 def case_perturbations(config: dict, case: str) -> int:
     """How many perturbations a seed of a run with ``config`` (a summary's) draws for ``case``."""
     cfg = ReproConfig(**{f.name: config[f.name] for f in dataclasses.fields(ReproConfig) if f.name in config})
@@ -141,11 +156,12 @@ def spread_report(replica: Path, aggregates: Sequence[Path], case: str = "same-n
     for path in aggregates:
         try:
             summary = json.loads(Path(path).read_text())
+            claims = seeds_to_decide(summary.get("claims", []))
             cell = summary["cases"][case]
             values = {m: {metric: [float(v) for v in cell["models"][m][metric]["values"]] for metric in METRICS}
                       for m in rows if m in cell["models"]}
             runs.append({"path": str(path), "k": case_perturbations(summary["config"], case),
-                         "images": int(summary["evaluation_images"]), "values": values})
+                         "images": int(summary["evaluation_images"]), "values": values, "claims": claims})
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ToolkitError(f"{path}: not an aggregate summary.json with case '{case}' ({exc!r})") from None
         if any(len(v) < 2 for m in values.values() for v in m.values()):
@@ -168,11 +184,12 @@ def spread_report(replica: Path, aggregates: Sequence[Path], case: str = "same-n
     return {"case": case, "replica": {f: config.get(f) for f in ("seed", "test_uaps", "test_images", "eval_seed")},
             "replica_perturbations": len(next(iter(rows.values()))["images"]),
             "aggregates": [r["path"] for r in runs], "protocol_k": k, "images": images, "target_half_width": target,
-            "level": LEVEL, "models": models}
+            "level": LEVEL, "models": models, "claims": {r["path"]: r["claims"] for r in runs}}
 
 
 def markdown(report: dict) -> str:
-    """One row per model and metric: observed sd, its parts, and the predicted half-widths."""
+    """One row per model and metric: observed sd, its parts, and the predicted half-widths; then,
+    per aggregate, the seeds each claim would need for a decided verdict."""
     k = report["protocol_k"]
     ks = (k, 2 * k, 4 * k)
     lines = [f"| model | metric | sd over seeds (k={k}) | share from the perturbation draw | sigma_b (the seed's nets) | sigma_u (one perturbation) "
@@ -186,6 +203,12 @@ def markdown(report: dict) -> str:
             lines.append(f"| {model} | {metric} | {d['observed_sd']:.4f} | {share} | {d['sigma_b']:.4f} | {d['sigma_u']:.4f} "
                          + "".join(f"| {hw[f'K=5,k={kk}']:.3f} " for kk in ks)
                          + f"| {' / '.join(str(need[f'k={kk}'] or '>50') for kk in ks)} |")
+    for path, claims in [(p, c) for p, c in report.get("claims", {}).items() if c]:
+        lines += ["", f"Seeds each claim of `{path}` would need for a decided verdict, if its mean and sd over the "
+                      "seeds held (the interval wholly on one side of the threshold):", "",
+                  "| claim | claimed | mean | sd | verdict now | seeds to decide |", "|---|---|---|---|---|---|"]
+        lines += [f"| {c['claim']} | {c['op']} {c['threshold']:g} | {c['mean']:.3f} | {c['sd']:.3f} | {c['verdict']} "
+                  f"| {c['seeds_to_decide'] or 'over 200'} |" for c in claims]
     return "\n".join(lines) + "\n"
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from defense.core import run_cli
 from defense.evaluate.conditions import draw_choices
-from defense.reproduce.spread import (case_perturbations, components, decompose, main, per_perturbation,
+from defense.reproduce.spread import (case_perturbations, components, decompose, main, per_perturbation, seeds_to_decide,
                                       spread_report)
 from defense.reproduce.stats import half_width, mean_interval
 
@@ -85,6 +85,19 @@ def test_decompose_predicts_the_half_width_for_more_seeds_and_perturbations():
     assert d["half_width"]["K=5,k=16"] == pytest.approx(half_width(np.sqrt(sigma_b2 + 0.0001 + 0.0001), 5), rel=1e-9)
     need = d["seeds_for_target"]["k=4"]
     assert half_width(np.sqrt(pooled), need) < 0.03 <= half_width(np.sqrt(pooled), need - 1)
+
+
+def test_seeds_to_decide_a_claim_if_its_mean_and_sd_held():
+    values = [0.16, 0.20, 0.14, 0.19, 0.15]  # mean 0.168, sd 0.0259
+    claim = {"claim": "c", "op": ">=", "threshold": 0.15, "verdict": "inconclusive",
+             "difference": {**mean_interval(values)}}
+    (got,) = seeds_to_decide([claim])
+    sd = np.std(values, ddof=1)
+    assert got["sd"] == pytest.approx(sd, rel=1e-12) and got["mean"] == pytest.approx(0.168, abs=1e-12)
+    K = got["seeds_to_decide"]
+    assert half_width(sd, K) < 0.018 <= half_width(sd, K - 1) and K == 11
+    on_threshold = {**claim, "difference": mean_interval([0.14, 0.16])}
+    assert seeds_to_decide([on_threshold])[0]["seeds_to_decide"] is None
 
 
 def test_each_case_counts_the_perturbations_of_its_sets(root):
