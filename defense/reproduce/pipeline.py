@@ -68,6 +68,15 @@ STAGES = tuple(dataclasses.replace(s, seconds=STAGE_SECONDS[s.name]) for s in _S
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
 
+def stages_for(cfg: ReproConfig) -> Tuple[Stage, ...]:
+    """``STAGES`` without the training of the competitors that ``cfg.trained_competitors`` leaves
+    out (and without them among the evaluation's upstream stages); with every competitor, the
+    stages and so every stage key are ``STAGES``'."""
+    dropped = {f"train_{name}" for name in DEFENCE_REGISTRY if name not in cfg.trained_competitors}
+    return tuple(dataclasses.replace(s, upstream=tuple(u for u in s.upstream if u not in dropped))
+                 for s in STAGES if s.name not in dropped)
+
+
 def replica_folder(out: Path, seed: int) -> Path:
     """Where one seed's replica (its stages, summary.json, results.md, figures) lives."""
     return Path(out) / f"seed-{seed}"
@@ -99,12 +108,13 @@ def reproduce(cfg: ReproConfig, out: Path, seeds: int = DEFAULT_SEEDS, force: bo
     for ctx in contexts:
         ctx.out.mkdir(parents=True, exist_ok=True)
         save_json(ctx.out / "config.json", dataclasses.asdict(ctx.cfg))
+    stages = stages_for(cfg)
     if parallel:
-        run_parallel(contexts, STAGES, jobs)
+        run_parallel(contexts, stages, jobs)
     else:
         for ctx in contexts:
             set_mode(gpu, ctx.cfg.seed)
-            for stage in STAGES:
+            for stage in stages:
                 run_stage(ctx, stage)
     replicas = [write_report(ctx, started, load_start) for ctx in contexts]
     summary = write_aggregate(Path(out), cfg, replicas, [ctx.out for ctx in contexts],

@@ -282,7 +282,8 @@ def evaluation_model_names(cfg: ReproConfig) -> List[str]:
     """The evaluated models: the trained nets, an image-domain peer in front of the baseline, the
     trained competitors, and PRN gated by its detector."""
     return (["baseline", "fru", "fru_secondary", "fru_bottom"] + [make_peer(s).key for s in cfg.peers]
-            + ["adv_finetune"] + list(DEFENCE_REGISTRY) + [GATED])
+            + ["adv_finetune"] + [c for c in DEFENCE_REGISTRY if c in cfg.trained_competitors]
+            + ([GATED] if "prn" in cfg.trained_competitors else []))
 
 
 def classified_model_names(cfg: ReproConfig) -> List[str]:
@@ -388,25 +389,28 @@ def stage_evaluate(ctx: Context) -> dict:
     folder = ctx.folder("evaluate")
     names = evaluation_model_names(ctx.cfg)
     predicted = classified_model_names(ctx.cfg)
+    gated = GATED in names
     if ctx.jobs > 1:
         worker = (ctx.cfg, ctx.out, ctx.gpu, ctx.jobs, ctx.runtime, dict(ctx.keys))
         with ProcessPoolExecutor(ctx.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            flags_task = pool.submit(_flags_worker, worker)
+            flags_task = pool.submit(_flags_worker, worker) if gated else None
             tasks = [pool.submit(_predict_worker, worker, [name], folder / f"predictions_{name}.npz")
                      for name in reversed(predicted)]
             parts = [task.result() for task in tasks]
-            flags, flags_checks = flags_task.result()
+            flags, flags_checks = flags_task.result() if gated else ({}, {})
         labels, preds = parts[0][0], {m: p for _, part, _ in parts for m, p in part.items()}
         for checks in [c for _, _, c in parts] + [flags_checks]:
             ctx.runtime_checks.update(checks)
     else:
         labels, preds = predict_models(ctx, predicted, folder / "predictions.npz")
-        flags = detection_flags(ctx)
-    preds[GATED] = gated_predictions(flags, preds["prn"], preds["baseline"])
+        flags = detection_flags(ctx) if gated else {}
+    if gated:
+        preds[GATED] = gated_predictions(flags, preds["prn"], preds["baseline"])
     out = {}
     for case in eval_cases(ctx.cfg):
         n_perts = sum(len(ctx.perturbations(s)) for s in case.sets)
         result = case_result(case, names, labels, preds, n_perts, ctx.cfg.eval_seed)
-        result["models"][GATED].update(detection_rates(flags["clean"], [flags[case.key]]))
+        if gated:
+            result["models"][GATED].update(detection_rates(flags["clean"], [flags[case.key]]))
         out[case.key] = str(save_json(folder / f"{case.key}.json", result))
     return out

@@ -12,7 +12,7 @@ import pytest
 
 from defense.reproduce.config import (COMPETITORS, L2_PER_LINF, METRICS, NET, REQUIRED_MODELS, ReproConfig,
                                       attack_sets, eval_cases, stage_of, train_subsets)
-from defense.reproduce.pipeline import STAGE_NAMES, STAGE_SECONDS, STAGES
+from defense.reproduce.pipeline import STAGE_NAMES, STAGE_SECONDS, STAGES, stages_for
 from attacks.runtime import TIE_TOLERANCE, onnxruntime_available
 from defense.reproduce.report import check_targets, critical_path, finish_order, ship, stages_wall_seconds
 from defense.reproduce.claims import CLAIMS_DOCS, claims_markdown, claims_span
@@ -367,6 +367,45 @@ def test_ship_copies_models_with_records_naming_where_they_lie(quick_run, tmp_pa
         source = json.loads(src.with_suffix(".json").read_text())
         assert record == ({**source, "weights": rel} if "weights" in source else source)
     assert tmp_path / demo.baseline[1] in written and len(written) == len(set(written))
+
+
+def test_stages_for_leave_out_the_competitors_the_config_leaves_out():
+    assert stages_for(ReproConfig()) == STAGES  # so every stage key of a default run stays
+    stages = stages_for(ReproConfig(trained_competitors=("hgd",)))
+    names = [s.name for s in stages]
+    assert names == [n for n in STAGE_NAMES if n not in ("train_prn", "train_fd")]
+    evaluate = stages[-1]
+    assert evaluate.name == "evaluate" and "train_hgd" in evaluate.upstream
+    assert not {"train_prn", "train_fd"} & set(evaluate.upstream)
+    assert [s.name for _, s in ready_tasks(stages, 1, {(0, n) for n in names[:-1]}, set())] == ["evaluate"]
+    with pytest.raises(ValueError, match="trained_competitors lists each of prn, hgd, fd at most once, got pgd"):
+        ReproConfig(trained_competitors=("pgd",))
+    with pytest.raises(ValueError, match="got hgd,hgd"):
+        ReproConfig().with_overrides(["trained_competitors=hgd,hgd"])
+    assert ReproConfig().with_overrides(["trained_competitors="]).trained_competitors == ()
+
+
+@pytest.mark.slow
+def test_a_run_without_some_competitors_evaluates_the_rest_and_keeps_every_other_stage(quick_seeds, tmp_path, root):
+    copy = tmp_path / "fashion"
+    shutil.copytree(quick_seeds, copy)
+    res = _cli("--quick", "--quiet", "--seeds", "2", "--out", str(copy), "--jobs", "2", "--set",
+               "trained_competitors=hgd", cwd=root)
+    assert res.returncode == 0, res.stderr[-2000:]
+    for seed in (0, 1):
+        before = json.loads((quick_seeds / f"seed-{seed}" / "summary.json").read_text())
+        after = json.loads((copy / f"seed-{seed}" / "summary.json").read_text())
+        assert after["config"]["trained_competitors"] == ["hgd"]
+        for stage in set(before["stage_keys"]) - {"evaluate", "train_prn", "train_fd"}:
+            assert after["stage_keys"][stage] == before["stage_keys"][stage], stage
+        assert "train_prn" not in after["stage_keys"] and after["stage_keys"]["evaluate"] != before["stage_keys"]["evaluate"]
+        for key, case in after["cases"].items():
+            gone = {"prn", "prn_detector", "fd"}
+            assert set(case["models"]) == set(before["cases"][key]["models"]) - gone, key
+            for model, row in case["models"].items():  # the same predictions for every model kept
+                assert row == before["cases"][key]["models"][model], (key, model)
+    aggregate = json.loads((copy / "summary.json").read_text())
+    assert not {"prn", "fd"} & set(aggregate["cases"]["same-norm"]["models"])
 
 
 def test_chain_seconds_add_the_longest_chain_behind_each_stage():
