@@ -78,7 +78,7 @@ def per_perturbation(replica: Path, case: str) -> Dict[str, Dict[str, object]]:
         clean = float(np.mean(p["clean"] == p["labels"]))
         hits = (p["perturbed"] == p["labels"]).astype(np.float64)
         flips = (p["perturbed"] != p["clean"]).astype(np.float64)
-        rows = {"restoration": [], "fooling_rate": [], "images": [], "within_restoration": [], "within_fooling_rate": []}
+        rows = {key: [] for key in ("restoration", "fooling_rate", "images", "within_restoration", "within_fooling_rate")}
         for j in range(k):
             on = choice == j
             rows["images"].append(int(on.sum()))
@@ -156,19 +156,20 @@ def spread_report(replica: Path, aggregates: Sequence[Path], case: str = "same-n
     for path in aggregates:
         try:
             summary = json.loads(Path(path).read_text())
-            claims = seeds_to_decide(summary.get("claims", []))
             cell = summary["cases"][case]
             values = {m: {metric: [float(v) for v in cell["models"][m][metric]["values"]] for metric in METRICS}
                       for m in rows if m in cell["models"]}
-            runs.append({"path": str(path), "k": case_perturbations(summary["config"], case),
-                         "images": int(summary["evaluation_images"]), "values": values, "claims": claims})
+            k = case_perturbations(summary["config"], case)
+            if any(len(v) < 2 for m in values.values() for v in m.values()):
+                raise ToolkitError(f"{path}: '{case}' has fewer than 2 seeds; the spread over seeds needs a K-seed run")
+            runs.append({"path": str(path), "k": k, "images": int(summary["evaluation_images"]), "values": values,
+                         "claims": seeds_to_decide(summary.get("claims", []))})
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ToolkitError(f"{path}: not an aggregate summary.json with case '{case}' ({exc!r})") from None
-        if any(len(v) < 2 for m in values.values() for v in m.values()):
-            raise ToolkitError(f"{path}: '{case}' has fewer than 2 seeds; the spread over seeds needs a K-seed run")
     ks = {(r["k"], r["images"]) for r in runs}
     if len(ks) != 1:
-        raise ToolkitError(f"the aggregates must share one count of perturbations and images for '{case}', got {sorted(ks)}")
+        raise ToolkitError(f"the aggregates must share one count of perturbations and images for '{case}', "
+                           f"got {sorted(ks)}")
     (k, images), = ks
     models = {}
     for model, per in rows.items():
@@ -192,15 +193,16 @@ def markdown(report: dict) -> str:
     per aggregate, the seeds each claim would need for a decided verdict."""
     k = report["protocol_k"]
     ks = (k, 2 * k, 4 * k)
-    lines = [f"| model | metric | sd over seeds (k={k}) | share from the perturbation draw | sigma_b (the seed's nets) | sigma_u (one perturbation) "
-             + "".join(f"| ±, K=5, k={kk} " for kk in ks)
+    lines = [f"| model | metric | sd over seeds (k={k}) | share from the perturbation draw | sigma_b (the seed's nets) "
+             "| sigma_u (one perturbation) " + "".join(f"| ±, K=5, k={kk} " for kk in ks)
              + f"| seeds for ±{report['target_half_width']:g}, k={' / '.join(map(str, ks))} |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for model, metrics in report["models"].items():
         for metric, d in metrics.items():
             hw, need = d["half_width"], d["seeds_for_target"]
             share = "n/a" if d["share_of_perturbations"] is None else f"{100 * d['share_of_perturbations']:.0f}%"
-            lines.append(f"| {model} | {metric} | {d['observed_sd']:.4f} | {share} | {d['sigma_b']:.4f} | {d['sigma_u']:.4f} "
+            lines.append(f"| {model} | {metric} | {d['observed_sd']:.4f} | {share} | {d['sigma_b']:.4f} "
+                         f"| {d['sigma_u']:.4f} "
                          + "".join(f"| {hw[f'K=5,k={kk}']:.3f} " for kk in ks)
                          + f"| {' / '.join(str(need[f'k={kk}'] or '>50') for kk in ks)} |")
     for path, claims in [(p, c) for p, c in report.get("claims", {}).items() if c]:
@@ -219,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
                                               "perturbations, e.g. --set test_uaps=16")
     p.add_argument("aggregates", type=Path, nargs="+", help="aggregate summary.json files of K-seed runs made with the "
                                                             "protocol's perturbation count")
-    p.add_argument("--case", default="same-norm", help="the evaluated case, e.g. cross-norm or unseen-gap (default same-norm)")
+    p.add_argument("--case", default="same-norm",
+                   help="the evaluated case, e.g. cross-norm or unseen-gap (default same-norm)")
     p.add_argument("--target", type=float, default=0.03, help="half-width to reach (default 0.03)")
     p.add_argument("--out", type=output_file, required=True, help="JSON report; a .md table is written beside it")
     return p

@@ -125,6 +125,14 @@ def test_report_and_command(tmp_path, capsys):
     assert json.loads(out.read_text())["models"] == json.loads(json.dumps(report["models"]))
     table = out.with_suffix(".md").read_text()
     assert table == capsys.readouterr().out and table.count("\n") == 2 + 4
+    one_seed = json.loads(json.dumps(summary))
+    for row in one_seed["cases"]["same-norm"]["models"].values():
+        row["restoration"]["values"] = [0.7]
+    (tmp_path / "one.json").write_text(json.dumps(one_seed))
+    code = run_cli(main, [str(tmp_path / "seed-0"), str(tmp_path / "one.json"), "--out", str(tmp_path / "x.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and err == f"error: {tmp_path / 'one.json'}: 'same-norm' has fewer than 2 seeds; the spread over " \
+                                "seeds needs a K-seed run\n"
     code = run_cli(main, [str(tmp_path), str(tmp_path / "summary.json"), "--out", str(tmp_path / "x.json")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and err.startswith(f"error: {tmp_path}: not an evaluated replica")
