@@ -389,8 +389,9 @@ def test_stages_for_leave_out_the_competitors_the_config_leaves_out():
 def test_a_run_without_some_competitors_evaluates_the_rest_and_keeps_every_other_stage(quick_seeds, tmp_path, root):
     copy = tmp_path / "fashion"
     shutil.copytree(quick_seeds, copy)
+    test_images = json.loads((quick_seeds / "config.json").read_text())["test_images"]  # another test may rerun it
     res = _cli("--quick", "--quiet", "--seeds", "2", "--out", str(copy), "--jobs", "2", "--set",
-               "trained_competitors=hgd", cwd=root)
+               "trained_competitors=hgd", "--set", f"test_images={test_images}", cwd=root)
     assert res.returncode == 0, res.stderr[-2000:]
     for seed in (0, 1):
         before = json.loads((quick_seeds / f"seed-{seed}" / "summary.json").read_text())
