@@ -27,6 +27,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+
+from attacks.metrics import fooling_rate, restoration_accuracy
+
 from ..core import ToolkitError, parse_args, run_cli, write_text
 from ..evaluate.conditions import draw_choices
 from ..outputs import check_output, output_file
@@ -77,15 +80,15 @@ def per_perturbation(replica: Path, case: str) -> Dict[str, Dict[str, object]]:
                                f"perturbation under 2 images")
         clean = float(np.mean(p["clean"] == p["labels"]))
         hits = (p["perturbed"] == p["labels"]).astype(np.float64)
-        flips = (p["perturbed"] != p["clean"]).astype(np.float64)
         rows = {key: [] for key in ("restoration", "fooling_rate", "images", "within_restoration", "within_fooling_rate")}
         for j in range(k):
             on = choice == j
+            per_image = restoration_accuracy(clean, hits[on], denominator)
             rows["images"].append(int(on.sum()))
-            rows["restoration"].append((clean + hits[on].mean()) / (2 * denominator))
-            rows["fooling_rate"].append(flips[on].mean())
-            rows["within_restoration"].append(hits[on].var(ddof=1) / (2 * denominator) ** 2)
-            rows["within_fooling_rate"].append(flips[on].var(ddof=1))
+            rows["restoration"].append(float(per_image.mean()))
+            rows["within_restoration"].append(float(per_image.var(ddof=1)))
+            rows["fooling_rate"].append(fooling_rate(p["clean"][on], p["perturbed"][on]))
+            rows["within_fooling_rate"].append(float((p["perturbed"][on] != p["clean"][on]).var(ddof=1)))
         out[model] = rows
     return out
 
